@@ -1,0 +1,193 @@
+"""Membership: which peers exist, how they are doing, and when to try them again.
+
+Peers come from discovery (a static list, headless-Service DNS) and from gossip (addresses
+peers mention in their digests). A peer whose calls fail is suspected and retried with
+exponential backoff, so a dead peer costs one failed call per backoff period and never delays
+the others. Time is passed in (monotonic seconds); nothing here reads a clock.
+
+States: unknown (never contacted) -> alive (last call succeeded) -> suspect (1..dead_after-1
+consecutive failures) -> dead (dead_after or more; still retried at the backoff cap). Any
+success returns a peer to alive.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import random
+from collections.abc import Iterable
+
+from gossip_agent.core import versions
+
+STATIC = "static"
+DNS = "dns"
+GOSSIP = "gossip"
+# Origins whose address sets come from discovery and are replaced wholesale on each refresh.
+DISCOVERED = (STATIC, DNS)
+
+
+class PeerState(enum.Enum):
+    UNKNOWN = "unknown"
+    ALIVE = "alive"
+    SUSPECT = "suspect"
+    DEAD = "dead"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BackoffPolicy:
+    """Retry timing for failing peers.
+
+    base: first retry delay after a failure (seconds); doubled per consecutive failure.
+    cap: the longest delay; a dead peer is retried this often.
+    dead_after: consecutive failures after which a peer counts as dead.
+    forget_after: a gossip-learned peer that is dead this long is dropped (discovered ones stay
+    while discovery lists them).
+    jitter: fraction of the delay randomised, so agents do not retry in lockstep.
+    """
+
+    base: float = 0.2
+    cap: float = 5.0
+    dead_after: int = 3
+    forget_after: float = 60.0
+    jitter: float = 0.2
+
+    def delay(self, failures: int, rng: random.Random) -> float:
+        raw = min(self.cap, self.base * 2 ** max(0, failures - 1))
+        return raw * (1 + self.jitter * (2 * rng.random() - 1))
+
+
+@dataclasses.dataclass(slots=True)
+class Peer:
+    address: str
+    origins: set[str]
+    node: str = ""
+    state: PeerState = PeerState.UNKNOWN
+    last_contact: float | None = None
+    version_known: versions.Version = versions.ZERO
+    failures: int = 0
+    next_attempt: float = 0.0
+    dead_since: float | None = None
+    boot_id: str = ""
+    leader: bool = False
+
+    @property
+    def origin(self) -> str:
+        for name in (STATIC, DNS, GOSSIP):
+            if name in self.origins:
+                return name
+        return GOSSIP
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Contact:
+    """What a successful call taught about the peer."""
+
+    node: str
+    version: versions.Version
+    boot_id: str = ""
+    leader: bool = False
+
+
+class Membership:
+    """The peer table of one agent. Mutable, but pure: callers pass `now`."""
+
+    def __init__(
+        self, *, self_address: str, policy: BackoffPolicy, rng: random.Random
+    ) -> None:
+        self._self_addresses = {self_address}
+        self._policy = policy
+        self._rng = rng
+        self._peers: dict[str, Peer] = {}
+
+    def set_discovered(self, origin: str, addresses: Iterable[str]) -> None:
+        """Replaces the address set one discovery origin currently reports."""
+        wanted = {a for a in addresses if a not in self._self_addresses}
+        for address in wanted:
+            self._peers.setdefault(address, Peer(address, set())).origins.add(origin)
+        for peer in list(self._peers.values()):
+            if origin in peer.origins and peer.address not in wanted:
+                peer.origins.discard(origin)
+                if not peer.origins:
+                    del self._peers[peer.address]
+
+    def learn(self, addresses: Iterable[str]) -> None:
+        """Adds addresses a peer mentioned; they stay while they answer."""
+        for address in addresses:
+            if address and address not in self._self_addresses:
+                self._peers.setdefault(address, Peer(address, set())).origins.add(GOSSIP)
+
+    def mark_self(self, address: str) -> None:
+        """An address turned out to be this agent (its digest named our node): never call it."""
+        self._self_addresses.add(address)
+        self._peers.pop(address, None)
+
+    def succeeded(self, address: str, *, now: float, contact: Contact) -> None:
+        peer = self._peers.get(address)
+        if peer is None:
+            return
+        peer.node = contact.node
+        peer.state = PeerState.ALIVE
+        peer.last_contact = now
+        peer.version_known = contact.version
+        peer.failures = 0
+        peer.next_attempt = now
+        peer.dead_since = None
+        peer.boot_id = contact.boot_id or peer.boot_id
+        peer.leader = contact.leader
+
+    def saw_version(self, address: str, *, now: float, version: versions.Version) -> None:
+        """A push acknowledgement: the peer is alive and holds `version`."""
+        peer = self._peers.get(address)
+        if peer is not None:
+            peer.version_known = version
+            peer.last_contact = now
+            if peer.state is not PeerState.ALIVE:
+                peer.state, peer.failures, peer.dead_since = PeerState.ALIVE, 0, None
+
+    def failed(self, address: str, *, now: float) -> float:
+        """Records a failed call; returns the delay before the peer should be tried again."""
+        peer = self._peers.get(address)
+        if peer is None:
+            return self._policy.cap
+        peer.failures += 1
+        delay = self._policy.delay(peer.failures, self._rng)
+        peer.next_attempt = now + delay
+        if peer.failures >= self._policy.dead_after:
+            if peer.state is not PeerState.DEAD:
+                peer.dead_since = now
+            peer.state = PeerState.DEAD
+        else:
+            peer.state = PeerState.SUSPECT
+        self._forget_long_dead(now)
+        return delay
+
+    def _forget_long_dead(self, now: float) -> None:
+        for peer in list(self._peers.values()):
+            if (
+                peer.origins == {GOSSIP}
+                and peer.dead_since is not None
+                and now - peer.dead_since >= self._policy.forget_after
+            ):
+                del self._peers[peer.address]
+
+    def ready(self, *, now: float) -> list[str]:
+        """Peers whose backoff has passed: candidates for this round's calls."""
+        return [p.address for p in self._peers.values() if p.next_attempt <= now]
+
+    def addresses(self) -> list[str]:
+        return sorted(self._peers)
+
+    def peers(self) -> list[Peer]:
+        return [self._peers[a] for a in sorted(self._peers)]
+
+    def get(self, address: str) -> Peer | None:
+        return self._peers.get(address)
+
+    def address_of(self, node: str) -> str | None:
+        for peer in self._peers.values():
+            if peer.node == node:
+                return peer.address
+        return None
+
+    def boot_ids(self) -> set[str]:
+        return {p.boot_id for p in self._peers.values() if p.boot_id}

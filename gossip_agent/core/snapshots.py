@@ -1,0 +1,234 @@
+"""Snapshots of SERVICE_LIST, their validation, and the adopt / ignore / conflict decision.
+
+The table is kept in its wire form (see proto Snapshot.table): n little-endian u32 pairs
+(key, value) sorted strictly by key. Keeping bytes end to end means the leader encodes once,
+a receiver decodes in one C call (array.array) and the content hash is one sha256 over it.
+
+Invariants:
+- A Snapshot that passed validate() has a canonical table: equal content, equal bytes, equal hash.
+- decide() is the only place that judges an incoming snapshot; push and anti-entropy both call it.
+- Held.version never decreases through decide(): only ADOPT / REPAIR / CONFLICT_WIN replace it,
+  and they require a version >= the held one.
+"""
+
+from __future__ import annotations
+
+import array
+import dataclasses
+import enum
+import hashlib
+import ipaddress
+import sys
+from collections.abc import Iterable, Mapping
+
+from gossip_agent import errors
+from gossip_agent.core import versions
+
+# Names are "namespace/name": a DNS-1123 subdomain namespace (<= 63) plus '/' plus a Service
+# name (<= 63) fit well under 253; 253 (the longest DNS name) bounds anything a user could mean.
+MAX_NAME_BYTES = 253
+U32_MAX = 2**32 - 1
+_ENTRY_BYTES = 8  # one (key, value) pair of u32
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Snapshot:
+    version: versions.Version
+    leader: str
+    leader_address: str
+    table: bytes
+    names: tuple[str, ...]
+    content_hash: bytes
+
+    @property
+    def entry_count(self) -> int:
+        return len(self.table) // _ENTRY_BYTES
+
+    def entries(self) -> dict[int, int]:
+        return table_to_dict(self.table)
+
+    def name_map(self) -> dict[int, str]:
+        if not self.names:
+            return {}
+        return dict(zip(table_keys(self.table), self.names, strict=True))
+
+
+def _u32_array(table: bytes) -> array.array[int]:
+    values = array.array("I")
+    if values.itemsize != 4:  # pragma: no cover - every Linux ABI we target has 4-byte int
+        raise RuntimeError("array('I') is not 32 bits on this platform")
+    values.frombytes(table)
+    if sys.byteorder != "little":  # pragma: no cover - the wire is little-endian by contract
+        values.byteswap()
+    return values
+
+
+def table_keys(table: bytes) -> array.array[int]:
+    return _u32_array(table)[0::2]
+
+
+def table_values(table: bytes) -> array.array[int]:
+    return _u32_array(table)[1::2]
+
+
+def table_to_dict(table: bytes) -> dict[int, int]:
+    pairs = _u32_array(table)
+    return dict(zip(pairs[0::2], pairs[1::2], strict=True))
+
+
+def encode_table(entries: Mapping[int, int]) -> bytes:
+    """The canonical table bytes of a key -> value mapping."""
+    pairs = array.array("I")
+    for key in sorted(entries):
+        pairs.append(key)
+        pairs.append(entries[key])
+    if sys.byteorder != "little":  # pragma: no cover
+        pairs.byteswap()
+    return pairs.tobytes()
+
+
+def content_hash(table: bytes) -> bytes:
+    return hashlib.sha256(table).digest()
+
+
+def build(
+    *,
+    version: versions.Version,
+    leader: str,
+    leader_address: str,
+    entries: Mapping[int, int],
+    names: Mapping[int, str],
+) -> Snapshot:
+    """A snapshot the leader writes: canonical table, names aligned to it, hash computed."""
+    table = encode_table(entries)
+    aligned = tuple(names.get(key, "") for key in sorted(entries)) if names else ()
+    if not any(aligned):
+        aligned = ()
+    return Snapshot(
+        version=version,
+        leader=leader,
+        leader_address=leader_address,
+        table=table,
+        names=aligned,
+        content_hash=content_hash(table),
+    )
+
+
+def validate(snapshot: Snapshot, *, max_entries: int) -> None:
+    """Raises SnapshotTooLarge or SnapshotInvalid; returns None for a snapshot safe to adopt."""
+    if not snapshot.version.is_valid():
+        raise errors.SnapshotInvalid(f"snapshot version {snapshot.version} is not a valid version")
+    if not snapshot.leader:
+        raise errors.SnapshotInvalid("snapshot names no leader")
+    if len(snapshot.table) % _ENTRY_BYTES:
+        raise errors.SnapshotInvalid(
+            f"snapshot table is {len(snapshot.table)} bytes, not a multiple of {_ENTRY_BYTES}"
+        )
+    count = snapshot.entry_count
+    if count > max_entries:
+        raise errors.SnapshotTooLarge(
+            f"snapshot {snapshot.version} has {count} entries; this map holds {max_entries}"
+        )
+    keys = table_keys(snapshot.table)
+    if any(a >= b for a, b in zip(keys, keys[1:])):
+        raise errors.SnapshotInvalid(
+            f"snapshot {snapshot.version} table keys are not strictly ascending"
+        )
+    _validate_names(snapshot.names, count)
+    if snapshot.content_hash != content_hash(snapshot.table):
+        raise errors.SnapshotInvalid(f"snapshot {snapshot.version} content hash does not match")
+
+
+def _validate_names(names: tuple[str, ...], count: int) -> None:
+    if names and len(names) != count:
+        raise errors.SnapshotInvalid(f"snapshot has {len(names)} names for {count} entries")
+    for name in names:
+        if len(name.encode()) > MAX_NAME_BYTES:
+            raise errors.SnapshotInvalid(f"service name {name[:40]!r}... exceeds 253 bytes")
+
+
+class Decision(enum.Enum):
+    ADOPT = "adopt"  # newer version: replace what is held
+    DUPLICATE = "duplicate"  # same version, same content, nothing missing
+    STALE = "stale"  # older version: ignore, tell the sender what is held
+    REPAIR = "repair"  # same version and content, but what is held is incomplete: take it
+    CONFLICT_WIN = "conflict-win"  # same version, other content, incoming wins the tie-break
+    CONFLICT_LOSE = "conflict-lose"  # same version, other content, held wins the tie-break
+
+    @property
+    def adopts(self) -> bool:
+        return self in (Decision.ADOPT, Decision.REPAIR, Decision.CONFLICT_WIN)
+
+    @property
+    def is_conflict(self) -> bool:
+        return self in (Decision.CONFLICT_WIN, Decision.CONFLICT_LOSE)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Held:
+    """What an agent holds: the version floor, its content hash, and the snapshot if known.
+
+    complete is False after a restart that recovered the version (and the table, from the pinned
+    map) but not the whole snapshot; the same version from a peer then REPAIRs it.
+    """
+
+    version: versions.Version
+    content_hash: bytes
+    complete: bool
+    snapshot: Snapshot | None
+
+    @classmethod
+    def of(cls, snapshot: Snapshot) -> Held:
+        return cls(snapshot.version, snapshot.content_hash, True, snapshot)
+
+
+NOTHING = Held(versions.ZERO, b"", False, None)
+
+
+def decide(held: Held, *, version: versions.Version, digest: bytes) -> Decision:
+    """Judges an incoming (version, content hash) against what is held.
+
+    Equal versions with different content cannot happen with a correct lease (one leader per
+    term); if they do, the larger hash wins on every agent, so the cluster still converges.
+    """
+    if version > held.version:
+        return Decision.ADOPT
+    if version < held.version:
+        return Decision.STALE
+    if digest == held.content_hash:
+        return Decision.DUPLICATE if held.complete else Decision.REPAIR
+    return Decision.CONFLICT_WIN if digest > held.content_hash else Decision.CONFLICT_LOSE
+
+
+def apply(held: Held, snapshot: Snapshot) -> tuple[Decision, Held]:
+    """decide() and the resulting Held, for callers (and tests) that want both."""
+    decision = decide(held, version=snapshot.version, digest=snapshot.content_hash)
+    return decision, (Held.of(snapshot) if decision.adopts else held)
+
+
+def parse_ip(text: str) -> int:
+    """Dotted IPv4 -> the map key (host-order integer, as ntohl(daddr) gives)."""
+    try:
+        return int(ipaddress.IPv4Address(text.strip()))
+    except ipaddress.AddressValueError as exc:
+        raise errors.SnapshotInvalid(f"{text!r} is not an IPv4 address") from exc
+
+
+def format_ip(key: int) -> str:
+    return str(ipaddress.IPv4Address(key))
+
+
+def check_replicas(replicas: int) -> int:
+    if not 0 <= replicas <= U32_MAX:
+        raise errors.SnapshotInvalid(f"replicas {replicas} is outside 0..{U32_MAX}")
+    return replicas
+
+
+def check_name(name: str) -> str:
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise errors.SnapshotInvalid(f"service name {name[:40]!r}... exceeds 253 bytes")
+    return name
+
+
+def max_term(terms: Iterable[int]) -> int:
+    return max(terms, default=0)

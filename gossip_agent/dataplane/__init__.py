@@ -1,0 +1,1 @@
+"""The local SERVICE_LIST map behind one Protocol (dataplane.base.DataPlane)."""

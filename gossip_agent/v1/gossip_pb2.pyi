@@ -1,0 +1,238 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Version(_message.Message):
+    __slots__ = ("term", "seq")
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    term: int
+    seq: int
+    def __init__(self, term: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class Snapshot(_message.Message):
+    __slots__ = ("version", "leader", "leader_address", "table", "names", "content_hash", "age_us")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
+    AGE_US_FIELD_NUMBER: _ClassVar[int]
+    version: Version
+    leader: str
+    leader_address: str
+    table: bytes
+    names: _containers.RepeatedScalarFieldContainer[str]
+    content_hash: bytes
+    age_us: int
+    def __init__(self, version: _Optional[_Union[Version, _Mapping]] = ..., leader: _Optional[str] = ..., leader_address: _Optional[str] = ..., table: _Optional[bytes] = ..., names: _Optional[_Iterable[str]] = ..., content_hash: _Optional[bytes] = ..., age_us: _Optional[int] = ...) -> None: ...
+
+class Digest(_message.Message):
+    __slots__ = ("node", "address", "version", "content_hash", "complete", "max_term_seen", "boot_id", "peers", "leader")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    MAX_TERM_SEEN_FIELD_NUMBER: _ClassVar[int]
+    BOOT_ID_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    address: str
+    version: Version
+    content_hash: bytes
+    complete: bool
+    max_term_seen: int
+    boot_id: str
+    peers: _containers.RepeatedScalarFieldContainer[str]
+    leader: bool
+    def __init__(self, node: _Optional[str] = ..., address: _Optional[str] = ..., version: _Optional[_Union[Version, _Mapping]] = ..., content_hash: _Optional[bytes] = ..., complete: _Optional[bool] = ..., max_term_seen: _Optional[int] = ..., boot_id: _Optional[str] = ..., peers: _Optional[_Iterable[str]] = ..., leader: _Optional[bool] = ...) -> None: ...
+
+class ExchangeRequest(_message.Message):
+    __slots__ = ("digest", "snapshot")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    digest: Digest
+    snapshot: Snapshot
+    def __init__(self, digest: _Optional[_Union[Digest, _Mapping]] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ...) -> None: ...
+
+class ExchangeReply(_message.Message):
+    __slots__ = ("digest", "snapshot")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    digest: Digest
+    snapshot: Snapshot
+    def __init__(self, digest: _Optional[_Union[Digest, _Mapping]] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ...) -> None: ...
+
+class PushAck(_message.Message):
+    __slots__ = ("result", "held", "held_hash", "node", "max_term_seen")
+    class Result(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        RESULT_UNSPECIFIED: _ClassVar[PushAck.Result]
+        ADOPTED: _ClassVar[PushAck.Result]
+        DUPLICATE: _ClassVar[PushAck.Result]
+        STALE: _ClassVar[PushAck.Result]
+        CONFLICT: _ClassVar[PushAck.Result]
+    RESULT_UNSPECIFIED: PushAck.Result
+    ADOPTED: PushAck.Result
+    DUPLICATE: PushAck.Result
+    STALE: PushAck.Result
+    CONFLICT: PushAck.Result
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    HELD_HASH_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    MAX_TERM_SEEN_FIELD_NUMBER: _ClassVar[int]
+    result: PushAck.Result
+    held: Version
+    held_hash: bytes
+    node: str
+    max_term_seen: int
+    def __init__(self, result: _Optional[_Union[PushAck.Result, str]] = ..., held: _Optional[_Union[Version, _Mapping]] = ..., held_hash: _Optional[bytes] = ..., node: _Optional[str] = ..., max_term_seen: _Optional[int] = ...) -> None: ...
+
+class Entry(_message.Message):
+    __slots__ = ("ip", "replicas", "name")
+    IP_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ip: str
+    replicas: int
+    name: str
+    def __init__(self, ip: _Optional[str] = ..., replicas: _Optional[int] = ..., name: _Optional[str] = ...) -> None: ...
+
+class GetStateRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetStateResponse(_message.Message):
+    __slots__ = ("node", "version", "leader", "content_hash", "complete", "entries", "dataplane", "map_path", "map_max_entries", "max_term_seen")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    DATAPLANE_FIELD_NUMBER: _ClassVar[int]
+    MAP_PATH_FIELD_NUMBER: _ClassVar[int]
+    MAP_MAX_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    MAX_TERM_SEEN_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    version: Version
+    leader: str
+    content_hash: str
+    complete: bool
+    entries: _containers.RepeatedCompositeFieldContainer[Entry]
+    dataplane: str
+    map_path: str
+    map_max_entries: int
+    max_term_seen: int
+    def __init__(self, node: _Optional[str] = ..., version: _Optional[_Union[Version, _Mapping]] = ..., leader: _Optional[str] = ..., content_hash: _Optional[str] = ..., complete: _Optional[bool] = ..., entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., dataplane: _Optional[str] = ..., map_path: _Optional[str] = ..., map_max_entries: _Optional[int] = ..., max_term_seen: _Optional[int] = ...) -> None: ...
+
+class ListPeersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Peer(_message.Message):
+    __slots__ = ("address", "node", "state", "last_contact_ms_ago", "version_known", "consecutive_failures", "origin")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LAST_CONTACT_MS_AGO_FIELD_NUMBER: _ClassVar[int]
+    VERSION_KNOWN_FIELD_NUMBER: _ClassVar[int]
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    node: str
+    state: str
+    last_contact_ms_ago: int
+    version_known: Version
+    consecutive_failures: int
+    origin: str
+    def __init__(self, address: _Optional[str] = ..., node: _Optional[str] = ..., state: _Optional[str] = ..., last_contact_ms_ago: _Optional[int] = ..., version_known: _Optional[_Union[Version, _Mapping]] = ..., consecutive_failures: _Optional[int] = ..., origin: _Optional[str] = ...) -> None: ...
+
+class ListPeersResponse(_message.Message):
+    __slots__ = ("peers",)
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    peers: _containers.RepeatedCompositeFieldContainer[Peer]
+    def __init__(self, peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ...) -> None: ...
+
+class GetLeaderRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetLeaderResponse(_message.Message):
+    __slots__ = ("holder", "leader_node", "leader_address", "term", "backend", "is_self", "refusal", "note")
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    LEADER_NODE_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    IS_SELF_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    holder: str
+    leader_node: str
+    leader_address: str
+    term: int
+    backend: str
+    is_self: bool
+    refusal: str
+    note: str
+    def __init__(self, holder: _Optional[str] = ..., leader_node: _Optional[str] = ..., leader_address: _Optional[str] = ..., term: _Optional[int] = ..., backend: _Optional[str] = ..., is_self: _Optional[bool] = ..., refusal: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+
+class WatchStateRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StateEvent(_message.Message):
+    __slots__ = ("node", "version", "leader", "content_hash", "entry_count", "applied_monotonic_ns", "applied_unix_ms")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_MONOTONIC_NS_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    version: Version
+    leader: str
+    content_hash: str
+    entry_count: int
+    applied_monotonic_ns: int
+    applied_unix_ms: int
+    def __init__(self, node: _Optional[str] = ..., version: _Optional[_Union[Version, _Mapping]] = ..., leader: _Optional[str] = ..., content_hash: _Optional[str] = ..., entry_count: _Optional[int] = ..., applied_monotonic_ns: _Optional[int] = ..., applied_unix_ms: _Optional[int] = ...) -> None: ...
+
+class SetServiceRequest(_message.Message):
+    __slots__ = ("ip", "replicas", "name")
+    IP_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ip: str
+    replicas: int
+    name: str
+    def __init__(self, ip: _Optional[str] = ..., replicas: _Optional[int] = ..., name: _Optional[str] = ...) -> None: ...
+
+class DeleteServiceRequest(_message.Message):
+    __slots__ = ("ip",)
+    IP_FIELD_NUMBER: _ClassVar[int]
+    ip: str
+    def __init__(self, ip: _Optional[str] = ...) -> None: ...
+
+class WriteResponse(_message.Message):
+    __slots__ = ("version", "leader", "acked_peers", "written_monotonic_ns")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    ACKED_PEERS_FIELD_NUMBER: _ClassVar[int]
+    WRITTEN_MONOTONIC_NS_FIELD_NUMBER: _ClassVar[int]
+    version: Version
+    leader: str
+    acked_peers: int
+    written_monotonic_ns: int
+    def __init__(self, version: _Optional[_Union[Version, _Mapping]] = ..., leader: _Optional[str] = ..., acked_peers: _Optional[int] = ..., written_monotonic_ns: _Optional[int] = ...) -> None: ...
