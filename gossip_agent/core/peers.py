@@ -52,7 +52,7 @@ class BackoffPolicy:
     jitter: float = 0.2
 
     def delay(self, failures: int, rng: random.Random) -> float:
-        raw = min(self.cap, self.base * 2 ** max(0, failures - 1))
+        raw = min(self.cap, self.base * float(2 ** max(0, failures - 1)))
         return raw * (1 + self.jitter * (2 * rng.random() - 1))
 
 

@@ -130,7 +130,7 @@ def validate(snapshot: Snapshot, *, max_entries: int) -> None:
             f"snapshot {snapshot.version} has {count} entries; this map holds {max_entries}"
         )
     keys = table_keys(snapshot.table)
-    if any(a >= b for a, b in zip(keys, keys[1:])):
+    if any(a >= b for a, b in zip(keys, keys[1:], strict=False)):
         raise errors.SnapshotInvalid(
             f"snapshot {snapshot.version} table keys are not strictly ascending"
         )

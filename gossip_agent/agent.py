@@ -1,0 +1,206 @@
+"""One agent process: wiring and lifecycle.
+
+Start-up: open the data plane (owner lock on the pin directory, reuse pinned maps), recover the
+version floor, bind the gRPC port (fails fast when taken), then start the named tasks:
+`gossip.anti-entropy`, `lease.elect`, `source.<kind>`, `discovery.dns` (when PEER_SERVICE).
+
+Shutdown on SIGTERM/SIGINT, in this order: health NOT_SERVING (probes and peers stop sending),
+release the lease (a follower takes over at once), stop the server with a grace period, close
+the data plane WITHOUT touching the maps (the XDP program keeps enforcing the last state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+from typing import Any
+
+from grpc_health.v1 import health
+
+from gossip_agent import config as config_mod
+from gossip_agent import errors
+from gossip_agent.api import server as server_mod
+from gossip_agent.api import state as state_mod
+from gossip_agent.core import peers
+from gossip_agent.dataplane import base as dataplane_base
+from gossip_agent.dataplane import memory as memory_dataplane
+from gossip_agent.gossip import antientropy, discovery, transport
+from gossip_agent.gossip import engine as engine_mod
+from gossip_agent.gossip import leader as leader_mod
+from gossip_agent.leases import base as lease_base
+from gossip_agent.sources import api as api_source
+from gossip_agent.sources import base as source_base
+from gossip_agent.sources import file as file_source
+
+log = logging.getLogger("gossip_agent")
+
+SHUTDOWN_GRACE_SECONDS = 2.0
+
+
+def read_boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+def open_dataplane(cfg: config_mod.DataPlaneConfig) -> dataplane_base.DataPlane:
+    """The pinned BPF maps, or memory where allowed and BPF is unavailable (said loudly)."""
+    if cfg.mode == "memory":
+        log.warning("DATAPLANE=memory: nothing is enforced on this node")
+        return memory_dataplane.MemoryDataPlane(max_entries=cfg.max_entries)
+    from gossip_agent.dataplane import bpfmap  # bcc is imported only when BPF is wanted
+
+    available, reason = bpfmap.bpf_available(cfg.pin_dir)
+    if not available and cfg.mode == "auto":
+        log.warning("BPF unavailable (%s): using an in-memory map, nothing is enforced", reason)
+        return memory_dataplane.MemoryDataPlane(max_entries=cfg.max_entries)
+    if not available:
+        raise errors.DataPlaneError(f"BPF unavailable: {reason} (DATAPLANE=bpf)")
+    return bpfmap.open_pinned(pin_dir=cfg.pin_dir, max_entries=cfg.max_entries)
+
+
+def open_lease(cfg: config_mod.Config) -> lease_base.Lease:
+    from gossip_agent.leases import bpffs
+
+    lease = bpffs.BpffsLease(lease_dir=cfg.lease.lease_dir, node=cfg.node.name)
+    if lease.note:
+        log.warning("lease: %s", lease.note)
+    return lease
+
+
+def open_source(cfg: config_mod.Config) -> source_base.Source:
+    if cfg.source.kind == "file":
+        return file_source.FileSource(
+            path=cfg.source.file, poll_interval=cfg.source.poll_interval,
+            max_entries=cfg.dataplane.max_entries,
+        )
+    return api_source.ApiSource()
+
+
+class Agent:
+    """Everything one agent owns; start() and stop() are the only lifecycle calls."""
+
+    def __init__(self, cfg: config_mod.Config, *, rng: random.Random | None = None) -> None:
+        self.cfg = cfg
+        self.rng = rng or random.Random()
+        self.dataplane = open_dataplane(cfg.dataplane)
+        self.lease = open_lease(cfg)
+        self.source = open_source(cfg)
+        self.transport = transport.GrpcTransport(max_message_bytes=cfg.gossip.max_message_bytes)
+        self.membership = peers.Membership(
+            self_address=cfg.node.advertise_addr,
+            policy=peers.BackoffPolicy(base=cfg.gossip.backoff_base, cap=cfg.gossip.backoff_cap),
+            rng=self.rng,
+        )
+        self.engine = engine_mod.Engine(
+            node=cfg.node.name, address=cfg.node.advertise_addr, boot_id=read_boot_id(),
+            dataplane=self.dataplane, transport=self.transport, membership=self.membership,
+            rpc_timeout=cfg.gossip.rpc_timeout, rng=self.rng,
+        )
+        self.leadership = leader_mod.Leadership(
+            engine=self.engine, lease=self.lease, source=self.source,
+            timing=leader_mod.Timing(
+                retry_interval=cfg.lease.retry_interval,
+                renew_interval=cfg.lease.renew_interval,
+                coalesce_window=cfg.gossip.coalesce_window,
+                write_ack_timeout=cfg.gossip.write_ack_timeout,
+            ),
+        )
+        self.health: server_mod.HealthServicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.state_service = state_mod.StateService(
+            engine=self.engine, leadership=self.leadership, lease=self.lease,
+            channels=self.transport,
+            forward_timeout=cfg.gossip.write_ack_timeout + 2 * cfg.gossip.rpc_timeout,
+        )
+        self.server = server_mod.build(
+            engine=self.engine, state_service=self.state_service, health_servicer=self.health,
+            max_message_bytes=cfg.gossip.max_message_bytes,
+        )
+        self.port = server_mod.bind(self.server, cfg.node.listen_addr)
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.failed = asyncio.Event()  # a long-running task crashed: the process must exit
+
+    async def start(self) -> None:
+        self.engine.load()
+        self.membership.set_discovered(peers.STATIC, self.cfg.discovery.peers)
+        await self.server.start()
+        await server_mod.set_health(self.health, serving=True, names=(
+            "", server_mod.GOSSIP_SERVICE, server_mod.STATE_SERVICE, server_mod.LEASE_HEALTH))
+        self._spawn(antientropy.run(self.engine, interval=self.cfg.gossip.interval,
+                                    rng=self.rng), "gossip.anti-entropy")
+        self._spawn(self.leadership.run(), "lease.elect")
+        self._spawn(self.source.watch(self.leadership.source_changed),
+                    f"source.{self.source.kind}")
+        self._spawn(self._watch_refusal(), "lease.refusal-health")
+        if self.cfg.discovery.service:
+            self._spawn(discovery.run_dns_discovery(
+                membership=self.membership, name=self.cfg.discovery.service,
+                port=self.cfg.discovery.service_port,
+                nameserver=self.cfg.discovery.dns_server or None,
+                interval=self.cfg.discovery.interval, log=log,
+            ), "discovery.dns")
+        log.info("agent %s serving on %s (advertised %s), data plane %s %s, lease %s at %s",
+                 self.cfg.node.name, self.cfg.node.listen_addr, self.cfg.node.advertise_addr,
+                 self.dataplane.kind, self.dataplane.location, self.lease.backend,
+                 self.cfg.lease.lease_dir)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._on_task_done)
+        self.tasks.append(task)
+
+    def _on_task_done(self, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s crashed; stopping the agent", task.get_name(),
+                      exc_info=task.exception())
+            self.failed.set()
+
+    async def _watch_refusal(self) -> None:
+        """Mirrors the refusal to lead into health (gossip_agent.v1.Lease) and the log."""
+        shown = ""
+        while True:
+            refusal = self.leadership.refusal
+            if refusal != shown:
+                shown = refusal
+                if refusal:
+                    log.error("refusing to lead: %s", refusal)
+                await server_mod.set_health(
+                    self.health, serving=not refusal, names=(server_mod.LEASE_HEALTH,))
+            await asyncio.sleep(self.cfg.lease.retry_interval)
+
+    async def stop(self) -> None:
+        log.info("shutting down: health NOT_SERVING, releasing the lease, stopping the server")
+        await self.health.enter_graceful_shutdown()
+        self.state_service.stopping = True
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.server.stop(SHUTDOWN_GRACE_SECONDS)
+        await self.transport.close()
+        await self.lease.close()
+        self.dataplane.close()
+        log.info("stopped; the pinned maps keep the last state")
+
+
+async def serve(cfg: config_mod.Config) -> int:
+    agent = Agent(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await agent.start()
+        stopped = asyncio.create_task(stop.wait(), name="agent.signal")
+        crashed = asyncio.create_task(agent.failed.wait(), name="agent.crash")
+        await asyncio.wait((stopped, crashed), return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        crashed.cancel()
+    finally:
+        with contextlib.suppress(Exception):
+            await agent.stop()
+    return 1 if agent.failed.is_set() else 0

@@ -1,0 +1,133 @@
+"""The agent's gRPC server: Gossip and State services, grpc.health.v1, server reflection.
+
+Gossip handlers take raw bytes (no deserializer) and parse them here, so a message that does
+not parse is INVALID_ARGUMENT with a sentence, not grpc's generic INTERNAL. Messages over
+MAX_MESSAGE_BYTES never reach a handler: grpc refuses them with RESOURCE_EXHAUSTED.
+
+SO_REUSEPORT is off: with grpc's default, a second agent on the same port would bind too and
+silently share the traffic; we want it to fail fast.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, NoReturn
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gossip_agent import errors
+from gossip_agent.api import state, status
+from gossip_agent.gossip import engine as engine_mod
+from gossip_agent.gossip import wire
+from gossip_agent.v1 import gossip_pb2 as pb
+from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc
+
+log = logging.getLogger("gossip_agent.api")
+
+GOSSIP_SERVICE = "gossip_agent.v1.Gossip"
+STATE_SERVICE = "gossip_agent.v1.State"
+# A health service name of its own: NOT_SERVING while this agent refuses to lead (e.g. bpffs
+# with peers on other hosts), so probes and operators see it; the reason is in GetLeader.
+LEASE_HEALTH = "gossip_agent.v1.Lease"
+# grpc_health.v1.HealthServicer: the package ships no type information for it.
+HealthServicer = Any
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> NoReturn:
+    if isinstance(exc, errors.GossipAgentError):
+        await context.abort(status.code_for(exc), str(exc))
+    log.exception("unexpected error in a handler")
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc!r}")
+
+
+def gossip_handler(engine: engine_mod.Engine) -> grpc.GenericRpcHandler[Any, Any]:
+    async def push_stream(
+        requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.PushAck]:
+        async for payload in requests:
+            try:
+                yield engine.handle_push(wire.parse(pb.Snapshot, payload))
+            except errors.GossipAgentError as exc:
+                await abort(context, exc)
+
+    async def push(payload: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> pb.PushAck:
+        try:
+            return engine.handle_push(wire.parse(pb.Snapshot, payload))
+        except errors.GossipAgentError as exc:
+            await abort(context, exc)
+
+    async def exchange(
+        payload: bytes, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ExchangeReply:
+        try:
+            return engine.handle_exchange(wire.parse(pb.ExchangeRequest, payload))
+        except errors.GossipAgentError as exc:
+            await abort(context, exc)
+
+    ack_out = pb.PushAck.SerializeToString
+    return grpc.method_handlers_generic_handler(GOSSIP_SERVICE, {
+        "PushStream": grpc.stream_stream_rpc_method_handler(
+            push_stream, request_deserializer=None, response_serializer=ack_out),
+        "Push": grpc.unary_unary_rpc_method_handler(
+            push, request_deserializer=None, response_serializer=ack_out),
+        "Exchange": grpc.unary_unary_rpc_method_handler(
+            exchange, request_deserializer=None,
+            response_serializer=pb.ExchangeReply.SerializeToString),
+    })
+
+
+def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        # Peers keep streams open and ping them; allow it without calls in flight.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ]
+
+
+def build(
+    *,
+    engine: engine_mod.Engine,
+    state_service: state.StateService,
+    health_servicer: HealthServicer,
+    max_message_bytes: int,
+) -> grpc.aio.Server:
+    server = grpc.aio.server(options=server_options(max_message_bytes))
+    server.add_generic_rpc_handlers((gossip_handler(engine),))
+    pb_grpc.add_StateServicer_to_server(state_service, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (GOSSIP_SERVICE, STATE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME),
+        server,
+    )
+    return server
+
+
+def bind(server: grpc.aio.Server, address: str) -> int:
+    """Binds LISTEN_ADDR; raises OSError with a clear sentence when the port is taken."""
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise OSError(f"LISTEN_ADDR {address}: cannot listen (address in use?): {exc}") from exc
+    if port == 0:
+        raise OSError(f"LISTEN_ADDR {address}: cannot listen (address in use?)")
+    return port
+
+
+async def set_health(
+    servicer: HealthServicer, *, serving: bool, names: tuple[str, ...]
+) -> None:
+    value = (
+        health_pb2.HealthCheckResponse.SERVING if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in names:
+        await servicer.set(name, value)
+

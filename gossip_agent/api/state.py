@@ -1,0 +1,216 @@
+"""gossip_agent.v1.State: what operators (grpcurl, the CLI) ask an agent.
+
+Reads answer from this agent's own state. Writes go to the leader: handled here when this
+agent leads, otherwise forwarded once to the leader's address (metadata marks a forwarded call
+so it is never forwarded again), or refused with UNAVAILABLE naming the leader.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from gossip_agent import errors
+from gossip_agent.api import status
+from gossip_agent.core import snapshots, versions
+from gossip_agent.gossip import engine as engine_mod
+from gossip_agent.gossip import leader as leader_mod
+from gossip_agent.gossip import transport as transport_mod
+from gossip_agent.gossip import wire
+from gossip_agent.leases import base as lease_base
+from gossip_agent.v1 import gossip_pb2 as pb
+from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc
+
+log = logging.getLogger("gossip_agent.api")
+
+FORWARDED = "x-gossip-agent-forwarded"
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class StateService(pb_grpc.StateServicer):
+    def __init__(
+        self,
+        *,
+        engine: engine_mod.Engine,
+        leadership: leader_mod.Leadership,
+        lease: lease_base.Lease,
+        channels: transport_mod.GrpcTransport,
+        forward_timeout: float,
+    ) -> None:
+        self.engine = engine
+        self.leadership = leadership
+        self.lease = lease
+        self.channels = channels
+        self.forward_timeout = forward_timeout
+        self.stopping = False
+
+    # -- reads --------------------------------------------------------------------------------
+
+    async def GetState(self, request: pb.GetStateRequest, context: Context) -> pb.GetStateResponse:
+        engine = self.engine
+        held = engine.held
+        names = held.snapshot.name_map() if held.snapshot is not None else {}
+        return pb.GetStateResponse(
+            node=engine.node,
+            version=wire.version_to_pb(held.version),
+            leader=engine.leader_node,
+            content_hash=held.content_hash.hex(),
+            complete=held.complete,
+            entries=[
+                pb.Entry(ip=snapshots.format_ip(key), replicas=value, name=names.get(key, ""))
+                for key, value in sorted(engine.table.items())
+            ],
+            dataplane=engine.dataplane.kind,
+            map_path=engine.dataplane.location,
+            map_max_entries=engine.dataplane.max_entries,
+            max_term_seen=engine.max_term_seen,
+        )
+
+    async def ListPeers(
+        self, request: pb.ListPeersRequest, context: Context
+    ) -> pb.ListPeersResponse:
+        now = self.engine.clock()
+        return pb.ListPeersResponse(peers=[
+            pb.Peer(
+                address=peer.address,
+                node=peer.node,
+                state=peer.state.value,
+                last_contact_ms_ago=(
+                    -1 if peer.last_contact is None else int((now - peer.last_contact) * 1000)
+                ),
+                version_known=wire.version_to_pb(peer.version_known),
+                consecutive_failures=peer.failures,
+                origin=peer.origin,
+            )
+            for peer in self.engine.membership.peers()
+        ])
+
+    async def GetLeader(
+        self, request: pb.GetLeaderRequest, context: Context
+    ) -> pb.GetLeaderResponse:
+        record, note = await self._lease_record()
+        holder = record.holder if record is not None else ""
+        node = lease_base.node_of(holder) if holder else self.engine.leader_node
+        term = record.term if record is not None else self.engine.held.version.term
+        return pb.GetLeaderResponse(
+            holder=holder,
+            leader_node=node,
+            leader_address=self._address_of(node),
+            term=max(term, self.leadership.term),
+            backend=self.lease.backend,
+            is_self=self.leadership.leading,
+            refusal=self.leadership.refusal,
+            note="; ".join(n for n in (self.lease.note, note) if n),
+        )
+
+    async def _lease_record(self) -> tuple[lease_base.LeaseRecord | None, str]:
+        try:
+            return await self.lease.read(), ""
+        except errors.LeaseUnavailable as exc:
+            return None, f"lease unreadable ({exc}); showing the gossip view"
+
+    def _address_of(self, node: str) -> str:
+        if not node:
+            return ""
+        if node == self.engine.node:
+            return self.engine.address
+        if node == self.engine.leader_node and self.engine.leader_address:
+            return self.engine.leader_address
+        return self.engine.membership.address_of(node) or ""
+
+    async def WatchState(
+        self, request: pb.WatchStateRequest, context: Context
+    ) -> AsyncIterator[pb.StateEvent]:
+        sent: versions.Version | None = None
+        while not self.stopping:
+            event = self.engine.last_event
+            if event is not None and event.version != sent:
+                sent = event.version
+                yield pb.StateEvent(
+                    node=self.engine.node,
+                    version=wire.version_to_pb(event.version),
+                    leader=event.leader,
+                    content_hash=event.content_hash.hex(),
+                    entry_count=event.entry_count,
+                    applied_monotonic_ns=event.applied_monotonic_ns,
+                    applied_unix_ms=event.applied_unix_ms,
+                )
+            await self.engine.changed()
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "agent is shutting down")
+
+    # -- writes -------------------------------------------------------------------------------
+
+    async def SetService(self, request: pb.SetServiceRequest, context: Context) -> pb.WriteResponse:
+        try:
+            key = snapshots.parse_ip(request.ip)
+            snapshots.check_replicas(request.replicas)
+            name = snapshots.check_name(request.name.strip())
+        except errors.GossipAgentError as exc:
+            await context.abort(status.code_for(exc), str(exc))
+        return await self._write(
+            context, "SetService", request, updates={key: (request.replicas, name)}, deletes=()
+        )
+
+    async def DeleteService(
+        self, request: pb.DeleteServiceRequest, context: Context
+    ) -> pb.WriteResponse:
+        try:
+            key = snapshots.parse_ip(request.ip)
+        except errors.GossipAgentError as exc:
+            await context.abort(status.code_for(exc), str(exc))
+        return await self._write(context, "DeleteService", request, updates={}, deletes=(key,))
+
+    async def _write(
+        self,
+        context: Context,
+        method: str,
+        request: Any,
+        *,
+        updates: dict[int, tuple[int, str]],
+        deletes: tuple[int, ...],
+    ) -> pb.WriteResponse:
+        if self.leadership.holds_lease:  # in office, or taking office (UNAVAILABLE: retry)
+            try:
+                result = await self.leadership.write(updates=updates, deletes=deletes)
+            except errors.GossipAgentError as exc:
+                await context.abort(status.code_for(exc), str(exc))
+            return pb.WriteResponse(
+                version=wire.version_to_pb(result.version), leader=result.leader,
+                acked_peers=result.acked_peers, written_monotonic_ns=result.written_monotonic_ns,
+            )
+        return await self._forward(context, method, request)
+
+    async def _forward(self, context: Context, method: str, request: Any) -> pb.WriteResponse:
+        metadata = dict(context.invocation_metadata() or ())
+        record, _ = await self._lease_record()
+        node = record.node if record is not None and record.holder else self.engine.leader_node
+        address = self._address_of(node)
+        if FORWARDED in metadata or not address or node == self.engine.node:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, _no_leader_message(node, address))
+        call = self.channels.channel(address).unary_unary(
+            f"/gossip_agent.v1.State/{method}",
+            request_serializer=type(request).SerializeToString,
+            response_deserializer=pb.WriteResponse.FromString,
+        )
+        try:
+            reply = await call(
+                request, timeout=self.forward_timeout, metadata=((FORWARDED, "1"),)
+            )
+        except grpc.aio.AioRpcError as exc:
+            await context.abort(
+                exc.code(), f"forwarded to leader {node} at {address}: {exc.details()}"
+            )
+        assert isinstance(reply, pb.WriteResponse)
+        return reply
+
+
+def _no_leader_message(node: str, address: str) -> str:
+    if not node:
+        return "no leader is elected yet; retry shortly"
+    if not address:
+        return f"leader is {node}, but its address is not known here yet; retry shortly"
+    return f"this agent is not the leader; the leader is {node} at {address}"

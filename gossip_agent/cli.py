@@ -1,0 +1,213 @@
+"""The `gossip-agent` command.
+
+  gossip-agent run [--listen-addr ...]          run an agent (flags mirror the env vars)
+  gossip-agent state|peers|leader --target H:P  query a running agent (--json for machines)
+  gossip-agent set --target H:P IP REPLICAS [--name NS/NAME]
+  gossip-agent delete --target H:P IP           writes go through any agent to the leader
+  gossip-agent env [--markdown]                 every environment variable, documented
+
+Exit codes: 0 ok; 1 runtime failure (unreachable target: one line with the address and the gRPC
+status; port or pin directory in use); 2 bad arguments or invalid configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf import message as protobuf_message
+
+from gossip_agent import config as config_mod
+from gossip_agent import errors
+from gossip_agent.v1 import gossip_pb2 as pb
+from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def _flag(variable: config_mod.Variable) -> str:
+    return "--" + variable.name.lower().replace("_", "-")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gossip-agent", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run an agent")
+    for variable in config_mod.VARIABLES:
+        run.add_argument(_flag(variable), dest=variable.name, metavar=variable.unit.upper(),
+                         help=f"{variable.why} (env {variable.name})")
+    for name, text in (("state", "the snapshot an agent holds"),
+                       ("peers", "the peers an agent knows"),
+                       ("leader", "the lease as an agent sees it")):
+        _query_parser(commands.add_parser(name, help=text))
+    setter = _query_parser(commands.add_parser("set", help="set a service's replicas"))
+    setter.add_argument("ip", help="the Service ClusterIP, e.g. 10.96.0.10")
+    setter.add_argument("replicas", type=_replicas, help="ready replicas (0 = scaled to zero)")
+    setter.add_argument("--name", default="", help="namespace/name, for people")
+    deleter = _query_parser(commands.add_parser("delete", help="remove a service"))
+    deleter.add_argument("ip", help="the Service ClusterIP")
+    env = commands.add_parser("env", help="list every environment variable")
+    env.add_argument("--markdown", action="store_true", help="as the README's table")
+    return parser
+
+
+def _replicas(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 2**32 - 1:
+        raise argparse.ArgumentTypeError("replicas must be between 0 and 4294967295")
+    return value
+
+
+def _query_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--target", default=DEFAULT_TARGET, help="agent host:port")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "env":
+        return _env(args)
+    return _query(args)
+
+
+# -- run ----------------------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace) -> int:
+    env = dict(os.environ)
+    for variable in config_mod.VARIABLES:
+        value = getattr(args, variable.name)
+        if value is not None:
+            env[variable.name] = value
+    try:
+        cfg = config_mod.from_env(env, hostname=socket.gethostname())
+    except errors.ConfigError as exc:
+        print(f"gossip-agent: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=cfg.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s {cfg.node.name} %(name)s: %(message)s",
+    )
+    from gossip_agent import agent  # heavy imports (grpc server, bcc) only for `run`
+
+    try:
+        return asyncio.run(agent.serve(cfg))
+    except (errors.GossipAgentError, OSError) as exc:
+        print(f"gossip-agent: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+def _env(args: argparse.Namespace) -> int:
+    if args.markdown:
+        print(config_mod.markdown_table())
+        return 0
+    for v in config_mod.VARIABLES:
+        print(f"{v.name:24} {v.unit:14} default={v.defaults['cluster'] or '-'}\n    {v.why}")
+    return 0
+
+
+# -- queries ------------------------------------------------------------------------------------
+
+
+def _query(args: argparse.Namespace) -> int:
+    try:
+        response = asyncio.run(_call(args))
+    except grpc.aio.AioRpcError as exc:
+        print(f"gossip-agent: {args.target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(json_format.MessageToDict(
+            response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True,
+        ), indent=2))
+    else:
+        print(FORMATTERS[args.command](response))
+    return 0
+
+
+async def _call(args: argparse.Namespace) -> protobuf_message.Message:
+    async with grpc.aio.insecure_channel(args.target) as channel:
+        stub = pb_grpc.StateStub(channel)
+        request: Any
+        if args.command == "state":
+            method, request = stub.GetState, pb.GetStateRequest()
+        elif args.command == "peers":
+            method, request = stub.ListPeers, pb.ListPeersRequest()
+        elif args.command == "leader":
+            method, request = stub.GetLeader, pb.GetLeaderRequest()
+        elif args.command == "set":
+            method = stub.SetService
+            request = pb.SetServiceRequest(ip=args.ip, replicas=args.replicas, name=args.name)
+        else:
+            method, request = stub.DeleteService, pb.DeleteServiceRequest(ip=args.ip)
+        response: protobuf_message.Message = await method(request, timeout=args.timeout)
+        return response
+
+
+def _version(version: pb.Version) -> str:
+    return f"{version.term}.{version.seq}"
+
+
+def _format_state(r: pb.GetStateResponse) -> str:
+    lines = [
+        f"node        {r.node}",
+        f"version     {_version(r.version)}{'' if r.complete else ' (incomplete)'}",
+        f"leader      {r.leader or '-'}",
+        f"dataplane   {r.dataplane} {r.map_path} (max {r.map_max_entries})",
+        f"hash        {r.content_hash[:16] or '-'}",
+        f"entries     {len(r.entries)}",
+    ]
+    lines += [f"  {e.ip:15} {e.replicas:>6}  {e.name}" for e in r.entries]
+    return "\n".join(lines)
+
+
+def _format_peers(r: pb.ListPeersResponse) -> str:
+    lines = [f"{'ADDRESS':22} {'NODE':16} {'STATE':8} {'LAST':>8} {'VERSION':>9} ORIGIN"]
+    for p in r.peers:
+        last = "-" if p.last_contact_ms_ago < 0 else f"{p.last_contact_ms_ago}ms"
+        lines.append(f"{p.address:22} {p.node or '-':16} {p.state:8} {last:>8} "
+                     f"{_version(p.version_known):>9} {p.origin}")
+    return "\n".join(lines)
+
+
+def _format_leader(r: pb.GetLeaderResponse) -> str:
+    lines = [
+        f"leader      {r.leader_node or '-'} {r.leader_address}",
+        f"holder      {r.holder or '-'}",
+        f"term        {r.term}",
+        f"backend     {r.backend}",
+        f"this agent  {'leader' if r.is_self else 'follower'}",
+    ]
+    if r.refusal:
+        lines.append(f"refusal     {r.refusal}")
+    if r.note:
+        lines.append(f"note        {r.note}")
+    return "\n".join(lines)
+
+
+def _format_write(r: pb.WriteResponse) -> str:
+    return (f"written in version {_version(r.version)} by {r.leader}; "
+            f"acked by {r.acked_peers} peer(s)")
+
+
+FORMATTERS: dict[str, Callable[[Any], str]] = {
+    "state": _format_state,
+    "peers": _format_peers,
+    "leader": _format_leader,
+    "set": _format_write,
+    "delete": _format_write,
+}

@@ -1,0 +1,405 @@
+"""All configuration, from environment variables, validated in one place.
+
+Every variable is declared once in VARIABLES with its unit, default (per profile) and why; the
+README's table is generated from it (`gossip-agent env --markdown`) and a test checks that the
+README and k8s/ name only variables declared here, and the reverse.
+
+from_env(mapping) is pure: it reads nothing but the mapping, reports every invalid variable at
+once (ConfigError.problems, one sentence each naming the variable), and returns frozen
+dataclasses grouped by concern. Profiles: "cluster" (the DaemonSet) and "local" (many agents on
+one machine: short timers, memory data plane allowed when BPF is missing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from gossip_agent import errors
+
+PROFILES = ("cluster", "local")
+BACKENDS = ("bpffs",)
+PLANNED_BACKENDS = ("redis", "configmap", "lease")
+SOURCES = ("api", "file")
+DATAPLANES = ("bpf", "memory", "auto")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variable:
+    name: str
+    unit: str
+    defaults: Mapping[str, str]  # profile -> default text ("" = unset)
+    why: str
+    parse: Callable[[str], Any]
+
+
+def _default(cluster: str, local: str | None = None) -> dict[str, str]:
+    return {"cluster": cluster, "local": cluster if local is None else local}
+
+
+def _text(value: str) -> str:
+    return value.strip()
+
+
+def _seconds(low: float, high: float) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        number = float(value)
+        if not low <= number <= high:
+            raise ValueError(f"must be between {low:g} and {high:g} seconds")
+        return number
+
+    return parse
+
+
+def _int_range(low: int, high: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        number = int(value)
+        if not low <= number <= high:
+            raise ValueError(f"must be an integer between {low} and {high}")
+        return number
+
+    return parse
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        lowered = value.strip().lower()
+        if lowered not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return lowered
+
+    return parse
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
+def parse_hostport(value: str) -> tuple[str, int]:
+    """host:port or [v6]:port; the port must be 1..65535 (0 is allowed only for tests)."""
+    text = value.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{text!r} is not host:port")
+    host = host.strip("[]")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is outside 0..65535")
+    return host, port
+
+
+def _hostport(value: str) -> str:
+    host, port = parse_hostport(value)
+    return join_hostport(host, port)
+
+
+def join_hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _peer_list(value: str) -> tuple[str, ...]:
+    items = [item for item in value.replace(",", " ").split() if item]
+    seen: dict[str, None] = {}
+    for item in items:
+        try:
+            seen[_hostport(item)] = None
+        except ValueError as exc:
+            raise ValueError(f"item {item!r}: {exc}") from None
+    return tuple(seen)
+
+
+def _path(value: str) -> str:
+    text = value.strip()
+    if not text.startswith("/"):
+        raise ValueError("must be an absolute path")
+    return text.rstrip("/") or "/"
+
+
+_LOCAL = "local"
+VARIABLES: tuple[Variable, ...] = (
+    Variable("PROFILE", "-", _default("cluster"),
+             "Timer and fallback defaults: cluster (DaemonSet) or local (many agents on one "
+             "machine, shorter timers, memory data plane allowed without BPF).",
+             _choice(*PROFILES)),
+    Variable("NODE_NAME", "-", _default(""),
+             "This agent's node name (the Downward API's spec.nodeName in k8s/). Default: the "
+             "host name. Part of the lease holder identity and shown as leader.", _text),
+    Variable("LISTEN_ADDR", "host:port", _default("0.0.0.0:50051", "127.0.0.1:50051"),
+             "Where the gRPC server (Gossip, State, health, reflection) listens.", _hostport),
+    Variable("ADVERTISE_ADDR", "host:port", _default(""),
+             "The address peers and forwarded writes use to reach this agent. Default: "
+             "POD_IP with LISTEN_ADDR's port, or LISTEN_ADDR when it names one address.",
+             _hostport),
+    Variable("POD_IP", "IPv4/IPv6", _default(""),
+             "The pod's IP from the Downward API; used to derive ADVERTISE_ADDR.", _text),
+    Variable("PEERS", "host:port,...", _default(""),
+             "Static peers (local runs, or a fixed seed list). Merged with PEER_SERVICE.",
+             _peer_list),
+    Variable("PEER_SERVICE", "name[:port]", _default(""),
+             "Headless Service DNS name whose A records are the peers; re-resolved every "
+             "DISCOVERY_INTERVAL. Port defaults to LISTEN_ADDR's port.", _text),
+    Variable("DNS_SERVER", "ip[:port]", _default(""),
+             "Query this DNS server instead of /etc/resolv.conf (tests, special setups).",
+             _text),
+    Variable("DISCOVERY_INTERVAL", "seconds", _default("10", "2"),
+             "How often PEER_SERVICE is re-resolved: pods come and go at rollout speed, and "
+             "gossip spreads new members in between.", _seconds(0.1, 3600)),
+    Variable("GOSSIP_INTERVAL", "seconds", _default("1", "0.5"),
+             "Anti-entropy period: each round exchanges digests with one random peer, so a "
+             "missed push is repaired within a few rounds (about log2(N) rounds to spread).",
+             _seconds(0.01, 600)),
+    Variable("COALESCE_WINDOW", "seconds", _default("0.02", "0.005"),
+             "Source changes within this window after a publish become one snapshot; an "
+             "isolated change is published at once.", _seconds(0, 10)),
+    Variable("RPC_TIMEOUT", "seconds", _default("2", "1"),
+             "Deadline of one peer call (push ack, exchange, forwarded write). A peer that "
+             "misses it is suspected and retried with backoff.", _seconds(0.05, 60)),
+    Variable("PEER_BACKOFF_BASE", "seconds", _default("0.2", "0.1"),
+             "First retry delay after a failed peer call, doubled per consecutive failure.",
+             _seconds(0.001, 60)),
+    Variable("PEER_BACKOFF_CAP", "seconds", _default("5", "2"),
+             "Longest retry delay: a dead peer costs one failed call per this period.",
+             _seconds(0.01, 600)),
+    Variable("WRITE_ACK_TIMEOUT", "seconds", _default("2", "1"),
+             "How long an admin write waits for a peer to acknowledge its snapshot before "
+             "replying (it replies with acked_peers=0 after that).", _seconds(0, 60)),
+    Variable("MAX_MESSAGE_BYTES", "bytes", _default("1048576"),
+             "Largest gRPC message accepted or sent. 1024 entries with names take ~80 KiB.",
+             _int_range(4096, 64 * 1024 * 1024)),
+    Variable("COORDINATION_BACKEND", "-", _default("bpffs"),
+             "Leader lease backend. bpffs: flock under BPF_LEASE_DIR, spans one host only. "
+             "(redis, configmap and lease are planned.)", _text),
+    Variable("USE_BPF_FS_COORDINATION", "bool", _default(""),
+             "The seed's switch: true is an alias for COORDINATION_BACKEND=bpffs.", _bool),
+    Variable("BPF_PIN_DIR", "path", _default("/sys/fs/bpf/gossip-agent"),
+             "This agent's pin directory: SERVICE_LIST and SERVICE_LIST_META live here. One "
+             "agent per directory (an owner lock enforces it).", _path),
+    Variable("BPF_LEASE_DIR", "path", _default(""),
+             "Directory of the bpffs lease lock and its LEADER record; agents competing for "
+             "one lease share it. Default: BPF_PIN_DIR.", _path),
+    Variable("LEASE_RETRY_INTERVAL", "seconds", _default("0.5", "0.2"),
+             "How often a follower tries to take a free lease: with bpffs the kernel frees "
+             "a dead holder's lock at once, so failover takes at most this long.",
+             _seconds(0.01, 60)),
+    Variable("LEASE_RENEW_INTERVAL", "seconds", _default("1", "0.5"),
+             "How often the leader proves it still holds the lease.", _seconds(0.01, 60)),
+    Variable("MAP_MAX_ENTRIES", "entries", _default("1024"),
+             "SERVICE_LIST capacity (the XDP program's map size). Larger snapshots are refused.",
+             _int_range(1, 1 << 20)),
+    Variable("DATAPLANE", "-", _default("bpf", "auto"),
+             "bpf: pinned BPF maps, required; memory: nothing enforced (tests); auto: bpf "
+             "when available, else memory with a warning.", _choice(*DATAPLANES)),
+    Variable("SOURCE", "-", _default("api"),
+             "Where the leader's truth comes from: api (SetService/DeleteService) or file "
+             "(SOURCE_FILE).", _choice(*SOURCES)),
+    Variable("SOURCE_FILE", "path", _default(""),
+             "JSON or YAML file of services for SOURCE=file, re-read on change.", _path),
+    Variable("SOURCE_POLL_INTERVAL", "seconds", _default("1", "0.2"),
+             "How often SOURCE_FILE is checked for changes (mtime, size, then content).",
+             _seconds(0.01, 600)),
+    Variable("LOG_LEVEL", "-", _default("info"),
+             "debug, info, warning or error.", _choice("debug", "info", "warning", "error")),
+)
+NAMES = frozenset(variable.name for variable in VARIABLES)
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeConfig:
+    name: str
+    listen_addr: str
+    advertise_addr: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DiscoveryConfig:
+    peers: tuple[str, ...]
+    service: str  # "" = no DNS discovery
+    service_port: int
+    dns_server: str
+    interval: float
+
+
+@dataclasses.dataclass(frozen=True)
+class GossipConfig:
+    interval: float
+    coalesce_window: float
+    rpc_timeout: float
+    backoff_base: float
+    backoff_cap: float
+    write_ack_timeout: float
+    max_message_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaseConfig:
+    backend: str
+    lease_dir: str
+    retry_interval: float
+    renew_interval: float
+
+
+@dataclasses.dataclass(frozen=True)
+class DataPlaneConfig:
+    mode: str
+    pin_dir: str
+    max_entries: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceConfig:
+    kind: str
+    file: str
+    poll_interval: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    profile: str
+    log_level: str
+    node: NodeConfig
+    discovery: DiscoveryConfig
+    gossip: GossipConfig
+    lease: LeaseConfig
+    dataplane: DataPlaneConfig
+    source: SourceConfig
+
+
+def _raw_values(env: Mapping[str, str], problems: list[str]) -> dict[str, Any]:
+    profile_text = env.get("PROFILE", "").strip().lower() or "cluster"
+    profile = profile_text if profile_text in PROFILES else "cluster"
+    values: dict[str, Any] = {}
+    for variable in VARIABLES:
+        text = env.get(variable.name, "")
+        explicit = text.strip() != ""
+        if not explicit:
+            text = variable.defaults[profile]
+        if text.strip() == "":
+            values[variable.name] = None
+            continue
+        try:
+            values[variable.name] = variable.parse(text)
+        except ValueError as exc:
+            problems.append(f"{variable.name}={text!r}: {exc}")
+            values[variable.name] = None
+    return values
+
+
+def _backend(values: Mapping[str, Any], problems: list[str]) -> str:
+    backend = str(values["COORDINATION_BACKEND"] or "bpffs").lower()
+    if values["USE_BPF_FS_COORDINATION"] is True:
+        if backend != "bpffs":
+            problems.append(
+                f"USE_BPF_FS_COORDINATION=true conflicts with COORDINATION_BACKEND={backend}"
+            )
+        backend = "bpffs"
+    if backend in PLANNED_BACKENDS:
+        problems.append(f"COORDINATION_BACKEND={backend}: not available in this version; use bpffs")
+    elif backend not in BACKENDS:
+        problems.append(f"COORDINATION_BACKEND={backend!r}: must be one of {', '.join(BACKENDS)}")
+    return backend
+
+
+def _advertise(values: Mapping[str, Any], problems: list[str]) -> str:
+    listen = values["LISTEN_ADDR"]
+    if values["ADVERTISE_ADDR"]:
+        return str(values["ADVERTISE_ADDR"])
+    if listen is None:
+        return ""
+    host, port = parse_hostport(listen)
+    if values["POD_IP"]:
+        return join_hostport(values["POD_IP"], port)
+    if _is_wildcard(host):
+        problems.append(
+            f"ADVERTISE_ADDR: required when LISTEN_ADDR={listen} listens on every interface "
+            "(set ADVERTISE_ADDR or POD_IP)"
+        )
+        return ""
+    return str(listen)
+
+
+def _is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def _service(values: Mapping[str, Any], problems: list[str]) -> tuple[str, int]:
+    text = values["PEER_SERVICE"] or ""
+    listen = values["LISTEN_ADDR"]
+    default_port = parse_hostport(listen)[1] if listen else 0
+    if not text:
+        return "", default_port
+    name, sep, port_text = text.rpartition(":")
+    if not sep:
+        return text, default_port
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        problems.append(f"PEER_SERVICE={text!r}: port must be 1..65535")
+        return name, default_port
+    return name, int(port_text)
+
+
+def _check_source(values: Mapping[str, Any], problems: list[str]) -> None:
+    if values["SOURCE"] == "file" and not values["SOURCE_FILE"]:
+        problems.append("SOURCE_FILE: required when SOURCE=file")
+
+
+def _check_backoff(values: Mapping[str, Any], problems: list[str]) -> None:
+    base, cap = values["PEER_BACKOFF_BASE"], values["PEER_BACKOFF_CAP"]
+    if base is not None and cap is not None and cap < base:
+        problems.append(f"PEER_BACKOFF_CAP={cap:g} must be >= PEER_BACKOFF_BASE={base:g}")
+
+
+def from_env(env: Mapping[str, str], *, hostname: str = "localhost") -> Config:
+    """The validated configuration, or ConfigError listing every bad variable."""
+    problems: list[str] = []
+    values = _raw_values(env, problems)
+    backend = _backend(values, problems)
+    advertise = _advertise(values, problems)
+    service, service_port = _service(values, problems)
+    _check_source(values, problems)
+    _check_backoff(values, problems)
+    if problems:
+        raise errors.ConfigError(problems)
+    pin_dir = values["BPF_PIN_DIR"]
+    return Config(
+        profile=values["PROFILE"],
+        log_level=values["LOG_LEVEL"],
+        node=NodeConfig(values["NODE_NAME"] or hostname, values["LISTEN_ADDR"], advertise),
+        discovery=DiscoveryConfig(
+            values["PEERS"] or (), service, service_port, values["DNS_SERVER"] or "",
+            values["DISCOVERY_INTERVAL"],
+        ),
+        gossip=GossipConfig(
+            values["GOSSIP_INTERVAL"], values["COALESCE_WINDOW"], values["RPC_TIMEOUT"],
+            values["PEER_BACKOFF_BASE"], values["PEER_BACKOFF_CAP"],
+            values["WRITE_ACK_TIMEOUT"], values["MAX_MESSAGE_BYTES"],
+        ),
+        lease=LeaseConfig(
+            backend, values["BPF_LEASE_DIR"] or pin_dir, values["LEASE_RETRY_INTERVAL"],
+            values["LEASE_RENEW_INTERVAL"],
+        ),
+        dataplane=DataPlaneConfig(values["DATAPLANE"], pin_dir, values["MAP_MAX_ENTRIES"]),
+        source=SourceConfig(values["SOURCE"], values["SOURCE_FILE"] or "",
+                            values["SOURCE_POLL_INTERVAL"]),
+    )
+
+
+def markdown_table() -> str:
+    """The README's env var table, generated so it cannot drift from the code."""
+    lines = [
+        "| Variable | Unit | Default (cluster / local) | Why |",
+        "|---|---|---|---|",
+    ]
+    for v in VARIABLES:
+        cluster, local = v.defaults["cluster"] or "-", v.defaults["local"] or "-"
+        default = f"`{cluster}`" if cluster == local else f"`{cluster}` / `{local}`"
+        lines.append(f"| `{v.name}` | {v.unit} | {default} | {v.why} |")
+    return "\n".join(lines)

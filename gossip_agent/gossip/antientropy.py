@@ -1,0 +1,40 @@
+"""The anti-entropy loop: every GOSSIP_INTERVAL, exchange digests with one random ready peer.
+
+This repairs whatever a push missed (a peer that was down, a lost message, a partition that
+healed): an agent behind pulls the newer snapshot in the same round trip, an agent ahead pushes
+it, and agents that agree exchange only two small digests. The same round re-checks the local
+map against the held table, so hand edits and half-applied writes are repaired too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+
+from gossip_agent import errors
+from gossip_agent.core import fanout
+from gossip_agent.gossip import engine as engine_mod
+
+log = logging.getLogger("gossip_agent.gossip")
+
+
+def _jittered(interval: float, rng: random.Random) -> float:
+    # +-10% so agents started together do not all call at the same instant.
+    return interval * (0.9 + 0.2 * rng.random())
+
+
+async def run_round(engine: engine_mod.Engine, *, rng: random.Random) -> None:
+    ready = engine.membership.ready(now=engine.clock())
+    for target in fanout.choose(ready, rng=rng, k=1):
+        await engine.exchange_with(target)
+    try:
+        engine.repair_map()
+    except errors.DataPlaneError as exc:
+        log.error("could not repair the map: %s", exc)
+
+
+async def run(engine: engine_mod.Engine, *, interval: float, rng: random.Random) -> None:
+    while True:
+        await asyncio.sleep(_jittered(interval, rng))
+        await run_round(engine, rng=rng)

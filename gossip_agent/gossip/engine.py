@@ -1,0 +1,293 @@
+"""One agent's gossip state: the snapshot it holds, its map, its peers, and what it tells them.
+
+The engine is the receiving side of the Gossip service (handle_push, handle_exchange) and the
+calling side of anti-entropy (exchange_with). Whatever path brings a snapshot, it goes through
+receive(): validate, core.snapshots.decide, then apply the map diff and only then replace what
+is held, so a snapshot is applied entirely or not at all and the version never goes back.
+
+Everything here is synchronous except the outgoing calls: adoption costs well under a
+millisecond (a diff and a few bpf() calls), so it runs on the event loop without locks; one
+loop thread means two deliveries can never interleave inside receive().
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from gossip_agent import errors
+from gossip_agent.core import diff, peers, snapshots, versions
+from gossip_agent.dataplane import base as dataplane_base
+from gossip_agent.gossip import transport, wire
+from gossip_agent.v1 import gossip_pb2 as pb
+
+log = logging.getLogger("gossip_agent.gossip")
+
+# Peers listed in one digest: enough to spread membership in a few rounds, small enough to keep
+# a digest well under a kilobyte at 32+ nodes.
+MAX_DIGEST_PEERS = 64
+
+_ACK_RESULTS = {
+    snapshots.Decision.ADOPT: pb.PushAck.ADOPTED,
+    snapshots.Decision.REPAIR: pb.PushAck.ADOPTED,
+    snapshots.Decision.CONFLICT_WIN: pb.PushAck.CONFLICT,
+    snapshots.Decision.CONFLICT_LOSE: pb.PushAck.CONFLICT,
+    snapshots.Decision.DUPLICATE: pb.PushAck.DUPLICATE,
+    snapshots.Decision.STALE: pb.PushAck.STALE,
+}
+
+
+@dataclasses.dataclass
+class Stats:
+    """Counters for the console and metrics (issue: operating a live agent)."""
+
+    received: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    rejected: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    exchanges_ok: int = 0
+    exchanges_failed: int = 0
+    pulls: int = 0
+    pushes_in_exchange: int = 0
+    repairs: int = 0
+    last_apply_seconds: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class StateEvent:
+    version: versions.Version
+    leader: str
+    content_hash: bytes
+    entry_count: int
+    applied_monotonic_ns: int
+    applied_unix_ms: int
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        node: str,
+        address: str,
+        boot_id: str,
+        dataplane: dataplane_base.DataPlane,
+        transport: transport.Transport,
+        membership: peers.Membership,
+        rpc_timeout: float,
+        rng: random.Random,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.node = node
+        self.address = address
+        self.boot_id = boot_id
+        self.dataplane = dataplane
+        self.transport = transport
+        self.membership = membership
+        self.rpc_timeout = rpc_timeout
+        self.rng = rng
+        self.clock = clock
+        self.held: snapshots.Held = snapshots.NOTHING
+        self.table: dict[int, int] = {}
+        self.max_term_seen = 0
+        self.leading_term = 0  # set by leadership while this agent holds the lease
+        self.higher_term = asyncio.Event()  # a term above leading_term was seen
+        self.stats = Stats()
+        self.last_event: StateEvent | None = None
+        self._changed = asyncio.Event()
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Recovers the version floor and the table from the pinned maps (never blanks them)."""
+        persisted = self.dataplane.load()
+        self.table = persisted.table
+        self.max_term_seen = persisted.version.term
+        self.held = snapshots.Held(persisted.version, persisted.content_hash, False, None)
+        actual = snapshots.content_hash(snapshots.encode_table(persisted.table))
+        if persisted.version != versions.ZERO and actual != persisted.content_hash:
+            log.warning(
+                "map at %s does not match version %s persisted beside it (half-applied or "
+                "edited by hand); keeping it until a peer sends that version or a newer one",
+                self.dataplane.location, persisted.version,
+            )
+        elif persisted.version != versions.ZERO:
+            log.info("recovered version %s with %d entries from %s", persisted.version,
+                     len(self.table), self.dataplane.location or "memory")
+
+    # -- receiving --------------------------------------------------------------------------
+
+    def receive(self, snapshot: snapshots.Snapshot, *, via: str) -> snapshots.Decision:
+        """Judges and, if it wins, adopts one snapshot. Raises on invalid input or map failure."""
+        try:
+            snapshots.validate(snapshot, max_entries=self.dataplane.max_entries)
+        except errors.GossipAgentError:
+            self.stats.rejected["invalid"] += 1
+            raise
+        self.note_term(snapshot.version.term)
+        decision = snapshots.decide(
+            self.held, version=snapshot.version, digest=snapshot.content_hash
+        )
+        self.stats.received[f"{via}:{decision.value}"] += 1
+        if decision.is_conflict:
+            log.error(
+                "CONFLICT: version %s arrived from %s with different content than held "
+                "(hash %s vs %s); one leader per term was violated. Larger hash wins: %s",
+                snapshot.version, snapshot.leader, snapshot.content_hash.hex()[:12],
+                self.held.content_hash.hex()[:12], decision.value,
+            )
+        if decision.adopts:
+            self._adopt(snapshot)
+        return decision
+
+    def _adopt(self, snapshot: snapshots.Snapshot) -> None:
+        started = time.perf_counter()
+        entries = snapshot.entries()
+        change = diff.diff(self.table, entries)
+        self.dataplane.apply(
+            change, version=snapshot.version, content_hash=snapshot.content_hash
+        )
+        self.table = entries
+        self.held = snapshots.Held.of(snapshot)
+        self.stats.last_apply_seconds = time.perf_counter() - started
+        self._announce(snapshot)
+
+    def _announce(self, snapshot: snapshots.Snapshot) -> None:
+        self.last_event = StateEvent(
+            version=snapshot.version,
+            leader=snapshot.leader,
+            content_hash=snapshot.content_hash,
+            entry_count=snapshot.entry_count,
+            applied_monotonic_ns=time.monotonic_ns(),
+            applied_unix_ms=time.time_ns() // 1_000_000,
+        )
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+        log.debug("adopted %s from %s (%d entries)", snapshot.version, snapshot.leader,
+                  snapshot.entry_count)
+
+    async def changed(self) -> None:
+        """Waits for the next adoption (WatchState)."""
+        await self._changed.wait()
+
+    def note_term(self, term: int) -> None:
+        if term > self.max_term_seen:
+            self.max_term_seen = term
+        if self.leading_term and term > self.leading_term:
+            self.higher_term.set()
+
+    # -- the Gossip service -----------------------------------------------------------------
+
+    def handle_push(self, message: pb.Snapshot) -> pb.PushAck:
+        decision = self.receive(wire.snapshot_from_pb(message), via="push")
+        return pb.PushAck(
+            result=_ACK_RESULTS[decision],
+            held=wire.version_to_pb(self.held.version),
+            held_hash=self.held.content_hash,
+            node=self.node,
+            max_term_seen=self.max_term_seen,
+        )
+
+    def handle_exchange(self, request: pb.ExchangeRequest) -> pb.ExchangeReply:
+        theirs = request.digest
+        self._learn(theirs, address=theirs.address)
+        if request.HasField("snapshot"):
+            self.receive(wire.snapshot_from_pb(request.snapshot), via="exchange")
+        reply = pb.ExchangeReply(digest=self.digest())
+        if self._newer_than(theirs) and self.held.snapshot is not None:
+            reply.snapshot.CopyFrom(wire.snapshot_to_pb(self.held.snapshot))
+            self.stats.pushes_in_exchange += 1
+        return reply
+
+    def digest(self) -> pb.Digest:
+        known = [p.address for p in self.membership.peers() if p.state is not peers.PeerState.DEAD]
+        return pb.Digest(
+            node=self.node,
+            address=self.address,
+            version=wire.version_to_pb(self.held.version),
+            content_hash=self.held.content_hash,
+            complete=self.held.complete,
+            max_term_seen=self.max_term_seen,
+            boot_id=self.boot_id,
+            peers=known[:MAX_DIGEST_PEERS],
+            leader=self.leading_term > 0,
+        )
+
+    def _newer_than(self, theirs: pb.Digest) -> bool:
+        """Whether the peer that sent `theirs` would adopt what this agent holds."""
+        if self.held.snapshot is None:
+            return False
+        decision = snapshots.decide(
+            snapshots.Held(wire.version_from_pb(theirs.version), theirs.content_hash,
+                           theirs.complete, None),
+            version=self.held.version,
+            digest=self.held.content_hash,
+        )
+        return decision.adopts
+
+    def _learn(self, theirs: pb.Digest, *, address: str) -> None:
+        if theirs.node == self.node:
+            self.membership.mark_self(address)
+            return
+        self.membership.learn([address, *theirs.peers])
+        self.membership.succeeded(address, now=self.clock(), contact=peers.Contact(
+            node=theirs.node, version=wire.version_from_pb(theirs.version),
+            boot_id=theirs.boot_id, leader=theirs.leader,
+        ))
+        self.note_term(theirs.max_term_seen)
+
+    # -- anti-entropy (calling side) ---------------------------------------------------------
+
+    async def exchange_with(self, address: str) -> bool:
+        """One anti-entropy exchange: digests, then a snapshot only where they differ."""
+        try:
+            reply = await self.transport.exchange(
+                address, pb.ExchangeRequest(digest=self.digest()), timeout=self.rpc_timeout
+            )
+            self._learn(reply.digest, address=address)
+            if reply.HasField("snapshot"):
+                self.stats.pulls += 1
+                self.receive(wire.snapshot_from_pb(reply.snapshot), via="pull")
+            elif self._newer_than(reply.digest) and self.held.snapshot is not None:
+                await self.transport.exchange(address, pb.ExchangeRequest(
+                    digest=self.digest(), snapshot=wire.snapshot_to_pb(self.held.snapshot),
+                ), timeout=self.rpc_timeout)
+                self.stats.pushes_in_exchange += 1
+        except transport.PeerUnreachable as exc:
+            self.stats.exchanges_failed += 1
+            self.membership.failed(address, now=self.clock())
+            log.debug("anti-entropy with %s failed: %s", address, exc)
+            return False
+        except errors.GossipAgentError as exc:
+            self.stats.exchanges_failed += 1
+            self.membership.failed(address, now=self.clock())
+            log.warning("anti-entropy with %s brought a bad snapshot: %s", address, exc)
+            return False
+        self.stats.exchanges_ok += 1
+        return True
+
+    def repair_map(self) -> int:
+        """Rewrites map entries that differ from the held table (hand edits); returns how many."""
+        actual = self.dataplane.read()
+        if actual == self.table:
+            return 0
+        change = diff.diff(actual, self.table)
+        self.dataplane.apply(
+            change, version=self.held.version, content_hash=self.held.content_hash
+        )
+        self.stats.repairs += len(change)
+        log.warning("repaired %d map entries that differed from version %s",
+                    len(change), self.held.version)
+        return len(change)
+
+    # -- views ------------------------------------------------------------------------------
+
+    @property
+    def leader_node(self) -> str:
+        return self.held.snapshot.leader if self.held.snapshot else ""
+
+    @property
+    def leader_address(self) -> str:
+        return self.held.snapshot.leader_address if self.held.snapshot else ""

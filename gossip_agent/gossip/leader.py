@@ -1,0 +1,377 @@
+"""Leadership: winning the lease, taking office safely, publishing, and pushing to every peer.
+
+Election (task `lease.elect`): a follower tries the lease every LEASE_RETRY_INTERVAL with
+min_term = max_term_seen + 1, so its term is above every term it has seen whatever the
+backend's counter says. A leader renews every LEASE_RENEW_INTERVAL and steps down the moment
+renewal fails. A leader that learns of a higher term (a refused push, a digest) moves above it
+through the backend's atomic bump before it writes again.
+
+Taking office: a digest round with every known peer first (learn the highest term and pull the
+newest snapshot), then the source is read, then the first snapshot of the term is published.
+So a change of leader never blanks a map and never publishes from a stale base.
+
+Push path: one task per peer (`gossip.push[addr]`) with a one-slot mailbox. The leader
+serializes each snapshot once; each task sends the newest payload on its peer's long-lived
+stream and waits for the ack before sending the next, so a slow peer skips straight to the
+newest snapshot instead of queueing, and a failing peer backs off alone (its task sleeps;
+nobody else waits). DESIGN measured, on 2 cores at N=32: a star over kept-open streams beats
+unary fan-out (p99 14-18 vs 30-38 ms) and rumor-mongering with duplicates collapses at N>=16,
+so the hot path sends each peer each snapshot exactly once and anti-entropy repairs the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+
+from gossip_agent import errors
+from gossip_agent.core import coalesce, peers, snapshots, terms, versions
+from gossip_agent.gossip import engine as engine_mod
+from gossip_agent.gossip import transport, wire
+from gossip_agent.leases import base as lease_base
+from gossip_agent.sources import base as source_base
+from gossip_agent.v1 import gossip_pb2 as pb
+
+log = logging.getLogger("gossip_agent.leader")
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    retry_interval: float
+    renew_interval: float
+    coalesce_window: float
+    write_ack_timeout: float
+
+
+@dataclasses.dataclass(frozen=True)
+class WriteResult:
+    version: versions.Version
+    leader: str
+    acked_peers: int
+    written_monotonic_ns: int
+
+
+class PushWorker:
+    """Delivers the newest snapshot to one peer over its stream; one message in flight."""
+
+    def __init__(self, leadership: Leadership, address: str) -> None:
+        self.address = address
+        self._leadership = leadership
+        self._latest: tuple[versions.Version, bytes] | None = None
+        self._wake = asyncio.Event()
+        self.task = asyncio.create_task(self._run(), name=f"gossip.push[{address}]")
+
+    def offer(self, version: versions.Version, payload: bytes) -> None:
+        self._latest = (version, payload)
+        self._wake.set()
+
+    async def _run(self) -> None:
+        engine = self._leadership.engine
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            peer = engine.membership.get(self.address)
+            if peer is None or self._latest is None:
+                continue
+            if peer.version_known >= self._latest[0]:
+                continue
+            delay = peer.next_attempt - engine.clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self._send_latest()
+
+    async def _send_latest(self) -> None:
+        assert self._latest is not None
+        version, payload = self._latest
+        engine = self._leadership.engine
+        try:
+            ack = await engine.transport.push(self.address, payload, timeout=engine.rpc_timeout)
+        except transport.PeerUnreachable as exc:
+            engine.membership.failed(self.address, now=engine.clock())
+            log.debug("push %s to %s failed: %s", version, self.address, exc)
+            self._wake.set()  # retry after the backoff the failure just set
+            return
+        self._leadership.on_ack(self.address, version, ack)
+        if self._latest[0] > version:
+            self._wake.set()
+
+
+class Leadership:
+    def __init__(
+        self,
+        *,
+        engine: engine_mod.Engine,
+        lease: lease_base.Lease,
+        source: source_base.Source,
+        timing: Timing,
+    ) -> None:
+        self.engine = engine
+        self.lease = lease
+        self.source = source
+        self.timing = timing
+        self.term = 0
+        self.refusal = ""
+        self.lease_error = ""
+        self._desired: source_base.Desired | None = None
+        self._dirty = asyncio.Event()
+        self._waiters: list[asyncio.Future[snapshots.Snapshot]] = []
+        self._last_publish: float | None = None
+        self._published_ns = 0
+        self._ack_event = asyncio.Event()
+        self._workers: dict[str, PushWorker] = {}
+        self._publisher: asyncio.Task[None] | None = None
+
+    @property
+    def holds_lease(self) -> bool:
+        return self.term > 0
+
+    @property
+    def leading(self) -> bool:
+        """In office: holds the lease AND has finished taking office (publishing)."""
+        return self.term > 0 and self._publisher is not None
+
+    # -- election loop ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The `lease.elect` task: campaign while following, renew while leading."""
+        try:
+            while True:
+                if self.holds_lease:
+                    await self._hold_office()
+                    await self._pause(self.timing.renew_interval)
+                else:
+                    await self._campaign()
+                    await self._pause(self.timing.retry_interval)
+        finally:
+            await asyncio.shield(self._resign("agent stopping"))
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self.engine.higher_term.wait()
+
+    async def _campaign(self) -> None:
+        self.refusal = terms.refuse_to_lead(
+            backend=self.lease.backend,
+            own_boot_id=self.engine.boot_id,
+            peer_boot_ids=self.engine.membership.boot_ids(),
+        )
+        if self.refusal:
+            return
+        try:
+            grant = await self.lease.try_acquire(min_term=self.engine.max_term_seen + 1)
+        except errors.LeaseUnavailable as exc:
+            self._lease_trouble(exc)
+            return
+        self.lease_error = ""
+        if grant is not None:
+            await self._take_office(grant)
+
+    def _lease_trouble(self, exc: Exception) -> None:
+        if str(exc) != self.lease_error:
+            log.error("lease backend %s: %s (retrying)", self.lease.backend, exc)
+        self.lease_error = str(exc)
+
+    async def _take_office(self, grant: lease_base.Grant) -> None:
+        log.info("won the %s lease as %s at term %d", self.lease.backend, grant.holder,
+                 grant.term)
+        self.term = grant.term
+        self.engine.leading_term = grant.term
+        await self._digest_round()
+        if self.engine.max_term_seen >= self.term:
+            await self._bump()
+        desired = self.source.read()
+        if desired is None:
+            desired = self._desired_from_held()
+        self._desired = desired
+        self._publisher = asyncio.create_task(self._publish_loop(), name="gossip.publish")
+        self._dirty.set()
+
+    async def _digest_round(self) -> None:
+        """Learn the highest term and newest snapshot around before writing anything."""
+        addresses = self.engine.membership.addresses()
+        if addresses:
+            await asyncio.gather(*(self.engine.exchange_with(a) for a in addresses))
+
+    def _desired_from_held(self) -> source_base.Desired:
+        held = self.engine.held.snapshot
+        names = held.name_map() if held is not None else {}
+        return source_base.Desired(dict(self.engine.table), names)
+
+    async def _hold_office(self) -> None:
+        try:
+            still = await self.lease.renew()
+        except errors.LeaseUnavailable as exc:
+            self._lease_trouble(exc)
+            still = False
+        if not still:
+            await self._step_down(f"lease {self.lease.backend} lost at term {self.term}")
+            return
+        if self.engine.max_term_seen > self.term:
+            await self._bump()
+            self._dirty.set()
+
+    async def _bump(self) -> None:
+        old = self.term
+        try:
+            self.term = await self.lease.bump(min_term=self.engine.max_term_seen + 1)
+        except errors.LeaseError as exc:
+            await self._step_down(f"could not move term {old} up: {exc}")
+            return
+        self.engine.leading_term = self.term
+        self.engine.note_term(self.term)
+        self.engine.higher_term.clear()
+        log.warning("moved term %d -> %d above a higher term seen in the cluster", old, self.term)
+
+    async def _step_down(self, reason: str) -> None:
+        if not self.holds_lease:
+            return
+        log.warning("stepping down: %s", reason)
+        self.term = 0
+        self.engine.leading_term = 0
+        self.engine.higher_term.clear()
+        await self._stop_publishing(errors.NotLeader(f"this agent stopped leading: {reason}"))
+
+    async def _resign(self, reason: str) -> None:
+        held = self.holds_lease
+        await self._step_down(reason)
+        if held:
+            try:
+                await self.lease.release()
+            except errors.LeaseError as exc:
+                log.warning("could not release the lease: %s", exc)
+
+    async def _stop_publishing(self, exc: Exception) -> None:
+        tasks = [w.task for w in self._workers.values()]
+        if self._publisher is not None:
+            tasks.append(self._publisher)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._workers.clear()
+        self._publisher = None
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(exc)
+        self._waiters = []
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    def source_changed(self, desired: source_base.Desired) -> None:
+        """A new desired table from the source (file): published if this agent leads."""
+        if self.leading:
+            self._desired = desired
+            self._dirty.set()
+
+    async def _publish_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            now = self.engine.clock()
+            at = coalesce.publish_at(
+                now=now, last_publish=self._last_publish, window=self.timing.coalesce_window
+            )
+            if at > now:
+                await asyncio.sleep(at - now)
+            self._dirty.clear()
+            self._publish_now()
+
+    def _publish_now(self) -> None:
+        assert self._desired is not None
+        waiters, self._waiters = self._waiters, []
+        held = self.engine.held.version
+        if held.term > self.term:  # wait for the bump; the lease loop wakes on higher_term
+            self._waiters = waiters
+            return
+        version = held.next_seq() if held.term == self.term else versions.Version(self.term, 1)
+        snapshot = snapshots.build(
+            version=version, leader=self.engine.node, leader_address=self.engine.address,
+            entries=self._desired.entries, names=self._desired.names,
+        )
+        self._published_ns = time.monotonic_ns()
+        self._last_publish = self.engine.clock()
+        try:
+            self.engine.receive(snapshot, via="self")
+        except errors.GossipAgentError as exc:
+            # The leader could not apply its own snapshot (its map refused it): publish
+            # nothing, fall back to what it holds, and fail the writes that asked for it.
+            log.error("not publishing %s: %s", version, exc)
+            self._desired = self._desired_from_held()
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            return
+        payload = wire.snapshot_to_pb(snapshot).SerializeToString()
+        self._reconcile_workers()
+        for worker in self._workers.values():
+            worker.offer(version, payload)
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(snapshot)
+
+    def _reconcile_workers(self) -> None:
+        members = set(self.engine.membership.addresses())
+        for address in members - self._workers.keys():
+            self._workers[address] = PushWorker(self, address)
+        for address in self._workers.keys() - members:
+            self._workers.pop(address).task.cancel()
+
+    def on_ack(self, address: str, version: versions.Version, ack: pb.PushAck) -> None:
+        engine = self.engine
+        held = wire.version_from_pb(ack.held)
+        engine.membership.saw_version(address, now=engine.clock(), version=held)
+        engine.note_term(max(ack.max_term_seen, held.term))
+        if ack.result == pb.PushAck.STALE:
+            log.warning("peer %s refused %s as stale: it holds %s", address, version, held)
+        fired, self._ack_event = self._ack_event, asyncio.Event()
+        fired.set()
+
+    # -- admin writes -------------------------------------------------------------------------
+
+    async def write(
+        self, *, updates: dict[int, tuple[int, str]], deletes: tuple[int, ...]
+    ) -> WriteResult:
+        if not self.leading or self._desired is None:
+            detail = "is taking office" if self.holds_lease else "is not the leader"
+            raise errors.NotLeader(f"this agent {detail}; retry shortly")
+        if not self.source.accepts_writes:
+            raise errors.SourceReadOnly(
+                f"the leader's source is {self.source.kind}; change that source instead"
+            )
+        entries = dict(self._desired.entries)
+        names = dict(self._desired.names)
+        for key in deletes:
+            entries.pop(key, None)
+            names.pop(key, None)
+        for key, (replicas, name) in updates.items():
+            entries[key] = replicas
+            if name:
+                names[key] = name
+        if len(entries) > self.engine.dataplane.max_entries:
+            raise errors.SnapshotTooLarge(
+                f"the map holds {self.engine.dataplane.max_entries} services; it is full"
+            )
+        self._desired = source_base.Desired(entries, names)
+        waiter: asyncio.Future[snapshots.Snapshot] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._dirty.set()
+        snapshot = await waiter
+        acked = await self._wait_for_acks(snapshot.version)
+        return WriteResult(snapshot.version, snapshot.leader, acked, self._published_ns)
+
+    def _acked_count(self, version: versions.Version) -> int:
+        return sum(1 for p in self.engine.membership.peers() if p.version_known >= version)
+
+    async def _wait_for_acks(self, version: versions.Version) -> int:
+        """Waits until one peer holds `version` (if any peer is alive), so that a new leader's
+        digest round finds it; gives up after WRITE_ACK_TIMEOUT and reports the count."""
+        live = [p for p in self.engine.membership.peers() if p.state is not peers.PeerState.DEAD]
+        if not live:
+            return 0
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.timing.write_ack_timeout):
+                while self._acked_count(version) < 1:
+                    await self._ack_event.wait()
+        return self._acked_count(version)

@@ -1,0 +1,110 @@
+"""An in-process network for simulations: many agents in one event loop.
+
+Each call goes through the same serialize / parse / handle path as gRPC (the receiver parses
+the bytes), with per-message loss, random delay, and partitions that cut every call between
+two groups. Shipped in the package (as memberlist ships its mock transport) so tests and
+experiments can build clusters without sockets. The random generator is injected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Iterable
+from typing import Protocol
+
+from gossip_agent import errors
+from gossip_agent.gossip import transport, wire
+from gossip_agent.v1 import gossip_pb2 as pb
+
+
+class Handler(Protocol):
+    """The receiving side of the Gossip service (the engine implements it)."""
+
+    def handle_push(self, message: pb.Snapshot) -> pb.PushAck: ...
+
+    def handle_exchange(self, request: pb.ExchangeRequest) -> pb.ExchangeReply: ...
+
+
+class MemoryNetwork:
+    def __init__(
+        self,
+        *,
+        rng: random.Random,
+        loss: float = 0.0,
+        delay: tuple[float, float] = (0.0, 0.0),
+    ) -> None:
+        self.rng = rng
+        self.loss = loss
+        self.delay = delay
+        self._handlers: dict[str, Handler] = {}
+        self._down: set[str] = set()
+        self._groups: list[set[str]] = []
+        self.delivered = 0
+        self.dropped = 0
+
+    def register(self, address: str, handler: Handler) -> None:
+        self._handlers[address] = handler
+        self._down.discard(address)
+
+    def take_down(self, address: str) -> None:
+        """The node stops answering (crash); register() brings it back."""
+        self._down.add(address)
+
+    def partition(self, groups: Iterable[Iterable[str]]) -> None:
+        """Only nodes in the same group can talk; nodes in no group talk to nobody."""
+        self._groups = [set(group) for group in groups]
+
+    def heal(self) -> None:
+        self._groups = []
+
+    def _reachable(self, src: str, dst: str) -> bool:
+        if dst in self._down or dst not in self._handlers:
+            return False
+        if not self._groups:
+            return True
+        return any(src in group and dst in group for group in self._groups)
+
+    async def _travel(self, src: str, dst: str) -> Handler:
+        low, high = self.delay
+        if high > 0:
+            await asyncio.sleep(self.rng.uniform(low, high))
+        if not self._reachable(src, dst) or self.rng.random() < self.loss:
+            self.dropped += 1
+            raise transport.PeerUnreachable(dst, "unreachable (simulated)", code="UNAVAILABLE")
+        self.delivered += 1
+        return self._handlers[dst]
+
+    def transport_for(self, address: str) -> MemoryTransport:
+        return MemoryTransport(self, address)
+
+
+class MemoryTransport:
+    def __init__(self, network: MemoryNetwork, address: str) -> None:
+        self._net = network
+        self._address = address
+
+    async def push(self, address: str, payload: bytes, *, timeout: float) -> pb.PushAck:
+        handler = await self._net._travel(self._address, address)
+        try:
+            return handler.handle_push(wire.parse(pb.Snapshot, payload))
+        except errors.GossipAgentError as exc:
+            raise transport.PeerUnreachable(address, str(exc), code="INVALID_ARGUMENT") from exc
+
+    async def exchange(
+        self, address: str, request: pb.ExchangeRequest, *, timeout: float
+    ) -> pb.ExchangeReply:
+        handler = await self._net._travel(self._address, address)
+        parsed = wire.parse(pb.ExchangeRequest, request.SerializeToString())
+        try:
+            reply = handler.handle_exchange(parsed)
+        except errors.GossipAgentError as exc:
+            raise transport.PeerUnreachable(address, str(exc), code="INVALID_ARGUMENT") from exc
+        await self._net._travel(address, self._address)  # the reply can be lost too
+        return wire.parse(pb.ExchangeReply, reply.SerializeToString())
+
+    async def forget(self, address: str) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass

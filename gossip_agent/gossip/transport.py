@@ -1,0 +1,158 @@
+"""The peer transport: how one agent calls another. One Protocol, two implementations.
+
+- GrpcTransport: gossip_agent.v1.Gossip over grpc.aio. Pushes travel on one long-lived
+  bidirectional stream per peer (DESIGN: a unary call costs a receiver ~1.1 ms of CPU, a
+  streamed message 0.1-0.5 ms), and the payload is sent as the bytes the leader serialized
+  once, not re-encoded per peer.
+- memnet.MemoryNetwork (gossip/memnet.py): the same calls in one event loop, with loss, delay
+  and partitions, for simulations.
+
+Callers keep at most one push in flight per peer, so a stream's acks match its messages in
+order. Every failure surfaces as PeerUnreachable; grpc's exception types stay in this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Protocol
+
+import grpc
+import grpc.aio
+
+from gossip_agent.v1 import gossip_pb2 as pb
+
+PUSH_STREAM = "/gossip_agent.v1.Gossip/PushStream"
+EXCHANGE = "/gossip_agent.v1.Gossip/Exchange"
+
+
+class PeerUnreachable(Exception):
+    """A call to a peer failed or timed out; the caller suspects the peer and backs off."""
+
+    def __init__(self, address: str, detail: str, *, code: str = "") -> None:
+        super().__init__(f"peer {address}: {detail}")
+        self.address = address
+        self.code = code
+
+
+class Transport(Protocol):
+    async def push(self, address: str, payload: bytes, *, timeout: float) -> pb.PushAck:
+        """Sends one serialized pb.Snapshot and returns the peer's acknowledgement."""
+        ...
+
+    async def exchange(
+        self, address: str, request: pb.ExchangeRequest, *, timeout: float
+    ) -> pb.ExchangeReply: ...
+
+    async def forget(self, address: str) -> None:
+        """Drops any stream or channel kept for a peer that left."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        # Detect a peer that vanished without closing the stream (node loss), so its push
+        # stream fails and is re-opened with backoff instead of hanging.
+        ("grpc.keepalive_time_ms", 10_000),
+        ("grpc.keepalive_timeout_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.enable_retries", 0),
+    ]
+
+
+@dataclasses.dataclass
+class _PushStream:
+    call: grpc.aio.StreamStreamCall  # type: ignore[type-arg]
+
+
+class GrpcTransport:
+    def __init__(self, *, max_message_bytes: int) -> None:
+        self._options = channel_options(max_message_bytes)
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._streams: dict[str, _PushStream] = {}
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(address, options=self._options)
+            self._channels[address] = channel
+        return channel
+
+    def _stream(self, address: str) -> _PushStream:
+        stream = self._streams.get(address)
+        if stream is None:
+            # request_serializer=None: the payload is already the serialized Snapshot.
+            method = self.channel(address).stream_stream(
+                PUSH_STREAM, request_serializer=None, response_deserializer=pb.PushAck.FromString
+            )
+            # The stream is opened empty and written to per push (grpc-stubs wants an iterator).
+            stream = _PushStream(method())  # type: ignore[call-arg]
+            self._streams[address] = stream
+        return stream
+
+    async def push(self, address: str, payload: bytes, *, timeout: float) -> pb.PushAck:
+        stream = self._stream(address)
+        try:
+            async with asyncio.timeout(timeout):
+                await stream.call.write(payload)
+                ack = await stream.call.read()
+        except (grpc.aio.AioRpcError, TimeoutError, asyncio.InvalidStateError) as exc:
+            self._drop_stream(address)
+            raise _unreachable(address, exc) from exc
+        if not isinstance(ack, pb.PushAck):  # EOF: the peer closed the stream
+            self._drop_stream(address)
+            raise PeerUnreachable(address, await _end_detail(stream.call))
+        return ack
+
+    def _drop_stream(self, address: str) -> None:
+        stream = self._streams.pop(address, None)
+        if stream is not None:
+            stream.call.cancel()
+
+    async def exchange(
+        self, address: str, request: pb.ExchangeRequest, *, timeout: float
+    ) -> pb.ExchangeReply:
+        method = self.channel(address).unary_unary(
+            EXCHANGE,
+            request_serializer=pb.ExchangeRequest.SerializeToString,
+            response_deserializer=pb.ExchangeReply.FromString,
+        )
+        try:
+            reply = await method(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _unreachable(address, exc) from exc
+        assert isinstance(reply, pb.ExchangeReply)
+        return reply
+
+    async def forget(self, address: str) -> None:
+        self._drop_stream(address)
+        channel = self._channels.pop(address, None)
+        if channel is not None:
+            await channel.close(grace=None)
+
+    async def close(self) -> None:
+        for address in list(self._channels):
+            await self.forget(address)
+
+
+def _unreachable(address: str, exc: BaseException) -> PeerUnreachable:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return PeerUnreachable(
+            address, f"{exc.code().name}: {exc.details()}", code=exc.code().name
+        )
+    if isinstance(exc, TimeoutError):
+        return PeerUnreachable(address, "timed out", code="DEADLINE_EXCEEDED")
+    return PeerUnreachable(address, repr(exc))
+
+
+async def _end_detail(call: grpc.aio.StreamStreamCall) -> str:  # type: ignore[type-arg]
+    try:
+        code = await call.code()
+        details = await call.details()
+    except Exception:  # pragma: no cover - the call is already gone
+        return "stream closed"
+    return f"stream closed: {code.name}: {details}"

@@ -1,0 +1,58 @@
+"""Conversion between the core's dataclasses and the gossip_agent.v1 protobuf messages.
+
+Only this module (and api/) knows both worlds, so the core stays free of generated code.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from google.protobuf import message as protobuf_message
+
+from gossip_agent import errors
+from gossip_agent.core import snapshots, versions
+from gossip_agent.v1 import gossip_pb2 as pb
+
+
+def version_to_pb(version: versions.Version) -> pb.Version:
+    return pb.Version(term=version.term, seq=version.seq)
+
+
+def version_from_pb(message: pb.Version) -> versions.Version:
+    return versions.Version(message.term, message.seq)
+
+
+def snapshot_to_pb(snapshot: snapshots.Snapshot, *, age_us: int = 0) -> pb.Snapshot:
+    return pb.Snapshot(
+        version=version_to_pb(snapshot.version),
+        leader=snapshot.leader,
+        leader_address=snapshot.leader_address,
+        table=snapshot.table,
+        names=snapshot.names,
+        content_hash=snapshot.content_hash,
+        age_us=age_us,
+    )
+
+
+def snapshot_from_pb(message: pb.Snapshot) -> snapshots.Snapshot:
+    if not message.HasField("version"):
+        raise errors.SnapshotInvalid("snapshot has no version")
+    return snapshots.Snapshot(
+        version=version_from_pb(message.version),
+        leader=message.leader,
+        leader_address=message.leader_address,
+        table=message.table,
+        names=tuple(message.names),
+        content_hash=message.content_hash,
+    )
+
+
+M = TypeVar("M", bound=protobuf_message.Message)
+
+
+def parse(message_type: type[M], payload: bytes) -> M:
+    """Parses wire bytes; a payload that does not parse is INVALID_ARGUMENT, not INTERNAL."""
+    try:
+        return message_type.FromString(payload)
+    except Exception as exc:  # protobuf raises DecodeError and, for some inputs, others
+        raise errors.SnapshotInvalid(f"message does not parse as {message_type.__name__}") from exc

@@ -1,0 +1,1 @@
+"""Where the leader's truth comes from, behind one Protocol (sources.base.Source)."""

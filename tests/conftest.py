@@ -1,0 +1,46 @@
+"""Shared test plumbing.
+
+- require(): a missing component (bcc, bpffs, grpcurl, dnsmasq, ...) fails the run when CI=true
+  and skips otherwise: CI must never pass by skipping what it was meant to test.
+- Every async test is checked for tasks it leaves running: a leaked task is a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+
+import pytest
+import pytest_asyncio
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(ok: bool, what: str) -> None:
+    if ok:
+        return
+    if IN_CI:
+        pytest.fail(f"required component missing under CI=true: {what}")
+    pytest.skip(f"missing: {what}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
+            # First in the list: set up first, torn down last, after the test's own fixtures.
+            item.fixturenames.insert(0, "_no_leaked_tasks")
+
+
+@pytest_asyncio.fixture
+async def _no_leaked_tasks():  # type: ignore[no-untyped-def]
+    before = set(asyncio.all_tasks())
+    yield
+    await asyncio.sleep(0)
+    leaked = [
+        t for t in asyncio.all_tasks()
+        if t not in before and t is not asyncio.current_task() and not t.done()
+    ]
+    for task in leaked:
+        task.cancel()
+    assert not leaked, f"test left tasks running: {[t.get_name() for t in leaked]}"

@@ -1,0 +1,90 @@
+"""Properties of the pure core, checked with hypothesis."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gossip_agent.core import diff, snapshots, versions
+
+pytestmark = pytest.mark.unit
+
+version_st = st.builds(versions.Version, st.integers(0, 5), st.integers(0, 5))
+table_st = st.dictionaries(st.integers(1, 2**32 - 1), st.integers(0, 2**32 - 1), max_size=20)
+
+
+def snapshot_of(version: versions.Version, entries: dict[int, int]) -> snapshots.Snapshot:
+    return snapshots.build(version=version, leader="n", leader_address="a:1", entries=entries,
+                           names={})
+
+
+def content_for(version: versions.Version) -> dict[int, int]:
+    """One leader per term: a version names one content (derived from it here)."""
+    return {version.term * 100 + version.seq: version.seq}
+
+
+@given(version_st, version_st, version_st)
+def test_version_order_is_total_and_transitive(a, b, c):
+    assert sum((a < b, a == b, a > b)) == 1
+    if a <= b and b <= c:
+        assert a <= c
+
+
+@given(st.lists(st.builds(versions.Version, st.integers(1, 5), st.integers(1, 5)), max_size=8),
+       table_st)
+def test_adoption_is_idempotent(history, entries):
+    held = snapshots.NOTHING
+    for version in history:
+        _, held = snapshots.apply(held, snapshot_of(version, content_for(version)))
+    incoming = snapshot_of(versions.Version(3, 3), entries)
+    _, once = snapshots.apply(held, incoming)
+    decision, twice = snapshots.apply(once, incoming)
+    assert twice == once
+    assert not decision.adopts
+
+
+@settings(max_examples=60)
+@given(st.lists(st.builds(versions.Version, st.integers(1, 4), st.integers(1, 4)),
+                min_size=1, max_size=5, unique=True),
+       st.lists(st.tuples(st.integers(1, 4), st.integers(1, 4), table_st), max_size=2))
+def test_any_delivery_order_ends_in_the_same_state(good_versions, conflicting):
+    deliveries = [snapshot_of(v, content_for(v)) for v in good_versions]
+    # Equal versions with different content (a lease bug) must still converge.
+    deliveries += [snapshot_of(versions.Version(t, s), e) for t, s, e in conflicting]
+    finals = set()
+    for order in itertools.islice(itertools.permutations(deliveries), 120):
+        held = snapshots.NOTHING
+        for snapshot in order:
+            _, held = snapshots.apply(held, snapshot)
+        finals.add((held.version, held.content_hash))
+    assert len(finals) == 1
+    top = max(s.version for s in deliveries)
+    assert finals.pop()[0] == top
+
+
+@given(st.lists(st.tuples(st.builds(versions.Version, st.integers(1, 6), st.integers(1, 6)),
+                          table_st), max_size=12))
+def test_a_held_version_never_goes_backwards(deliveries):
+    held = snapshots.NOTHING
+    for version, entries in deliveries:
+        before = held.version
+        _, held = snapshots.apply(held, snapshot_of(version, entries))
+        assert held.version >= before
+
+
+@given(table_st, table_st)
+def test_diff_then_patch_reaches_the_new_table(old, new):
+    change = diff.diff(old, new)
+    assert diff.patch(old, change) == new
+    assert not set(change.deletes) & set(new)
+    assert diff.diff(new, new).empty
+
+
+@given(table_st)
+def test_table_encoding_is_canonical_and_round_trips(entries):
+    table = snapshots.encode_table(entries)
+    assert snapshots.table_to_dict(table) == entries
+    assert snapshots.encode_table(dict(reversed(list(entries.items())))) == table
