@@ -91,7 +91,8 @@ class Agent:
         self.dataplane = open_dataplane(cfg.dataplane)
         self.lease = open_lease(cfg)
         self.source = open_source(cfg)
-        self.transport = transport.GrpcTransport(max_message_bytes=cfg.gossip.max_message_bytes)
+        self.transport = transport.GrpcTransport(
+            max_message_bytes=cfg.gossip.max_message_bytes, reconnect_cap=cfg.gossip.backoff_cap)
         self.membership = peers.Membership(
             self_address=cfg.node.advertise_addr,
             policy=peers.BackoffPolicy(base=cfg.gossip.backoff_base, cap=cfg.gossip.backoff_cap),

@@ -90,7 +90,10 @@ class Engine:
         self.rng = rng
         self.clock = clock
         self.held: snapshots.Held = snapshots.NOTHING
-        self.table: dict[int, int] = {}
+        # What the map holds, as this agent wrote it: a canonical table (fast diffs); the
+        # dict view is built only when someone reads it (GetState, repair, taking office).
+        self._table_bytes = b""
+        self._table_dict: dict[int, int] | None = {}
         self.max_term_seen = 0
         self.leading_term = 0  # set by leadership while this agent holds the lease
         self.higher_term = asyncio.Event()  # a term above leading_term was seen
@@ -103,10 +106,11 @@ class Engine:
     def load(self) -> None:
         """Recovers the version floor and the table from the pinned maps (never blanks them)."""
         persisted = self.dataplane.load()
-        self.table = persisted.table
+        self._table_dict = persisted.table
+        self._table_bytes = snapshots.encode_table(persisted.table)
         self.max_term_seen = persisted.version.term
         self.held = snapshots.Held(persisted.version, persisted.content_hash, False, None)
-        actual = snapshots.content_hash(snapshots.encode_table(persisted.table))
+        actual = snapshots.content_hash(self._table_bytes)
         if persisted.version != versions.ZERO and actual != persisted.content_hash:
             log.warning(
                 "map at %s does not match version %s persisted beside it (half-applied or "
@@ -144,12 +148,12 @@ class Engine:
 
     def _adopt(self, snapshot: snapshots.Snapshot) -> None:
         started = time.perf_counter()
-        entries = snapshot.entries()
-        change = diff.diff(self.table, entries)
+        change = diff.diff_tables(self._table_bytes, snapshot.table)
         self.dataplane.apply(
             change, version=snapshot.version, content_hash=snapshot.content_hash
         )
-        self.table = entries
+        self._table_bytes = snapshot.table
+        self._table_dict = None
         self.held = snapshots.Held.of(snapshot)
         self.stats.last_apply_seconds = time.perf_counter() - started
         self._announce(snapshot)
@@ -283,6 +287,12 @@ class Engine:
         return len(change)
 
     # -- views ------------------------------------------------------------------------------
+
+    @property
+    def table(self) -> dict[int, int]:
+        if self._table_dict is None:
+            self._table_dict = snapshots.table_to_dict(self._table_bytes)
+        return self._table_dict
 
     @property
     def leader_node(self) -> str:

@@ -51,8 +51,14 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
 
-def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+def channel_options(max_message_bytes: int, *, reconnect_cap: float) -> list[tuple[str, int]]:
     return [
+        # grpc's own reconnect backoff starts at 1 s and grows to 120 s; a peer that was still
+        # starting when we first called would stay unreachable that long. Our per-peer backoff
+        # (PEER_BACKOFF_*) decides when to retry, so keep grpc's short and capped by it.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", int(reconnect_cap * 1000)),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
         # Detect a peer that vanished without closing the stream (node loss), so its push
@@ -70,8 +76,8 @@ class _PushStream:
 
 
 class GrpcTransport:
-    def __init__(self, *, max_message_bytes: int) -> None:
-        self._options = channel_options(max_message_bytes)
+    def __init__(self, *, max_message_bytes: int, reconnect_cap: float = 5.0) -> None:
+        self._options = channel_options(max_message_bytes, reconnect_cap=reconnect_cap)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._streams: dict[str, _PushStream] = {}
 

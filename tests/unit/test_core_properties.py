@@ -88,3 +88,12 @@ def test_table_encoding_is_canonical_and_round_trips(entries):
     table = snapshots.encode_table(entries)
     assert snapshots.table_to_dict(table) == entries
     assert snapshots.encode_table(dict(reversed(list(entries.items())))) == table
+
+
+@given(table_st, table_st, st.data())
+def test_table_diff_matches_the_dict_diff(old, new, data):
+    # Half the time keep old's key set, so the fast path (same keys) is exercised too.
+    if data.draw(st.booleans()) and old:
+        new = {key: data.draw(st.integers(0, 2**32 - 1)) for key in old}
+    fast = diff.diff_tables(snapshots.encode_table(old), snapshots.encode_table(new))
+    assert fast == diff.diff(old, new)

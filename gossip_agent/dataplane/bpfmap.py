@@ -1,0 +1,253 @@
+"""SERVICE_LIST as real pinned BPF maps (DataPlane kind "bpf"), opened without compiling C.
+
+Layout (dataplane/layout.py is the contract with the XDP program):
+    <pin_dir>/SERVICE_LIST       hash u32 -> u32, max_entries configurable (default 1024)
+    <pin_dir>/SERVICE_LIST_META  array[1] of struct service_list_meta (version, content hash)
+
+Invariants:
+- One agent per pin directory: open_pinned() holds an exclusive flock on the directory itself
+  for the object's lifetime (errors.PinDirInUse otherwise). The bpffs lease locks a
+  subdirectory, so an agent may use its pin directory as its lease directory too.
+- The data plane never goes blank: existing pins are reused with their entries, and an
+  incompatible pin is refused (DataPlaneError), never replaced.
+- apply() is all or nothing. It reads the table first (one batch call), refuses a result larger
+  than max_entries before writing, writes deletes then updates (batched), then the meta
+  record. If any write fails it restores the previous values of every key it touched, leaves
+  the meta record as it was, and raises DataPlaneError. So the meta record always describes a
+  table that was fully written.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import os
+import struct
+
+from gossip_agent import errors
+from gossip_agent.core import diff, versions
+from gossip_agent.dataplane import base, bpfsys, layout
+
+_META_KEY = struct.pack("=I", layout.META_KEY)  # u32 key 0, host byte order
+_U32 = struct.Struct("=I")  # SERVICE_LIST keys and values: u32 in host byte order
+# Above this many touched keys, one batch read of the whole map beats per-key lookups.
+_LOOKUP_ONE_BY_ONE_MAX = 64
+
+
+class BpfDataPlane:
+    """The agent's pinned maps; build it with open_pinned()."""
+
+    kind = "bpf"
+
+    def __init__(
+        self,
+        *,
+        pin_dir: str,
+        lock_fd: int,
+        table: bpfsys.PinnedMap,
+        meta: bpfsys.PinnedMap,
+    ) -> None:
+        self.pin_dir = pin_dir
+        self.location = table.path
+        self.max_entries = table.spec.max_entries
+        self._lock_fd = lock_fd
+        self._table = table
+        self._meta = meta
+        self._count = len(table.items_u32())  # entries in the map; kept up to date by apply()
+
+    def load(self) -> base.Persisted:
+        version, content_hash = decode_meta(self._read_meta_raw(), path=self._meta.path)
+        return base.Persisted(version, content_hash, self.read())
+
+    def read(self) -> dict[int, int]:
+        items = self._table.items_u32()
+        self._count = len(items)
+        return items
+
+    def apply(
+        self, change: diff.MapDiff, *, version: versions.Version, content_hash: bytes
+    ) -> None:
+        record = encode_meta(version, content_hash, path=self._meta.path)
+        _check_u32(change, path=self.location)
+        before = self._before(change)
+        size = (self._count - sum(1 for key in change.deletes if key in before)
+                + sum(1 for key in change.updates if key not in before))
+        _check_capacity(size, max_entries=self.max_entries, path=self.location)
+        try:
+            self._write(change, before, record)
+        except errors.DataPlaneError as exc:
+            self.read()  # recount: the failed write may have changed the map before rollback
+            raise self._rolled_back(change, before, version, exc) from exc
+        self._count = size
+
+    def _before(self, change: diff.MapDiff) -> dict[int, int]:
+        """The current values of the keys a change touches (for rollback and sizing).
+
+        A typical snapshot changes a few entries: looking those up one by one (~3 us each)
+        is far cheaper than reading all 1024 entries on every delivery; big changes read all.
+        """
+        touched = [*change.deletes, *change.updates]
+        if len(touched) > _LOOKUP_ONE_BY_ONE_MAX:
+            table = self.read()
+            return {key: table[key] for key in touched if key in table}
+        before = {}
+        for key in touched:
+            raw = self._table.lookup(_U32.pack(key))
+            if raw is not None:
+                before[key] = _U32.unpack(raw)[0]
+        return before
+
+    def close(self) -> None:
+        self._meta.close()
+        self._table.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the pin-directory flock
+            self._lock_fd = -1
+
+    def _read_meta_raw(self) -> bytes:
+        raw = self._meta.lookup(_META_KEY)
+        return raw if raw is not None else bytes(layout.META_STRUCT.size)
+
+    def _write(self, change: diff.MapDiff, before: dict[int, int], record: bytes) -> None:
+        # Only keys present are deleted: one missing key fails a whole delete batch.
+        self._table.delete_u32_batch(key for key in change.deletes if key in before)
+        self._table.update_u32_batch(change.updates.keys(), change.updates.values())
+        self._meta.update(_META_KEY, record)
+
+    def _rolled_back(
+        self,
+        change: diff.MapDiff,
+        before: dict[int, int],
+        version: versions.Version,
+        cause: Exception,
+    ) -> errors.DataPlaneError:
+        """Restores the touched keys; returns the error to raise, saying how that went."""
+        touched = set(change.deletes) | change.updates.keys()
+        what = f"applying snapshot {version} ({len(change)} changes) to {self.location} failed"
+        try:
+            self._restore(touched, before)
+        except errors.DataPlaneError as exc:
+            return errors.DataPlaneError(
+                f"{what}: {cause}; restoring the {len(touched)} entries it touched failed too "
+                f"({exc}), so the map may hold a mix until the next apply; the meta record "
+                f"was left as it was"
+            )
+        return errors.DataPlaneError(
+            f"{what}: {cause}; the {len(touched)} entries it touched were restored and the "
+            f"meta record was left as it was"
+        )
+
+    def _restore(self, touched: set[int], before: dict[int, int]) -> None:
+        # Deletes first: keys the failed apply added may be what stands in the way of
+        # re-inserting the ones it removed.
+        self._table.delete_u32_batch(key for key in touched if key not in before)
+        back = {key: before[key] for key in touched if key in before}
+        self._table.update_u32_batch(back.keys(), back.values())
+
+
+def _check_u32(change: diff.MapDiff, *, path: str) -> None:
+    """Refuses, before any write, keys or values that do not fit a u32."""
+    try:
+        for numbers in (change.updates.keys(), change.updates.values(), change.deletes):
+            array.array("I", numbers)
+    except OverflowError as exc:
+        raise errors.DataPlaneError(
+            f"a key or value for {path} is outside 0..{2**32 - 1} ({exc}); nothing was written"
+        ) from exc
+
+
+def _check_capacity(size: int, *, max_entries: int, path: str) -> None:
+    """Refuses, before any write, a result the map cannot hold (the kernel would stop the
+    update batch at E2BIG halfway; if entries added behind our back make it do so anyway,
+    apply() rolls back)."""
+    if size > max_entries:
+        raise errors.DataPlaneError(
+            f"applying this snapshot would put {size} entries in {path}, which holds at most "
+            f"{max_entries}; the map and its meta record were left as they were"
+        )
+
+
+def encode_meta(version: versions.Version, content_hash: bytes, *, path: str) -> bytes:
+    """struct service_list_meta for a fully applied snapshot (see layout.py)."""
+    if len(content_hash) not in (0, layout.HASH_SIZE):
+        raise errors.DataPlaneError(
+            f"content hash for {path} is {len(content_hash)} bytes; expected "
+            f"{layout.HASH_SIZE} (sha256) or none"
+        )
+    if not (0 <= version.term <= versions.U64_MAX and 0 <= version.seq <= versions.U64_MAX):
+        raise errors.DataPlaneError(f"version {version} does not fit the u64 fields of {path}")
+    digest = content_hash.ljust(layout.HASH_SIZE, b"\0")
+    return layout.META_STRUCT.pack(version.term, version.seq, digest, layout.LAYOUT_VERSION, 0)
+
+
+def decode_meta(raw: bytes, *, path: str) -> tuple[versions.Version, bytes]:
+    """(version, content hash); (ZERO, b"") for a record never written (all zero)."""
+    term, seq, digest, layout_version, _reserved = layout.META_STRUCT.unpack(raw)
+    if layout_version == 0:
+        return versions.ZERO, b""
+    if layout_version != layout.LAYOUT_VERSION:
+        raise errors.DataPlaneError(
+            f"{path} was written with layout version {layout_version}; this agent knows "
+            f"version {layout.LAYOUT_VERSION}"
+        )
+    return versions.Version(term, seq), (b"" if digest == bytes(layout.HASH_SIZE) else digest)
+
+
+def open_pinned(*, pin_dir: str, max_entries: int) -> BpfDataPlane:
+    """Opens (or creates, mkdir -p included) the agent's maps under pin_dir, and owns pin_dir.
+
+    Raises errors.PinDirInUse if another agent holds pin_dir, errors.DataPlaneError if pin_dir
+    is not on bpffs, bpf() fails, or an existing pin does not match the layout.
+    """
+    if max_entries < 1:
+        raise errors.DataPlaneError(f"max_entries for {pin_dir} must be >= 1, not {max_entries}")
+    _require_bpffs(pin_dir)
+    with contextlib.ExitStack() as undo:
+        lock_fd = _lock_pin_dir(pin_dir)
+        undo.callback(os.close, lock_fd)
+        table = bpfsys.PinnedMap.open_or_create(
+            os.path.join(pin_dir, layout.SERVICE_LIST), layout.service_list_spec(max_entries)
+        )
+        undo.callback(table.close)
+        meta = bpfsys.PinnedMap.open_or_create(
+            os.path.join(pin_dir, layout.SERVICE_LIST_META), layout.META_SPEC
+        )
+        undo.pop_all()  # success: the data plane owns the fds from here
+    return BpfDataPlane(pin_dir=pin_dir, lock_fd=lock_fd, table=table, meta=meta)
+
+
+def _require_bpffs(pin_dir: str) -> None:
+    try:
+        on_bpffs = bpfsys.is_bpffs(pin_dir)
+    except OSError as exc:
+        raise errors.DataPlaneError(f"cannot check BPF_PIN_DIR {pin_dir}: {exc}") from exc
+    if not on_bpffs:
+        raise errors.DataPlaneError(
+            f"BPF_PIN_DIR {pin_dir} is not on a BPF filesystem "
+            f"(mount it with: mount -t bpf bpf /sys/fs/bpf)"
+        )
+
+
+def _lock_pin_dir(pin_dir: str) -> int:
+    try:
+        fd = bpfsys.lock_directory(pin_dir)
+    except OSError as exc:
+        raise errors.DataPlaneError(f"cannot open BPF_PIN_DIR {pin_dir}: {exc.strerror}") from exc
+    if fd is None:
+        raise errors.PinDirInUse(
+            f"BPF_PIN_DIR {pin_dir} is already used by another agent on this host; "
+            f"give each agent its own pin directory"
+        )
+    return fd
+
+
+def bpf_available(path: str = "/sys/fs/bpf") -> tuple[bool, str]:
+    """(True, "") if path is on a mounted bpffs and this process can create BPF maps; else
+    (False, why) so the agent can fall back to the memory data plane and say why."""
+    try:
+        if not bpfsys.is_bpffs(path):
+            return False, f"{path} is not a mounted BPF filesystem (mount -t bpf bpf {path})"
+        bpfsys.probe_map_create()
+    except (OSError, errors.DataPlaneError) as exc:
+        return False, f"cannot create BPF maps: {exc}"
+    return True, ""

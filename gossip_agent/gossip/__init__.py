@@ -1,0 +1,1 @@
+"""Gossip: the engine, push streams, anti-entropy, discovery and the peer transport."""

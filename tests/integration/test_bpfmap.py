@@ -1,0 +1,322 @@
+"""The pinned-BPF-map data plane against the real kernel, bpffs, libbcc and bpftool.
+
+Each test gets its own pin directory under /sys/fs/bpf/gossip-agent-test/<uuid>/, removed in
+teardown. Without bpffs, bcc or bpftool the tests skip locally and FAIL in CI (CI=true).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gossip_agent import errors
+from gossip_agent.core import diff, versions
+from gossip_agent.dataplane import base, bpfmap, bpfsys, layout
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+TEST_ROOT = "/sys/fs/bpf/gossip-agent-test"
+V1, V2 = versions.Version(1, 1), versions.Version(1, 2)
+
+
+def _missing(reason: str) -> None:
+    """A required component is missing: a failure in CI, a skip on a laptop."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"required for integration tests in CI: {reason}")
+    pytest.skip(reason)
+
+
+def require_bpf() -> None:
+    ok, why = bpfmap.bpf_available()
+    if not ok:
+        _missing(why)
+    if shutil.which("bpftool") is None:
+        _missing("bpftool is not installed")
+
+
+def remove_tree(path: str) -> None:
+    """rm -r for bpffs (pins unlink like files); the shared parent goes once empty."""
+    for root, dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            os.unlink(os.path.join(root, name))
+        for name in dirs:
+            os.rmdir(os.path.join(root, name))
+    if os.path.isdir(path):
+        os.rmdir(path)
+    try:
+        os.rmdir(TEST_ROOT)
+    except OSError:
+        pass  # other tests (or runs) still use it
+
+
+@pytest.fixture
+def pin_dir() -> Iterator[str]:
+    require_bpf()
+    path = f"{TEST_ROOT}/{uuid.uuid4().hex}"
+    yield path
+    remove_tree(path)
+
+
+@pytest.fixture
+def plane(pin_dir: str) -> Iterator[bpfmap.BpfDataPlane]:
+    opened = bpfmap.open_pinned(pin_dir=pin_dir, max_entries=layout.DEFAULT_MAX_ENTRIES)
+    yield opened
+    opened.close()
+
+
+def digest(table: dict[int, int]) -> bytes:
+    return hashlib.sha256(repr(sorted(table.items())).encode()).digest()
+
+
+def put(plane: bpfmap.BpfDataPlane, table: dict[int, int], version: versions.Version) -> None:
+    plane.apply(diff.diff(plane.read(), table), version=version, content_hash=digest(table))
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+def bpftool_json(*args: str) -> object:
+    out = subprocess.run(["bpftool", "-j", *args], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, f"bpftool {' '.join(args)} failed: {out.stderr}"
+    return json.loads(out.stdout)
+
+
+def le_u32(hex_bytes: list[str]) -> int:
+    return int.from_bytes(bytes(int(b, 16) for b in hex_bytes), sys.byteorder)
+
+
+def bpftool_u32_table(path: str) -> dict[int, int]:
+    """SERVICE_LIST as an independent reader (bpftool) sees it."""
+    dump = bpftool_json("map", "dump", "pinned", path)
+    assert isinstance(dump, list)
+    return {le_u32(item["key"]): le_u32(item["value"]) for item in dump}
+
+
+def bpftool(*args: str) -> None:
+    out = subprocess.run(["bpftool", *args], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, f"bpftool {' '.join(args)} failed: {out.stderr}"
+
+
+def u32_words(value: int) -> list[str]:
+    return [str(b) for b in value.to_bytes(4, sys.byteorder)]
+
+
+def test_a_new_pin_dir_gets_both_maps_with_the_contract_layout(
+    plane: bpfmap.BpfDataPlane, pin_dir: str
+) -> None:
+    table = bpftool_json("map", "show", "pinned", f"{pin_dir}/SERVICE_LIST")
+    meta = bpftool_json("map", "show", "pinned", f"{pin_dir}/SERVICE_LIST_META")
+    assert isinstance(table, dict) and isinstance(meta, dict)
+    assert (table["type"], table["bytes_key"], table["bytes_value"], table["max_entries"]) == (
+        "hash",
+        4,
+        4,
+        1024,
+    )
+    assert (meta["type"], meta["bytes_key"], meta["bytes_value"], meta["max_entries"]) == (
+        "array",
+        4,
+        56,
+        1,
+    )
+    assert (plane.kind, plane.location) == ("bpf", f"{pin_dir}/SERVICE_LIST")
+    assert plane.load() == base.Persisted(versions.ZERO, b"", {})
+
+
+def test_applied_snapshot_is_seen_by_a_new_process_and_by_bpftool(
+    plane: bpfmap.BpfDataPlane, pin_dir: str
+) -> None:
+    table = {0x0A60000A: 3, 0x0A600001: 0, 0xC0A80001: 7}
+    put(plane, table, V1)
+    plane.close()  # releases the pin directory for the other process
+
+    child = run_python(
+        "import json; from gossip_agent.dataplane import bpfmap\n"
+        f"p = bpfmap.open_pinned(pin_dir={pin_dir!r}, max_entries=1024)\n"
+        "s = p.load()\n"
+        "print(json.dumps([s.version.term, s.version.seq, s.content_hash.hex(),"
+        " sorted(s.table.items())]))\n"
+    )
+    assert child.returncode == 0, child.stderr
+    term, seq, hash_hex, items = json.loads(child.stdout)
+    assert versions.Version(term, seq) == V1
+    assert bytes.fromhex(hash_hex) == digest(table)
+    assert {key: value for key, value in items} == table
+    assert bpftool_u32_table(f"{pin_dir}/SERVICE_LIST") == table
+
+
+def test_existing_pin_with_entries_is_reused_and_never_emptied(pin_dir: str) -> None:
+    os.makedirs(pin_dir)
+    path = f"{pin_dir}/SERVICE_LIST"
+    bpftool("map", "create", path, "type", "hash", "key", "4", "value", "4", "entries", "1024",
+            "name", "SERVICE_LIST")  # fmt: skip
+    bpftool("map", "update", "pinned", path, "key", *u32_words(0x0A000001), "value",
+            *u32_words(5))  # fmt: skip
+
+    plane = bpfmap.open_pinned(pin_dir=pin_dir, max_entries=1024)
+    try:
+        assert plane.load() == base.Persisted(versions.ZERO, b"", {0x0A000001: 5})
+    finally:
+        plane.close()
+    reopened = bpfmap.open_pinned(pin_dir=pin_dir, max_entries=1024)
+    try:
+        assert reopened.read() == {0x0A000001: 5}
+    finally:
+        reopened.close()
+
+
+def test_incompatible_existing_pin_is_refused_and_left_in_place(pin_dir: str) -> None:
+    os.makedirs(pin_dir)
+    path = f"{pin_dir}/SERVICE_LIST"
+    bpftool("map", "create", path, "type", "hash", "key", "4", "value", "4", "entries", "512",
+            "name", "SERVICE_LIST")  # fmt: skip
+    bpftool("map", "update", "pinned", path, "key", *u32_words(1), "value", *u32_words(2))
+
+    with pytest.raises(errors.DataPlaneError) as caught:
+        bpfmap.open_pinned(pin_dir=pin_dir, max_entries=1024)
+
+    message = str(caught.value)
+    assert path in message and "max_entries 512" in message and "max_entries 1024" in message
+    assert bpftool_u32_table(path) == {1: 2}
+    # The failed open released the directory: a matching configuration opens it.
+    plane = bpfmap.open_pinned(pin_dir=pin_dir, max_entries=512)
+    plane.close()
+
+
+def test_apply_deletes_and_updates_and_writes_meta_after(
+    plane: bpfmap.BpfDataPlane, pin_dir: str
+) -> None:
+    put(plane, {1: 1, 2: 2, 3: 3}, V1)
+    put(plane, {2: 5, 3: 3, 4: 4}, V2)
+
+    assert plane.load() == base.Persisted(V2, digest({2: 5, 3: 3, 4: 4}), {2: 5, 3: 3, 4: 4})
+    assert bpftool_u32_table(f"{pin_dir}/SERVICE_LIST") == {2: 5, 3: 3, 4: 4}
+
+
+def test_deleting_a_key_already_gone_still_applies(plane: bpfmap.BpfDataPlane) -> None:
+    put(plane, {1: 1, 2: 2, 3: 3}, V1)
+    change = diff.diff({1: 1, 2: 2, 3: 3, 9: 9}, {3: 4})  # 9 was never there
+
+    plane.apply(change, version=V2, content_hash=digest({3: 4}))
+
+    assert plane.load() == base.Persisted(V2, digest({3: 4}), {3: 4})
+
+
+def test_apply_of_1024_entries_fills_the_map(plane: bpfmap.BpfDataPlane, pin_dir: str) -> None:
+    table = {0x0A000000 + i: i % 5 for i in range(1024)}
+    put(plane, table, V1)
+
+    assert plane.read() == table
+    assert bpftool_u32_table(f"{pin_dir}/SERVICE_LIST") == table
+
+
+def test_apply_beyond_max_entries_changes_neither_map_nor_meta(
+    plane: bpfmap.BpfDataPlane,
+) -> None:
+    put(plane, {1: 1, 2: 2}, V1)
+    before = plane.load()
+    too_big = {key: 1 for key in range(100, 100 + 1025)}
+
+    with pytest.raises(errors.DataPlaneError, match="at most 1024"):
+        plane.apply(diff.diff(before.table, too_big), version=V2, content_hash=digest(too_big))
+
+    assert plane.load() == before
+
+
+def test_kernel_failure_mid_batch_restores_touched_keys(
+    plane: bpfmap.BpfDataPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    start = {key: 1 for key in range(1, 1001)}
+    put(plane, start, V1)
+    before = plane.load()
+    # Without the capacity check the kernel itself stops the update batch (E2BIG) after
+    # filling the map: deletes and a prefix of updates are really applied, then rolled back.
+    monkeypatch.setattr(bpfmap, "_check_capacity", lambda *args, **kwargs: None)
+    target = {key: 2 for key in range(11, 1101)}
+
+    with pytest.raises(errors.DataPlaneError, match="were restored") as caught:
+        plane.apply(diff.diff(start, target), version=V2, content_hash=digest(target))
+
+    assert "E2BIG" in str(caught.value)
+    assert plane.load() == before
+
+
+def test_meta_write_failure_restores_the_table_and_keeps_meta(
+    plane: bpfmap.BpfDataPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    put(plane, {1: 1, 2: 2, 3: 3}, V1)
+    before = plane.load()
+
+    def refuse(key: bytes, value: bytes) -> None:
+        raise bpfsys.BpfError("injected meta failure", errno=5)
+
+    monkeypatch.setattr(plane._meta, "update", refuse)
+    with pytest.raises(errors.DataPlaneError, match="injected meta failure"):
+        put(plane, {2: 9, 4: 4}, V2)
+
+    assert plane.load() == before
+
+
+def test_out_of_range_value_is_refused_before_any_write(plane: bpfmap.BpfDataPlane) -> None:
+    put(plane, {1: 1}, V1)
+    before = plane.load()
+
+    with pytest.raises(errors.DataPlaneError, match="nothing was written"):
+        plane.apply(diff.MapDiff(updates={2: 2**32}, deletes=(1,)), version=V2, content_hash=b"")
+
+    assert plane.load() == before
+
+
+def test_second_open_in_the_same_process_is_refused(
+    plane: bpfmap.BpfDataPlane, pin_dir: str
+) -> None:
+    with pytest.raises(errors.PinDirInUse, match=f"BPF_PIN_DIR {pin_dir} is already used"):
+        bpfmap.open_pinned(pin_dir=pin_dir, max_entries=1024)
+
+
+def test_second_open_in_another_process_is_refused(
+    plane: bpfmap.BpfDataPlane, pin_dir: str
+) -> None:
+    child = run_python(
+        "from gossip_agent import errors; from gossip_agent.dataplane import bpfmap\n"
+        "try:\n"
+        f"    bpfmap.open_pinned(pin_dir={pin_dir!r}, max_entries=1024)\n"
+        "except errors.PinDirInUse as exc:\n"
+        "    print('refused:', exc)\n"
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.startswith(f"refused: BPF_PIN_DIR {pin_dir} is already used")
+
+
+def test_close_releases_the_pin_dir(pin_dir: str) -> None:
+    first = bpfmap.open_pinned(pin_dir=pin_dir, max_entries=1024)
+    first.close()
+    first.close()  # idempotent
+    second = bpfmap.open_pinned(pin_dir=pin_dir, max_entries=1024)
+    second.close()
+
+
+def test_pin_dir_outside_bpffs_is_refused(tmp_path: Path) -> None:
+    require_bpf()
+    with pytest.raises(errors.DataPlaneError, match="not on a BPF filesystem"):
+        bpfmap.open_pinned(pin_dir=str(tmp_path / "pins"), max_entries=1024)
+
+
+def test_bpf_available_says_why_not_for_an_ordinary_directory(tmp_path: Path) -> None:
+    ok, why = bpfmap.bpf_available(str(tmp_path))
+    assert not ok
+    assert str(tmp_path) in why and "not a mounted BPF filesystem" in why

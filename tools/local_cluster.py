@@ -1,0 +1,161 @@
+"""The main job on one machine: a cluster of gossip-agent processes on loopback.
+
+    tools/local_cluster.py --nodes 5            live view of every agent; Ctrl-C stops them all
+    tools/local_cluster.py --nodes 5 --check    make a change through the leader, wait until
+                                                every agent's map holds it, print one JSON line
+
+Agents use the bpffs lease and each its own pin directory under /sys/fs/bpf/gossip-agent-local
+(or, without a mounted bpffs, memory maps in a temporary directory, said in each agent's log).
+--check's JSON line: nodes, converged, convergence_ms (leader's write -> last agent's map
+write, from each agent's CLOCK_MONOTONIC on this host), leader, term, agents (gRPC addresses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+
+import grpc.aio
+
+from gossip_agent import localcluster
+from gossip_agent.v1 import gossip_pb2 as pb
+
+CHECK_IP = "10.96.0.10"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=int, default=5, help="agent processes (1..64)")
+    parser.add_argument("--check", action="store_true", help="make one change, verify, exit")
+    parser.add_argument("--source", choices=("api", "file"), default="api")
+    parser.add_argument("--root", default="", help="pin/lease root (default: bpffs or tmp)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds for --check")
+    parser.add_argument("--log-dir", default="", help="agent logs (default: a temp dir)")
+    args = parser.parse_args(argv)
+    if not 1 <= args.nodes <= 64:
+        parser.error("--nodes must be between 1 and 64")
+    return args
+
+
+def choose_root(args: argparse.Namespace) -> str:
+    if args.root:
+        return args.root
+    if localcluster.bpffs_mounted() and os.geteuid() == 0:
+        return localcluster.BPFFS_ROOT
+    root = tempfile.mkdtemp(prefix="gossip-agent-local-")
+    print(f"no bpffs (or not root): agents use memory maps under {root}", file=sys.stderr)
+    return root
+
+
+def source_env(args: argparse.Namespace, log_dir: str) -> dict[str, str]:
+    if args.source == "api":
+        return {"SOURCE": "api"}
+    path = os.path.join(log_dir, "services.yaml")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("services:\n  - {ip: 10.96.0.11, replicas: 1, name: default/demo}\n")
+    print(f"SOURCE=file: edit {path} and watch the agents follow", file=sys.stderr)
+    return {"SOURCE": "file", "SOURCE_FILE": path}
+
+
+async def watch_applied(address: str, version: pb.Version, into: dict[str, int]) -> None:
+    """Records when `address` applied `version` (or newer), from its own WatchState stream."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stream = channel.unary_stream(
+            "/gossip_agent.v1.State/WatchState",
+            request_serializer=pb.WatchStateRequest.SerializeToString,
+            response_deserializer=pb.StateEvent.FromString,
+        )
+        async for event in stream(pb.WatchStateRequest()):
+            if (event.version.term, event.version.seq) >= (version.term, version.seq):
+                into[address] = event.applied_monotonic_ns
+                return
+
+
+async def check(cluster: localcluster.LocalCluster, timeout: float) -> dict[str, object]:
+    """Makes one change through the leader and waits until every agent's map holds it."""
+    started = time.monotonic()
+    await localcluster.wait_all(cluster.addresses, what="every agent to serve", timeout=timeout,
+                                check=lambda s: True)
+    leader, info = await localcluster.find_leader(cluster.addresses, timeout)
+    replicas = random.randint(1, 1000)
+    reply = await localcluster.call(leader, "SetService", pb.SetServiceRequest(
+        ip=CHECK_IP, replicas=replicas, name="default/check"), timeout=10)
+    assert isinstance(reply, pb.WriteResponse)
+    applied: dict[str, int] = {}
+    remaining = max(1.0, timeout - (time.monotonic() - started))
+    converged = True
+    try:
+        async with asyncio.timeout(remaining):
+            await asyncio.gather(*(watch_applied(a, reply.version, applied)
+                                   for a in cluster.addresses))
+            await localcluster.wait_all(
+                cluster.addresses, what="every map to hold the change", timeout=remaining,
+                check=lambda s: any(e.ip == CHECK_IP and e.replicas == replicas
+                                    for e in s.entries),
+            )
+    except TimeoutError:
+        converged = False
+    latest = max(applied.values(), default=reply.written_monotonic_ns)
+    return {
+        "nodes": len(cluster.agents),
+        "converged": converged and len(applied) == len(cluster.agents),
+        "convergence_ms": round((latest - reply.written_monotonic_ns) / 1e6, 3),
+        "leader": reply.leader,
+        "term": reply.version.term,
+        "agents": cluster.addresses,
+    }
+
+
+async def live_view(cluster: localcluster.LocalCluster) -> None:
+    while True:
+        rows = await localcluster.states(cluster.addresses, timeout=1.0)
+        lines = [f"{'NODE':10} {'ADDRESS':18} {'VERSION':>9} {'LEADER':10} {'ENTRIES':>7} PLANE"]
+        for agent, state in zip(cluster.agents, rows, strict=True):
+            if state is None:
+                status = "running" if agent.running else f"exited ({agent.process.returncode})"
+                lines.append(f"{agent.node:10} {agent.address:18} {'-':>9} {status}")
+                continue
+            version = f"{state.version.term}.{state.version.seq}"
+            lines.append(f"{state.node:10} {agent.address:18} {version:>9} "
+                         f"{state.leader or '-':10} {len(state.entries):>7} {state.dataplane}")
+        clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""
+        print(clear + "\n".join(lines) + "\n(Ctrl-C stops every agent)", flush=True)
+        await asyncio.sleep(1.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    log_dir = args.log_dir or tempfile.mkdtemp(prefix="gossip-agent-logs-")
+    root = choose_root(args)
+    cluster = localcluster.LocalCluster(
+        args.nodes, root=root, log_dir=log_dir, extra_env=source_env(args, log_dir))
+    print(f"starting {args.nodes} agents; logs in {log_dir}", file=sys.stderr)
+    cluster.start()
+    try:
+        if args.check:
+            result = asyncio.run(check(cluster, args.timeout))
+            print(json.dumps(result))
+            return 0 if result["converged"] else 1
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(live_view(cluster))
+        return 0
+    except TimeoutError as exc:
+        print(json.dumps({"nodes": args.nodes, "converged": False, "error": str(exc),
+                          "agents": cluster.addresses}))
+        return 1
+    finally:
+        cluster.stop()
+        if not args.log_dir and args.check:
+            shutil.rmtree(log_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
