@@ -34,12 +34,15 @@ _ENTRY_BYTES = 8  # one (key, value) pair of u32
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Snapshot:
+    """names is None when the sender omitted them (see proto Snapshot.names_omitted)."""
+
     version: versions.Version
     leader: str
     leader_address: str
     table: bytes
-    names: tuple[str, ...]
+    names: tuple[str, ...] | None
     content_hash: bytes
+    names_hash: bytes = b""
 
     @property
     def entry_count(self) -> int:
@@ -47,6 +50,10 @@ class Snapshot:
 
     def entries(self) -> dict[int, int]:
         return table_to_dict(self.table)
+
+    @property
+    def complete(self) -> bool:
+        return self.names is not None
 
     def name_map(self) -> dict[int, str]:
         if not self.names:
@@ -92,6 +99,22 @@ def content_hash(table: bytes) -> bytes:
     return hashlib.sha256(table).digest()
 
 
+def names_hash(table: bytes, names: tuple[str, ...]) -> bytes:
+    """Identifies the names as aligned to the table's keys (equal hash: reusable names)."""
+    digest = hashlib.sha256(table_keys(table).tobytes())
+    digest.update("\0".join(names).encode())
+    return digest.digest()
+
+
+def with_names(snapshot: Snapshot, held: Snapshot | None) -> Snapshot:
+    """Fills omitted names from the held snapshot when they are the same names."""
+    if snapshot.names is not None or held is None or held.names is None:
+        return snapshot
+    if held.names_hash != snapshot.names_hash:
+        return snapshot
+    return dataclasses.replace(snapshot, names=held.names)
+
+
 def build(
     *,
     version: versions.Version,
@@ -112,6 +135,7 @@ def build(
         table=table,
         names=aligned,
         content_hash=content_hash(table),
+        names_hash=names_hash(table, aligned),
     )
 
 
@@ -136,9 +160,12 @@ def validate(snapshot: Snapshot, *, max_entries: int) -> None:
         raise errors.SnapshotInvalid(
             f"snapshot {snapshot.version} table keys are not strictly ascending"
         )
-    _validate_names(snapshot.names, count)
     if snapshot.content_hash != content_hash(snapshot.table):
         raise errors.SnapshotInvalid(f"snapshot {snapshot.version} content hash does not match")
+    if snapshot.names is not None:
+        _validate_names(snapshot.names, count)
+        if snapshot.names_hash != names_hash(snapshot.table, snapshot.names):
+            raise errors.SnapshotInvalid(f"snapshot {snapshot.version} names hash does not match")
 
 
 def _validate_names(names: tuple[str, ...], count: int) -> None:
@@ -184,14 +211,19 @@ class Held:
 
     @classmethod
     def of(cls, snapshot: Snapshot) -> Held:
-        return cls(snapshot.version, snapshot.content_hash, True, snapshot)
+        return cls(snapshot.version, snapshot.content_hash, snapshot.complete, snapshot)
 
 
 NOTHING = Held(versions.ZERO, b"", False, None)
 
 
-def decide(held: Held, *, version: versions.Version, digest: bytes) -> Decision:
+def decide(
+    held: Held, *, version: versions.Version, digest: bytes, complete: bool = True
+) -> Decision:
     """Judges an incoming (version, content hash) against what is held.
+
+    `complete` says whether the incoming snapshot carries its names: only a complete one can
+    REPAIR an incomplete held snapshot of the same version.
 
     Equal versions with different content cannot happen with a correct lease (one leader per
     term); if they do, the larger hash wins on every agent, so the cluster still converges.
@@ -201,13 +233,14 @@ def decide(held: Held, *, version: versions.Version, digest: bytes) -> Decision:
     if version < held.version:
         return Decision.STALE
     if digest == held.content_hash:
-        return Decision.DUPLICATE if held.complete else Decision.REPAIR
+        return Decision.REPAIR if complete and not held.complete else Decision.DUPLICATE
     return Decision.CONFLICT_WIN if digest > held.content_hash else Decision.CONFLICT_LOSE
 
 
 def apply(held: Held, snapshot: Snapshot) -> tuple[Decision, Held]:
     """decide() and the resulting Held, for callers (and tests) that want both."""
-    decision = decide(held, version=snapshot.version, digest=snapshot.content_hash)
+    decision = decide(held, version=snapshot.version, digest=snapshot.content_hash,
+                      complete=snapshot.complete)
     return decision, (Held.of(snapshot) if decision.adopts else held)
 
 

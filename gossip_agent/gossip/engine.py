@@ -120,6 +120,10 @@ class Engine:
         elif persisted.version != versions.ZERO:
             log.info("recovered version %s with %d entries from %s", persisted.version,
                      len(self.table), self.dataplane.location or "memory")
+        if persisted.version != versions.ZERO:
+            # WatchState starts with the current version; when it was applied is unknown (0).
+            self.last_event = StateEvent(persisted.version, "", persisted.content_hash,
+                                         len(persisted.table), 0, 0)
 
     # -- receiving --------------------------------------------------------------------------
 
@@ -131,8 +135,10 @@ class Engine:
             self.stats.rejected["invalid"] += 1
             raise
         self.note_term(snapshot.version.term)
+        snapshot = snapshots.with_names(snapshot, self.held.snapshot)
         decision = snapshots.decide(
-            self.held, version=snapshot.version, digest=snapshot.content_hash
+            self.held, version=snapshot.version, digest=snapshot.content_hash,
+            complete=snapshot.complete,
         )
         self.stats.received[f"{via}:{decision.value}"] += 1
         if decision.is_conflict:
@@ -228,6 +234,7 @@ class Engine:
                            theirs.complete, None),
             version=self.held.version,
             digest=self.held.content_hash,
+            complete=self.held.complete,
         )
         return decision.adopts
 

@@ -9,6 +9,7 @@ experiments can build clusters without sockets. The random generator is injected
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Iterable
 from typing import Protocol
@@ -83,13 +84,22 @@ class MemoryTransport:
     def __init__(self, network: MemoryNetwork, address: str) -> None:
         self._net = network
         self._address = address
+        self._on_ack: transport.AckHandler = lambda address, ack: None
 
-    async def push(self, address: str, payload: bytes, *, timeout: float) -> pb.PushAck:
+    def set_ack_handler(self, handler: transport.AckHandler) -> None:
+        self._on_ack = handler
+
+    async def push(self, address: str, payload: bytes, *, timeout: float) -> None:
         handler = await self._net._travel(self._address, address)
+        message = wire.parse(pb.Snapshot, payload)
         try:
-            return handler.handle_push(wire.parse(pb.Snapshot, payload))
+            ack = handler.handle_push(message)
         except errors.GossipAgentError as exc:
             raise transport.PeerUnreachable(address, str(exc), code="INVALID_ARGUMENT") from exc
+        if wire.ack_wanted(message, ack):
+            with contextlib.suppress(transport.PeerUnreachable):  # acks can be lost too
+                await self._net._travel(address, self._address)
+                self._on_ack(address, ack)
 
     async def exchange(
         self, address: str, request: pb.ExchangeRequest, *, timeout: float

@@ -7,14 +7,17 @@
 - memnet.MemoryNetwork (gossip/memnet.py): the same calls in one event loop, with loss, delay
   and partitions, for simulations.
 
-Callers keep at most one push in flight per peer, so a stream's acks match its messages in
-order. Every failure surfaces as PeerUnreachable; grpc's exception types stay in this module.
+A push is one write on the peer's stream; acknowledgements (sent only when asked for, or for
+STALE / CONFLICT results: see Snapshot.ack) come back on the same stream, are read by one task
+per stream and handed to the callback set with set_ack_handler. Every failure surfaces as
+PeerUnreachable; grpc's exception types stay in this module.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 from typing import Protocol
 
 import grpc
@@ -35,9 +38,16 @@ class PeerUnreachable(Exception):
         self.code = code
 
 
+AckHandler = Callable[[str, pb.PushAck], None]
+
+
 class Transport(Protocol):
-    async def push(self, address: str, payload: bytes, *, timeout: float) -> pb.PushAck:
-        """Sends one serialized pb.Snapshot and returns the peer's acknowledgement."""
+    def set_ack_handler(self, handler: AckHandler) -> None:
+        """Where PushAcks arriving on push streams go (address, ack)."""
+        ...
+
+    async def push(self, address: str, payload: bytes, *, timeout: float) -> None:
+        """Writes one serialized pb.Snapshot on the peer's push stream (opened on demand)."""
         ...
 
     async def exchange(
@@ -67,12 +77,20 @@ def channel_options(max_message_bytes: int, *, reconnect_cap: float) -> list[tup
         ("grpc.keepalive_timeout_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.enable_retries", 0),
+        # No bandwidth-delay-product probing: it pings on received data, adding a frame each
+        # way per push on links where messages are small and the window never limits.
+        ("grpc.http2.bdp_probe", 0),
     ]
 
 
 @dataclasses.dataclass
 class _PushStream:
     call: grpc.aio.StreamStreamCall  # type: ignore[type-arg]
+    reader: asyncio.Task[None] | None = None
+
+
+def _ignore_ack(address: str, ack: pb.PushAck) -> None:
+    pass
 
 
 class GrpcTransport:
@@ -80,6 +98,10 @@ class GrpcTransport:
         self._options = channel_options(max_message_bytes, reconnect_cap=reconnect_cap)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._streams: dict[str, _PushStream] = {}
+        self._on_ack: AckHandler = _ignore_ack
+
+    def set_ack_handler(self, handler: AckHandler) -> None:
+        self._on_ack = handler
 
     def channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
@@ -97,27 +119,45 @@ class GrpcTransport:
             )
             # The stream is opened empty and written to per push (grpc-stubs wants an iterator).
             stream = _PushStream(method())  # type: ignore[call-arg]
+            stream.reader = asyncio.create_task(
+                self._read_acks(address, stream), name=f"gossip.push-acks[{address}]")
             self._streams[address] = stream
         return stream
 
-    async def push(self, address: str, payload: bytes, *, timeout: float) -> pb.PushAck:
+    async def _read_acks(self, address: str, stream: _PushStream) -> None:
+        """Hands each ack to the handler; when the stream ends, forgets it (next push reopens)."""
+        try:
+            while True:
+                ack = await stream.call.read()
+                if not isinstance(ack, pb.PushAck):  # EOF: the peer closed the stream
+                    break
+                self._on_ack(address, ack)
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            pass
+        finally:
+            if self._streams.get(address) is stream:
+                del self._streams[address]
+            stream.call.cancel()
+
+    async def push(self, address: str, payload: bytes, *, timeout: float) -> None:
         stream = self._stream(address)
         try:
+            # Bounded: HTTP/2 flow control blocks the write while a stuck peer reads nothing.
             async with asyncio.timeout(timeout):
                 await stream.call.write(payload)
-                ack = await stream.call.read()
         except (grpc.aio.AioRpcError, TimeoutError, asyncio.InvalidStateError) as exc:
+            detail = _unreachable(address, exc)
+            if stream.call.done():
+                detail = PeerUnreachable(address, await _end_detail(stream.call))
             self._drop_stream(address)
-            raise _unreachable(address, exc) from exc
-        if not isinstance(ack, pb.PushAck):  # EOF: the peer closed the stream
-            self._drop_stream(address)
-            raise PeerUnreachable(address, await _end_detail(stream.call))
-        return ack
+            raise detail from exc
 
     def _drop_stream(self, address: str) -> None:
         stream = self._streams.pop(address, None)
         if stream is not None:
             stream.call.cancel()
+            if stream.reader is not None:
+                stream.reader.cancel()
 
     async def exchange(
         self, address: str, request: pb.ExchangeRequest, *, timeout: float
@@ -135,7 +175,10 @@ class GrpcTransport:
         return reply
 
     async def forget(self, address: str) -> None:
+        stream = self._streams.get(address)
         self._drop_stream(address)
+        if stream is not None and stream.reader is not None:
+            await asyncio.gather(stream.reader, return_exceptions=True)
         channel = self._channels.pop(address, None)
         if channel is not None:
             await channel.close(grace=None)

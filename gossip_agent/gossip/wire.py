@@ -22,15 +22,20 @@ def version_from_pb(message: pb.Version) -> versions.Version:
     return versions.Version(message.term, message.seq)
 
 
-def snapshot_to_pb(snapshot: snapshots.Snapshot, *, age_us: int = 0) -> pb.Snapshot:
+def snapshot_to_pb(
+    snapshot: snapshots.Snapshot, *, age_us: int = 0, omit_names: bool = False
+) -> pb.Snapshot:
+    omitted = omit_names or snapshot.names is None
     return pb.Snapshot(
         version=version_to_pb(snapshot.version),
         leader=snapshot.leader,
         leader_address=snapshot.leader_address,
         table=snapshot.table,
-        names=snapshot.names,
+        names=() if omitted else snapshot.names,
         content_hash=snapshot.content_hash,
         age_us=age_us,
+        names_hash=snapshot.names_hash,
+        names_omitted=omitted,
     )
 
 
@@ -42,9 +47,22 @@ def snapshot_from_pb(message: pb.Snapshot) -> snapshots.Snapshot:
         leader=message.leader,
         leader_address=message.leader_address,
         table=message.table,
-        names=tuple(message.names),
+        names=None if message.names_omitted else tuple(message.names),
         content_hash=message.content_hash,
+        names_hash=message.names_hash,
     )
+
+
+# Snapshot(ack=True) serialized: appended to an encoded snapshot it sets `ack` on the receiving
+# side (protobuf merges concatenated messages; for a scalar the last value wins), so the leader
+# encodes each snapshot once whether or not it asks a given peer for an acknowledgement.
+ACK_SUFFIX = pb.Snapshot(ack=True).SerializeToString()
+_ALWAYS_ACKED = (pb.PushAck.STALE, pb.PushAck.CONFLICT)
+
+
+def ack_wanted(message: pb.Snapshot, ack: pb.PushAck) -> bool:
+    """Whether a pushed snapshot's receiver sends its PushAck (see Snapshot.ack)."""
+    return message.ack or ack.result in _ALWAYS_ACKED
 
 
 M = TypeVar("M", bound=protobuf_message.Message)

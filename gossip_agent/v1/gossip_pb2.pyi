@@ -16,7 +16,7 @@ class Version(_message.Message):
     def __init__(self, term: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("version", "leader", "leader_address", "table", "names", "content_hash", "age_us")
+    __slots__ = ("version", "leader", "leader_address", "table", "names", "content_hash", "age_us", "ack", "names_hash", "names_omitted")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LEADER_FIELD_NUMBER: _ClassVar[int]
     LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,9 @@ class Snapshot(_message.Message):
     NAMES_FIELD_NUMBER: _ClassVar[int]
     CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
     AGE_US_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    NAMES_HASH_FIELD_NUMBER: _ClassVar[int]
+    NAMES_OMITTED_FIELD_NUMBER: _ClassVar[int]
     version: Version
     leader: str
     leader_address: str
@@ -31,7 +34,10 @@ class Snapshot(_message.Message):
     names: _containers.RepeatedScalarFieldContainer[str]
     content_hash: bytes
     age_us: int
-    def __init__(self, version: _Optional[_Union[Version, _Mapping]] = ..., leader: _Optional[str] = ..., leader_address: _Optional[str] = ..., table: _Optional[bytes] = ..., names: _Optional[_Iterable[str]] = ..., content_hash: _Optional[bytes] = ..., age_us: _Optional[int] = ...) -> None: ...
+    ack: bool
+    names_hash: bytes
+    names_omitted: bool
+    def __init__(self, version: _Optional[_Union[Version, _Mapping]] = ..., leader: _Optional[str] = ..., leader_address: _Optional[str] = ..., table: _Optional[bytes] = ..., names: _Optional[_Iterable[str]] = ..., content_hash: _Optional[bytes] = ..., age_us: _Optional[int] = ..., ack: _Optional[bool] = ..., names_hash: _Optional[bytes] = ..., names_omitted: _Optional[bool] = ...) -> None: ...
 
 class Digest(_message.Message):
     __slots__ = ("node", "address", "version", "content_hash", "complete", "max_term_seen", "boot_id", "peers", "leader")

@@ -57,10 +57,11 @@ class GossipServicer:
     """
 
     def PushStream(self, request_iterator, context):
-        """The leader's push path: one long-lived stream per peer, one PushAck per Snapshot, in order.
-        The leader keeps at most one snapshot in flight per peer and sends only the newest one
-        when the peer falls behind (so a slow peer never queues). A malformed or oversized snapshot
-        ends the stream with INVALID_ARGUMENT / RESOURCE_EXHAUSTED; the sender reconnects with backoff.
+        """The leader's push path: one long-lived stream per peer. A PushAck comes back for each
+        Snapshot that asked for one (Snapshot.ack) and for every STALE or CONFLICT result, in
+        order. The leader sends only the newest snapshot when a peer falls behind (so a slow peer
+        never queues). A malformed or oversized snapshot ends the stream with INVALID_ARGUMENT /
+        RESOURCE_EXHAUSTED; the sender reconnects with backoff.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
