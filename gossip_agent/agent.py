@@ -24,6 +24,7 @@ from gossip_agent import config as config_mod
 from gossip_agent import errors
 from gossip_agent.api import server as server_mod
 from gossip_agent.api import state as state_mod
+from gossip_agent.api import streams as streams_mod
 from gossip_agent.core import peers
 from gossip_agent.dataplane import base as dataplane_base
 from gossip_agent.dataplane import memory as memory_dataplane
@@ -89,6 +90,13 @@ class Agent:
         self.cfg = cfg
         self.rng = rng or random.Random()
         self.dataplane = open_dataplane(cfg.dataplane)
+        try:
+            self._build(cfg)
+        except BaseException:
+            self.dataplane.close()  # frees the pin-directory lock for whoever comes next
+            raise
+
+    def _build(self, cfg: config_mod.Config) -> None:
         self.lease = open_lease(cfg)
         self.source = open_source(cfg)
         self.transport = transport.GrpcTransport(
@@ -112,15 +120,17 @@ class Agent:
                 write_ack_timeout=cfg.gossip.write_ack_timeout,
             ),
         )
+        self.streams = streams_mod.OpenStreams()
         self.health: server_mod.HealthServicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.state_service = state_mod.StateService(
             engine=self.engine, leadership=self.leadership, lease=self.lease,
             channels=self.transport,
             forward_timeout=cfg.gossip.write_ack_timeout + 2 * cfg.gossip.rpc_timeout,
+            streams=self.streams,
         )
         self.server = server_mod.build(
             engine=self.engine, state_service=self.state_service, health_servicer=self.health,
-            max_message_bytes=cfg.gossip.max_message_bytes,
+            max_message_bytes=cfg.gossip.max_message_bytes, streams=self.streams,
         )
         self.port = server_mod.bind(self.server, cfg.node.listen_addr)
         self.tasks: list[asyncio.Task[Any]] = []
@@ -177,7 +187,7 @@ class Agent:
     async def stop(self) -> None:
         log.info("shutting down: health NOT_SERVING, releasing the lease, stopping the server")
         await self.health.enter_graceful_shutdown()
-        self.state_service.stopping = True
+        self.streams.close()  # push and watch streams end now, not after the grace period
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)

@@ -61,7 +61,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _replicas(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"replicas must be an integer, not {text!r}") from None
     if not 0 <= value <= 2**32 - 1:
         raise argparse.ArgumentTypeError("replicas must be between 0 and 4294967295")
     return value

@@ -115,6 +115,25 @@ def _peer_list(value: str) -> tuple[str, ...]:
     return tuple(seen)
 
 
+def _ip(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        raise ValueError("must be an IPv4 or IPv6 address") from None
+
+
+def _dns_server(value: str) -> str:
+    text = value.strip()
+    if ":" in text and not text.startswith("[") and text.count(":") == 1:
+        host, port = parse_hostport(text)
+        _ip(host)
+        if not 1 <= port <= 65535:
+            raise ValueError("port must be 1..65535")
+        return text
+    _ip(text.strip("[]"))
+    return text
+
+
 def _path(value: str) -> str:
     text = value.strip()
     if not text.startswith("/"):
@@ -138,7 +157,7 @@ VARIABLES: tuple[Variable, ...] = (
              "POD_IP with LISTEN_ADDR's port, or LISTEN_ADDR when it names one address.",
              _hostport),
     Variable("POD_IP", "IPv4/IPv6", _default(""),
-             "The pod's IP from the Downward API; used to derive ADVERTISE_ADDR.", _text),
+             "The pod's IP from the Downward API; used to derive ADVERTISE_ADDR.", _ip),
     Variable("PEERS", "host:port,...", _default(""),
              "Static peers (local runs, or a fixed seed list). Merged with PEER_SERVICE.",
              _peer_list),
@@ -147,11 +166,11 @@ VARIABLES: tuple[Variable, ...] = (
              "DISCOVERY_INTERVAL. Port defaults to LISTEN_ADDR's port.", _text),
     Variable("DNS_SERVER", "ip[:port]", _default(""),
              "Query this DNS server instead of /etc/resolv.conf (tests, special setups).",
-             _text),
+             _dns_server),
     Variable("DISCOVERY_INTERVAL", "seconds", _default("10", "2"),
              "How often PEER_SERVICE is re-resolved: pods come and go at rollout speed, and "
              "gossip spreads new members in between.", _seconds(0.1, 3600)),
-    Variable("GOSSIP_INTERVAL", "seconds", _default("1", "0.5"),
+    Variable("GOSSIP_INTERVAL", "seconds", _default("1"),
              "Anti-entropy period: each round exchanges digests with one random peer, so a "
              "missed push is repaired within a few rounds (about log2(N) rounds to spread).",
              _seconds(0.01, 600)),

@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from gossip_agent import errors
 from gossip_agent.api import state, status
+from gossip_agent.api import streams as streams_mod
 from gossip_agent.gossip import engine as engine_mod
 from gossip_agent.gossip import wire
 from gossip_agent.v1 import gossip_pb2 as pb
@@ -44,15 +45,21 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> 
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc!r}")
 
 
-def gossip_handler(engine: engine_mod.Engine) -> grpc.GenericRpcHandler[Any, Any]:
+def gossip_handler(
+    engine: engine_mod.Engine, streams: streams_mod.OpenStreams
+) -> grpc.GenericRpcHandler[Any, Any]:
     async def push_stream(
         requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.PushAck]:
-        async for payload in requests:
-            try:
-                yield engine.handle_push(wire.parse(pb.Snapshot, payload))
-            except errors.GossipAgentError as exc:
-                await abort(context, exc)
+        with streams.serving():
+            async for payload in requests:
+                try:
+                    message = wire.parse(pb.Snapshot, payload)
+                    ack = engine.handle_push(message)
+                except errors.GossipAgentError as exc:
+                    await abort(context, exc)
+                if wire.ack_wanted(message, ack):
+                    yield ack
 
     async def push(payload: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> pb.PushAck:
         try:
@@ -88,6 +95,7 @@ def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
         # Peers keep streams open and ping them; allow it without calls in flight.
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.http2.bdp_probe", 0),  # see transport.channel_options
     ]
 
 
@@ -97,9 +105,10 @@ def build(
     state_service: state.StateService,
     health_servicer: HealthServicer,
     max_message_bytes: int,
+    streams: streams_mod.OpenStreams,
 ) -> grpc.aio.Server:
     server = grpc.aio.server(options=server_options(max_message_bytes))
-    server.add_generic_rpc_handlers((gossip_handler(engine),))
+    server.add_generic_rpc_handlers((gossip_handler(engine, streams),))
     pb_grpc.add_StateServicer_to_server(state_service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -16,6 +16,7 @@ import grpc.aio
 
 from gossip_agent import errors
 from gossip_agent.api import status
+from gossip_agent.api import streams as streams_mod
 from gossip_agent.core import snapshots, versions
 from gossip_agent.gossip import engine as engine_mod
 from gossip_agent.gossip import leader as leader_mod
@@ -40,13 +41,14 @@ class StateService(pb_grpc.StateServicer):
         lease: lease_base.Lease,
         channels: transport_mod.GrpcTransport,
         forward_timeout: float,
+        streams: streams_mod.OpenStreams,
     ) -> None:
         self.engine = engine
         self.leadership = leadership
         self.lease = lease
         self.channels = channels
         self.forward_timeout = forward_timeout
-        self.stopping = False
+        self.streams = streams
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -125,8 +127,14 @@ class StateService(pb_grpc.StateServicer):
     async def WatchState(
         self, request: pb.WatchStateRequest, context: Context
     ) -> AsyncIterator[pb.StateEvent]:
+        with self.streams.serving():
+            async for event in self._events():
+                yield event
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "agent is shutting down")
+
+    async def _events(self) -> AsyncIterator[pb.StateEvent]:
         sent: versions.Version | None = None
-        while not self.stopping:
+        while True:
             event = self.engine.last_event
             if event is not None and event.version != sent:
                 sent = event.version
@@ -139,8 +147,10 @@ class StateService(pb_grpc.StateServicer):
                     applied_monotonic_ns=event.applied_monotonic_ns,
                     applied_unix_ms=event.applied_unix_ms,
                 )
+                # An adoption while this generator was suspended at `yield` (grpc sending the
+                # event) has already fired its wake-up: look again before waiting.
+                continue
             await self.engine.changed()
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "agent is shutting down")
 
     # -- writes -------------------------------------------------------------------------------
 
