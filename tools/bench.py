@@ -2,10 +2,12 @@
 
 For each cluster size N (default 8, 16, 32 agent processes on loopback, bpffs lease, pinned BPF
 maps), the leader's table is first filled to 1024 entries; then --changes writes (default 200),
-one at a time, each changing one service's replicas through the leader's SetService. A change's
-latency runs from the leader's write (WriteResponse.written_monotonic_ns) to the moment the LAST
-agent finished writing it into its map (StateEvent.applied_monotonic_ns from each agent's
-WatchState). All processes share this host's CLOCK_MONOTONIC, so the difference is exact.
+one every --gap seconds after the previous reply, each changing one service's replicas through
+the leader's SetService. A change's latency runs from the leader's write
+(WriteResponse.written_monotonic_ns) to the moment the LAST agent finished writing it into its
+map (applied_monotonic_ns in each agent's GetHistory, read after the changes, so no watcher
+stream loads the agents while they are measured). All processes share this host's
+CLOCK_MONOTONIC, so the difference is exact.
 
 Prints p50 / p99 / max per N as a table, or with --json one JSON line: a list of objects with
 nodes, p50_ms, p99_ms, max_ms (and changes, entries).
@@ -30,6 +32,8 @@ from gossip_agent.v1 import gossip_pb2 as pb
 from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc
 
 TABLE_ENTRIES = 1024
+HISTORY_BATCH = 100  # changes between history collections (agents keep 256 adoptions)
+SETTLE_SECONDS = 1.0  # before collecting: anything slower than this is a failure to converge
 FIRST_IP = 0x0A600000  # 10.96.0.0
 
 
@@ -38,31 +42,34 @@ def ip_of(index: int) -> str:
     return ".".join(str((value >> shift) & 0xFF) for shift in (24, 16, 8, 0))
 
 
-class Watcher:
-    """Keeps a WatchState stream open to one agent and records when each version applied."""
+async def histories(addresses: list[str]) -> list[list[tuple[tuple[int, int], int]]]:
+    """Each agent's recent adoptions as ((term, seq), applied_monotonic_ns)."""
 
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.applied: dict[tuple[int, int], int] = {}
-        self.latest = (0, 0)
-        self.event = asyncio.Event()
-        self.task = asyncio.create_task(self._run(), name=f"bench.watch[{address}]")
+    async def one(address: str) -> list[tuple[tuple[int, int], int]]:
+        async with grpc.aio.insecure_channel(address) as channel:
+            reply = await pb_grpc.StateStub(channel).GetHistory(pb.GetHistoryRequest(), timeout=10)
+        return [((e.version.term, e.version.seq), e.applied_monotonic_ns) for e in reply.events]
 
-    async def _run(self) -> None:
-        async with grpc.aio.insecure_channel(self.address) as channel:
-            async for event in pb_grpc.StateStub(channel).WatchState(pb.WatchStateRequest()):
-                version = (event.version.term, event.version.seq)
-                self.applied[version] = event.applied_monotonic_ns
-                self.latest = max(self.latest, version)
-                self.event.set()
+    return list(await asyncio.gather(*(one(a) for a in addresses)))
 
-    async def wait_for(self, version: tuple[int, int], timeout: float) -> int:
-        async with asyncio.timeout(timeout):
-            while self.latest < version:
-                self.event.clear()
-                await self.event.wait()
-        # A watcher that skipped to a newer version applied ours at that moment at the latest.
-        return min(ns for v, ns in self.applied.items() if v >= version)
+
+def applied_at(history: list[tuple[tuple[int, int], int]], version: tuple[int, int]) -> int:
+    """When an agent's map first held `version`: it may have skipped straight to a newer one."""
+    times = [ns for v, ns in history if v >= version and ns > 0]
+    if not times:
+        raise RuntimeError(f"an agent never adopted {version}")
+    return min(times)
+
+
+def latencies_of(
+    written: list[tuple[tuple[int, int], int]],
+    agent_histories: list[list[tuple[tuple[int, int], int]]],
+) -> list[float]:
+    """Leader's write -> the last agent's map write, per change, in milliseconds."""
+    return [
+        (max(applied_at(h, version) for h in agent_histories) - written_ns) / 1e6
+        for version, written_ns in written
+    ]
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -82,7 +89,9 @@ async def fill_table(stub: pb_grpc.StateStub) -> None:
     await asyncio.gather(*(one(i) for i in range(TABLE_ENTRIES)))
 
 
-async def measure(cluster: localcluster.LocalCluster, changes: int) -> list[float]:
+async def measure(
+    cluster: localcluster.LocalCluster, changes: int, gap: float
+) -> list[float]:
     addresses = cluster.addresses
     await localcluster.wait_all(addresses, what="every agent to serve", timeout=120,
                                 check=lambda s: True)
@@ -92,26 +101,23 @@ async def measure(cluster: localcluster.LocalCluster, changes: int) -> list[floa
         await fill_table(stub)
         await localcluster.wait_all(addresses, what="the full table everywhere", timeout=120,
                                     check=lambda s: len(s.entries) == TABLE_ENTRIES)
-        watchers = [Watcher(a) for a in addresses]
-        latencies = []
-        try:
-            for change in range(changes):
-                reply = await stub.SetService(pb.SetServiceRequest(
-                    ip=ip_of(change % TABLE_ENTRIES), replicas=2 + change,
-                    name=f"bench/svc-{change % TABLE_ENTRIES}"), timeout=30)
-                version = (reply.version.term, reply.version.seq)
-                applied = await asyncio.gather(*(w.wait_for(version, 30) for w in watchers))
-                latencies.append((max(applied) - reply.written_monotonic_ns) / 1e6)
-        finally:
-            for watcher in watchers:
-                watcher.task.cancel()
-            await asyncio.gather(*(w.task for w in watchers), return_exceptions=True)
-    if os.environ.get("BENCH_DEBUG"):
-        print([round(x, 1) for x in latencies], file=sys.stderr)
+        latencies: list[float] = []
+        written: list[tuple[tuple[int, int], int]] = []
+        for change in range(changes):
+            reply = await stub.SetService(pb.SetServiceRequest(
+                ip=ip_of(change % TABLE_ENTRIES), replicas=2 + change,
+                name=f"bench/svc-{change % TABLE_ENTRIES}"), timeout=30)
+            written.append(((reply.version.term, reply.version.seq), reply.written_monotonic_ns))
+            await asyncio.sleep(gap)
+            # Agents keep their last 256 adoptions: collect before they roll over.
+            if len(written) == HISTORY_BATCH or change == changes - 1:
+                await asyncio.sleep(SETTLE_SECONDS)
+                latencies += latencies_of(written, await histories(addresses))
+                written = []
     return latencies
 
 
-def run_size(nodes: int, changes: int, root: str) -> dict[str, object]:
+def run_size(nodes: int, changes: int, gap: float, root: str) -> dict[str, object]:
     log_dir = tempfile.mkdtemp(prefix=f"gossip-bench-{nodes}-")
     shutil.rmtree(root, ignore_errors=True)  # fresh maps: every size starts from the same state
     cluster = localcluster.LocalCluster(
@@ -119,7 +125,7 @@ def run_size(nodes: int, changes: int, root: str) -> dict[str, object]:
     started = time.monotonic()
     cluster.start()
     try:
-        latencies = asyncio.run(measure(cluster, changes))
+        latencies = asyncio.run(measure(cluster, changes, gap))
     finally:
         cluster.stop()
     print(f"N={nodes}: {changes} changes in {time.monotonic() - started:.1f}s (logs {log_dir})",
@@ -140,12 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, action="append",
                         help="cluster size; repeat for several (default 8, 16, 32)")
     parser.add_argument("--changes", type=int, default=200)
+    parser.add_argument("--gap", type=float, default=0.05,
+                        help="seconds between changes (after the leader's reply)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     sizes = args.nodes or [8, 16, 32]
     root = (localcluster.BPFFS_ROOT + "-bench" if localcluster.bpffs_mounted()
             and os.geteuid() == 0 else tempfile.mkdtemp(prefix="gossip-bench-"))
-    results = [run_size(n, args.changes, root) for n in sizes]
+    results = [run_size(n, args.changes, args.gap, root) for n in sizes]
     shutil.rmtree(root, ignore_errors=True)
     if args.json:
         print(json.dumps(results))

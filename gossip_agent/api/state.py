@@ -138,19 +138,17 @@ class StateService(pb_grpc.StateServicer):
             event = self.engine.last_event
             if event is not None and event.version != sent:
                 sent = event.version
-                yield pb.StateEvent(
-                    node=self.engine.node,
-                    version=wire.version_to_pb(event.version),
-                    leader=event.leader,
-                    content_hash=event.content_hash.hex(),
-                    entry_count=event.entry_count,
-                    applied_monotonic_ns=event.applied_monotonic_ns,
-                    applied_unix_ms=event.applied_unix_ms,
-                )
+                yield _event_pb(event, node=self.engine.node)
                 # An adoption while this generator was suspended at `yield` (grpc sending the
                 # event) has already fired its wake-up: look again before waiting.
                 continue
             await self.engine.changed()
+
+    async def GetHistory(
+        self, request: pb.GetHistoryRequest, context: Context
+    ) -> pb.GetHistoryResponse:
+        return pb.GetHistoryResponse(
+            events=[_event_pb(event, node="") for event in self.engine.history])
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -216,6 +214,19 @@ class StateService(pb_grpc.StateServicer):
             )
         assert isinstance(reply, pb.WriteResponse)
         return reply
+
+
+def _event_pb(event: engine_mod.StateEvent, *, node: str) -> pb.StateEvent:
+    return pb.StateEvent(
+        node=node,
+        version=wire.version_to_pb(event.version),
+        leader=event.leader,
+        content_hash=event.content_hash.hex(),
+        entry_count=event.entry_count,
+        applied_monotonic_ns=event.applied_monotonic_ns,
+        applied_unix_ms=event.applied_unix_ms,
+        via=event.via,
+    )
 
 
 def _no_leader_message(node: str, address: str) -> str:

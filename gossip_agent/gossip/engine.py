@@ -56,6 +56,10 @@ class Stats:
     last_apply_seconds: float = 0.0
 
 
+# Adoptions kept for GetHistory: a few minutes of changes at a busy rate, a few KB of memory.
+HISTORY_LENGTH = 256
+
+
 @dataclasses.dataclass(frozen=True)
 class StateEvent:
     version: versions.Version
@@ -64,6 +68,7 @@ class StateEvent:
     entry_count: int
     applied_monotonic_ns: int
     applied_unix_ms: int
+    via: str
 
 
 class Engine:
@@ -99,6 +104,7 @@ class Engine:
         self.higher_term = asyncio.Event()  # a term above leading_term was seen
         self.stats = Stats()
         self.last_event: StateEvent | None = None
+        self.history: collections.deque[StateEvent] = collections.deque(maxlen=HISTORY_LENGTH)
         self._changed = asyncio.Event()
 
     # -- start-up ---------------------------------------------------------------------------
@@ -123,7 +129,8 @@ class Engine:
         if persisted.version != versions.ZERO:
             # WatchState starts with the current version; when it was applied is unknown (0).
             self.last_event = StateEvent(persisted.version, "", persisted.content_hash,
-                                         len(persisted.table), 0, 0)
+                                         len(persisted.table), 0, 0, "recovered")
+            self.history.append(self.last_event)
 
     # -- receiving --------------------------------------------------------------------------
 
@@ -149,10 +156,10 @@ class Engine:
                 self.held.content_hash.hex()[:12], decision.value,
             )
         if decision.adopts:
-            self._adopt(snapshot)
+            self._adopt(snapshot, via=via)
         return decision
 
-    def _adopt(self, snapshot: snapshots.Snapshot) -> None:
+    def _adopt(self, snapshot: snapshots.Snapshot, *, via: str) -> None:
         started = time.perf_counter()
         change = diff.diff_tables(self._table_bytes, snapshot.table)
         self.dataplane.apply(
@@ -162,9 +169,9 @@ class Engine:
         self._table_dict = None
         self.held = snapshots.Held.of(snapshot)
         self.stats.last_apply_seconds = time.perf_counter() - started
-        self._announce(snapshot)
+        self._announce(snapshot, via=via)
 
-    def _announce(self, snapshot: snapshots.Snapshot) -> None:
+    def _announce(self, snapshot: snapshots.Snapshot, *, via: str) -> None:
         self.last_event = StateEvent(
             version=snapshot.version,
             leader=snapshot.leader,
@@ -172,7 +179,9 @@ class Engine:
             entry_count=snapshot.entry_count,
             applied_monotonic_ns=time.monotonic_ns(),
             applied_unix_ms=time.time_ns() // 1_000_000,
+            via=via,
         )
+        self.history.append(self.last_event)
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
         log.debug("adopted %s from %s (%d entries)", snapshot.version, snapshot.leader,

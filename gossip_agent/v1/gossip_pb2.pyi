@@ -198,7 +198,7 @@ class WatchStateRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StateEvent(_message.Message):
-    __slots__ = ("node", "version", "leader", "content_hash", "entry_count", "applied_monotonic_ns", "applied_unix_ms")
+    __slots__ = ("node", "version", "leader", "content_hash", "entry_count", "applied_monotonic_ns", "applied_unix_ms", "via")
     NODE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LEADER_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +206,7 @@ class StateEvent(_message.Message):
     ENTRY_COUNT_FIELD_NUMBER: _ClassVar[int]
     APPLIED_MONOTONIC_NS_FIELD_NUMBER: _ClassVar[int]
     APPLIED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    VIA_FIELD_NUMBER: _ClassVar[int]
     node: str
     version: Version
     leader: str
@@ -213,7 +214,18 @@ class StateEvent(_message.Message):
     entry_count: int
     applied_monotonic_ns: int
     applied_unix_ms: int
-    def __init__(self, node: _Optional[str] = ..., version: _Optional[_Union[Version, _Mapping]] = ..., leader: _Optional[str] = ..., content_hash: _Optional[str] = ..., entry_count: _Optional[int] = ..., applied_monotonic_ns: _Optional[int] = ..., applied_unix_ms: _Optional[int] = ...) -> None: ...
+    via: str
+    def __init__(self, node: _Optional[str] = ..., version: _Optional[_Union[Version, _Mapping]] = ..., leader: _Optional[str] = ..., content_hash: _Optional[str] = ..., entry_count: _Optional[int] = ..., applied_monotonic_ns: _Optional[int] = ..., applied_unix_ms: _Optional[int] = ..., via: _Optional[str] = ...) -> None: ...
+
+class GetHistoryRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetHistoryResponse(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[StateEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[StateEvent, _Mapping]]] = ...) -> None: ...
 
 class SetServiceRequest(_message.Message):
     __slots__ = ("ip", "replicas", "name")

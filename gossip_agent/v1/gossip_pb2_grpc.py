@@ -225,6 +225,11 @@ class StateStub:
                 request_serializer=gossip__agent_dot_v1_dot_gossip__pb2.WatchStateRequest.SerializeToString,
                 response_deserializer=gossip__agent_dot_v1_dot_gossip__pb2.StateEvent.FromString,
                 _registered_method=True)
+        self.GetHistory = channel.unary_unary(
+                '/gossip_agent.v1.State/GetHistory',
+                request_serializer=gossip__agent_dot_v1_dot_gossip__pb2.GetHistoryRequest.SerializeToString,
+                response_deserializer=gossip__agent_dot_v1_dot_gossip__pb2.GetHistoryResponse.FromString,
+                _registered_method=True)
         self.SetService = channel.unary_unary(
                 '/gossip_agent.v1.State/SetService',
                 request_serializer=gossip__agent_dot_v1_dot_gossip__pb2.SetServiceRequest.SerializeToString,
@@ -265,6 +270,15 @@ class StateServicer:
     def WatchState(self, request, context):
         """A stream of adopted versions: the current one first, then one event per adoption. Slow
         readers skip to the newest version rather than queue. Ends with UNAVAILABLE at shutdown.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetHistory(self, request, context):
+        """The last adoptions on this agent (at most 256, oldest first): when each version reached the
+        map and by which path. Answers "when did this node get version X" after the fact without a
+        watcher attached (tools/bench.py uses it so that measuring does not load the agents).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -311,6 +325,11 @@ def add_StateServicer_to_server(servicer, server):
                     servicer.WatchState,
                     request_deserializer=gossip__agent_dot_v1_dot_gossip__pb2.WatchStateRequest.FromString,
                     response_serializer=gossip__agent_dot_v1_dot_gossip__pb2.StateEvent.SerializeToString,
+            ),
+            'GetHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHistory,
+                    request_deserializer=gossip__agent_dot_v1_dot_gossip__pb2.GetHistoryRequest.FromString,
+                    response_serializer=gossip__agent_dot_v1_dot_gossip__pb2.GetHistoryResponse.SerializeToString,
             ),
             'SetService': grpc.unary_unary_rpc_method_handler(
                     servicer.SetService,
@@ -432,6 +451,33 @@ class State:
             '/gossip_agent.v1.State/WatchState',
             gossip__agent_dot_v1_dot_gossip__pb2.WatchStateRequest.SerializeToString,
             gossip__agent_dot_v1_dot_gossip__pb2.StateEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gossip_agent.v1.State/GetHistory',
+            gossip__agent_dot_v1_dot_gossip__pb2.GetHistoryRequest.SerializeToString,
+            gossip__agent_dot_v1_dot_gossip__pb2.GetHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,
