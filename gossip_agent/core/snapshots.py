@@ -14,10 +14,12 @@ Invariants:
 from __future__ import annotations
 
 import array
+import bisect
 import dataclasses
 import enum
 import hashlib
 import ipaddress
+import itertools
 import operator
 import sys
 from collections.abc import Iterable, Mapping
@@ -97,6 +99,72 @@ def encode_table(entries: Mapping[int, int]) -> bytes:
 
 def content_hash(table: bytes) -> bytes:
     return hashlib.sha256(table).digest()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Delta:
+    """A snapshot as the value changes since `base` (same keys): see proto Snapshot.base."""
+
+    version: versions.Version
+    base: versions.Version
+    leader: str
+    leader_address: str
+    changes: bytes  # (key, value) u32 pairs, sorted by key: only values that changed
+    content_hash: bytes  # of the full table after the changes
+    names_hash: bytes
+
+
+class NeedFull(errors.GossipAgentError):
+    """A delta that does not apply to what is held: the sender must send the full snapshot."""
+
+
+def delta_between(old: Snapshot, new: Snapshot) -> Delta | None:
+    """The delta form of `new` against `old`, or None when the keys (or names) differ."""
+    if old.names_hash != new.names_hash or len(old.table) != len(new.table):
+        return None
+    old_pairs, new_pairs = u32_pairs(old.table), u32_pairs(new.table)
+    if old_pairs[0::2] != new_pairs[0::2]:
+        return None
+    keys, values = new_pairs[0::2], new_pairs[1::2]
+    changed = itertools.compress(range(len(keys)), map(operator.ne, old_pairs[1::2], values))
+    pairs = array.array("I")
+    for index in changed:
+        pairs.append(keys[index])
+        pairs.append(values[index])
+    return Delta(new.version, old.version, new.leader, new.leader_address,
+                 _le_bytes(pairs), new.content_hash, new.names_hash)
+
+
+def expand(delta: Delta, held: Snapshot | None) -> Snapshot:
+    """The full snapshot a delta describes, built on the held one; NeedFull if it does not fit.
+
+    Values are patched in place in a copy of the held table (binary search per changed key),
+    so the result keeps the canonical encoding without re-sorting 1024 entries.
+    """
+    if held is None or held.version != delta.base or held.names_hash != delta.names_hash:
+        raise NeedFull(f"delta {delta.version} needs base {delta.base}")
+    if len(delta.changes) % _ENTRY_BYTES:
+        raise errors.SnapshotInvalid("delta changes are not whole (key, value) pairs")
+    pairs = u32_pairs(held.table)
+    keys = pairs[0::2]
+    changes = u32_pairs(delta.changes)
+    for key, value in zip(changes[0::2], changes[1::2], strict=True):
+        index = bisect.bisect_left(keys, key)
+        if index == len(keys) or keys[index] != key:
+            raise NeedFull(f"delta {delta.version} changes a key missing at {delta.base}")
+        pairs[2 * index + 1] = value
+    table = _le_bytes(pairs)
+    if content_hash(table) != delta.content_hash:
+        raise errors.SnapshotInvalid(f"delta {delta.version} content hash does not match")
+    return Snapshot(delta.version, delta.leader, delta.leader_address, table, held.names,
+                    delta.content_hash, held.names_hash)
+
+
+def _le_bytes(pairs: array.array[int]) -> bytes:
+    if sys.byteorder != "little":  # pragma: no cover - the wire is little-endian by contract
+        pairs = array.array("I", pairs)
+        pairs.byteswap()
+    return pairs.tobytes()
 
 
 def names_hash(table: bytes, names: tuple[str, ...]) -> bytes:

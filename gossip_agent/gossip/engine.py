@@ -141,8 +141,37 @@ class Engine:
         except errors.GossipAgentError:
             self.stats.rejected["invalid"] += 1
             raise
+        return self._judge(snapshots.with_names(snapshot, self.held.snapshot), via=via)
+
+    def receive_delta(self, delta: snapshots.Delta, *, via: str) -> snapshots.Decision | None:
+        """A pushed delta: judged like a snapshot once expanded; None when it needs the full
+        snapshot (this agent does not hold its base and does hold something older)."""
+        if not (delta.version.is_valid() and delta.base < delta.version):
+            self.stats.rejected["invalid"] += 1
+            raise errors.SnapshotInvalid(f"delta {delta.version} on base {delta.base} is invalid")
+        self.note_term(delta.version.term)
+        try:
+            snapshot = snapshots.expand(delta, self.held.snapshot)
+        except snapshots.NeedFull:
+            if delta.version <= self.held.version:  # old news: say so like any stale push
+                return self._judge_version(delta.version, delta.content_hash, via=via)
+            self.stats.received[f"{via}:need-full"] += 1
+            return None
+        except errors.GossipAgentError:
+            self.stats.rejected["invalid"] += 1
+            raise
+        # expand() built the table from the held one and checked its hash: it is canonical.
+        return self._judge(snapshot, via=via)
+
+    def _judge_version(
+        self, version: versions.Version, digest: bytes, *, via: str
+    ) -> snapshots.Decision:
+        decision = snapshots.decide(self.held, version=version, digest=digest)
+        self.stats.received[f"{via}:{decision.value}"] += 1
+        return decision
+
+    def _judge(self, snapshot: snapshots.Snapshot, *, via: str) -> snapshots.Decision:
         self.note_term(snapshot.version.term)
-        snapshot = snapshots.with_names(snapshot, self.held.snapshot)
         decision = snapshots.decide(
             self.held, version=snapshot.version, digest=snapshot.content_hash,
             complete=snapshot.complete,
@@ -200,9 +229,12 @@ class Engine:
     # -- the Gossip service -----------------------------------------------------------------
 
     def handle_push(self, message: pb.Snapshot) -> pb.PushAck:
-        decision = self.receive(wire.snapshot_from_pb(message), via="push")
+        if message.HasField("base"):
+            decision = self.receive_delta(wire.delta_from_pb(message), via="push")
+        else:
+            decision = self.receive(wire.snapshot_from_pb(message), via="push")
         return pb.PushAck(
-            result=_ACK_RESULTS[decision],
+            result=pb.PushAck.NEED_FULL if decision is None else _ACK_RESULTS[decision],
             held=wire.version_to_pb(self.held.version),
             held_hash=self.held.content_hash,
             node=self.node,

@@ -65,12 +65,23 @@ class WriteResult:
 
 @dataclasses.dataclass(frozen=True)
 class Publication:
-    """One snapshot as sent: encoded once with names and once without (see names_omitted)."""
+    """One snapshot as sent, each form encoded once: full, without names (names_omitted), and
+    as a delta against the previous publication when the keys are unchanged (Snapshot.base)."""
 
     version: versions.Version
     names_hash: bytes
     full: bytes
     lite: bytes
+    base: versions.Version | None = None
+    delta: bytes = b""
+
+    def payload_for(self, *, sent: versions.Version, names_sent: bytes) -> bytes:
+        """The smallest form the peer can use, given what this leader last wrote to it."""
+        if names_sent != self.names_hash:
+            return self.full
+        if self.delta and sent == self.base:
+            return self.delta
+        return self.lite
 
 
 class PushWorker:
@@ -85,6 +96,12 @@ class PushWorker:
         self._names_sent = b""  # names_hash of the names this peer was last sent
         self._wake = asyncio.Event()
         self.task = asyncio.create_task(self._run(), name=f"gossip.push[{address}]")
+
+    def resend_full(self) -> None:
+        """The peer could not use a delta or names it lacks: next time send everything."""
+        self._sent = versions.ZERO
+        self._names_sent = b""
+        self._wake.set()
 
     def offer(self, snapshot: Publication, *, want_ack: bool) -> None:
         self._latest = snapshot
@@ -110,8 +127,7 @@ class PushWorker:
         assert self._latest is not None
         publication = self._latest
         version = publication.version
-        names_known = publication.names_hash == self._names_sent
-        payload = publication.lite if names_known else publication.full
+        payload = publication.payload_for(sent=self._sent, names_sent=self._names_sent)
         if self._want_ack:
             payload += wire.ACK_SUFFIX
         engine = self._leadership.engine
@@ -154,6 +170,7 @@ class Leadership:
         self._workers: dict[str, PushWorker] = {}
         self._publisher: asyncio.Task[None] | None = None
         self._ack_turn = 0  # rotates which peers are asked to acknowledge
+        self._previous: snapshots.Snapshot | None = None  # last publication: base of deltas
         engine.transport.set_ack_handler(self.on_ack)
 
     @property
@@ -285,6 +302,7 @@ class Leadership:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._workers.clear()
         self._publisher = None
+        self._previous = None
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_exception(exc)
@@ -335,12 +353,7 @@ class Leadership:
                 if not waiter.done():
                     waiter.set_exception(exc)
             return
-        publication = Publication(
-            version=version,
-            names_hash=snapshot.names_hash,
-            full=wire.snapshot_to_pb(snapshot).SerializeToString(),
-            lite=wire.snapshot_to_pb(snapshot, omit_names=True).SerializeToString(),
-        )
+        publication = self._encode(snapshot)
         self._reconcile_workers()
         asked = self._ack_sample()
         for address, worker in self._workers.items():
@@ -348,6 +361,18 @@ class Leadership:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(snapshot)
+
+    def _encode(self, snapshot: snapshots.Snapshot) -> Publication:
+        previous, self._previous = self._previous, snapshot
+        delta = snapshots.delta_between(previous, snapshot) if previous is not None else None
+        return Publication(
+            version=snapshot.version,
+            names_hash=snapshot.names_hash,
+            full=wire.snapshot_to_pb(snapshot).SerializeToString(),
+            lite=wire.snapshot_to_pb(snapshot, omit_names=True).SerializeToString(),
+            base=delta.base if delta is not None else None,
+            delta=wire.delta_to_pb(delta).SerializeToString() if delta is not None else b"",
+        )
 
     def _ack_sample(self) -> set[str]:
         """ACK_SAMPLE live peers, rotating so every peer is asked now and then."""
@@ -373,6 +398,8 @@ class Leadership:
         engine.note_term(max(ack.max_term_seen, held.term))
         if ack.result == pb.PushAck.STALE:
             log.warning("peer %s refused a push as stale: it holds %s", address, held)
+        elif ack.result == pb.PushAck.NEED_FULL and address in self._workers:
+            self._workers[address].resend_full()
         fired, self._ack_event = self._ack_event, asyncio.Event()
         fired.set()
 

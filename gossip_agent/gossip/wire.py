@@ -39,6 +39,33 @@ def snapshot_to_pb(
     )
 
 
+def delta_to_pb(delta: snapshots.Delta) -> pb.Snapshot:
+    return pb.Snapshot(
+        version=version_to_pb(delta.version),
+        base=version_to_pb(delta.base),
+        leader=delta.leader,
+        leader_address=delta.leader_address,
+        table=delta.changes,
+        content_hash=delta.content_hash,
+        names_hash=delta.names_hash,
+        names_omitted=True,
+    )
+
+
+def delta_from_pb(message: pb.Snapshot) -> snapshots.Delta:
+    if not message.HasField("version"):
+        raise errors.SnapshotInvalid("delta has no version")
+    return snapshots.Delta(
+        version=version_from_pb(message.version),
+        base=version_from_pb(message.base),
+        leader=message.leader,
+        leader_address=message.leader_address,
+        changes=message.table,
+        content_hash=message.content_hash,
+        names_hash=message.names_hash,
+    )
+
+
 def snapshot_from_pb(message: pb.Snapshot) -> snapshots.Snapshot:
     if not message.HasField("version"):
         raise errors.SnapshotInvalid("snapshot has no version")
@@ -57,7 +84,7 @@ def snapshot_from_pb(message: pb.Snapshot) -> snapshots.Snapshot:
 # side (protobuf merges concatenated messages; for a scalar the last value wins), so the leader
 # encodes each snapshot once whether or not it asks a given peer for an acknowledgement.
 ACK_SUFFIX = pb.Snapshot(ack=True).SerializeToString()
-_ALWAYS_ACKED = (pb.PushAck.STALE, pb.PushAck.CONFLICT)
+_ALWAYS_ACKED = (pb.PushAck.STALE, pb.PushAck.CONFLICT, pb.PushAck.NEED_FULL)
 
 
 def ack_wanted(message: pb.Snapshot, ack: pb.PushAck) -> bool:

@@ -16,7 +16,7 @@ class Version(_message.Message):
     def __init__(self, term: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("version", "leader", "leader_address", "table", "names", "content_hash", "age_us", "ack", "names_hash", "names_omitted")
+    __slots__ = ("version", "leader", "leader_address", "table", "names", "content_hash", "age_us", "ack", "names_hash", "names_omitted", "base")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LEADER_FIELD_NUMBER: _ClassVar[int]
     LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,7 @@ class Snapshot(_message.Message):
     ACK_FIELD_NUMBER: _ClassVar[int]
     NAMES_HASH_FIELD_NUMBER: _ClassVar[int]
     NAMES_OMITTED_FIELD_NUMBER: _ClassVar[int]
+    BASE_FIELD_NUMBER: _ClassVar[int]
     version: Version
     leader: str
     leader_address: str
@@ -37,7 +38,8 @@ class Snapshot(_message.Message):
     ack: bool
     names_hash: bytes
     names_omitted: bool
-    def __init__(self, version: _Optional[_Union[Version, _Mapping]] = ..., leader: _Optional[str] = ..., leader_address: _Optional[str] = ..., table: _Optional[bytes] = ..., names: _Optional[_Iterable[str]] = ..., content_hash: _Optional[bytes] = ..., age_us: _Optional[int] = ..., ack: _Optional[bool] = ..., names_hash: _Optional[bytes] = ..., names_omitted: _Optional[bool] = ...) -> None: ...
+    base: Version
+    def __init__(self, version: _Optional[_Union[Version, _Mapping]] = ..., leader: _Optional[str] = ..., leader_address: _Optional[str] = ..., table: _Optional[bytes] = ..., names: _Optional[_Iterable[str]] = ..., content_hash: _Optional[bytes] = ..., age_us: _Optional[int] = ..., ack: _Optional[bool] = ..., names_hash: _Optional[bytes] = ..., names_omitted: _Optional[bool] = ..., base: _Optional[_Union[Version, _Mapping]] = ...) -> None: ...
 
 class Digest(_message.Message):
     __slots__ = ("node", "address", "version", "content_hash", "complete", "max_term_seen", "boot_id", "peers", "leader")
@@ -86,11 +88,13 @@ class PushAck(_message.Message):
         DUPLICATE: _ClassVar[PushAck.Result]
         STALE: _ClassVar[PushAck.Result]
         CONFLICT: _ClassVar[PushAck.Result]
+        NEED_FULL: _ClassVar[PushAck.Result]
     RESULT_UNSPECIFIED: PushAck.Result
     ADOPTED: PushAck.Result
     DUPLICATE: PushAck.Result
     STALE: PushAck.Result
     CONFLICT: PushAck.Result
+    NEED_FULL: PushAck.Result
     RESULT_FIELD_NUMBER: _ClassVar[int]
     HELD_FIELD_NUMBER: _ClassVar[int]
     HELD_HASH_FIELD_NUMBER: _ClassVar[int]

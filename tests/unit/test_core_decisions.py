@@ -126,3 +126,12 @@ def test_discovery_refresh_drops_addresses_no_longer_listed_but_keeps_gossiped_o
     assert m.addresses() == ["a:1", "b:1", "c:1"]
     m.set_discovered(peers.DNS, [])
     assert m.addresses() == ["b:1", "c:1"]
+
+
+def test_a_delta_with_a_forged_result_is_invalid_not_adopted():
+    import dataclasses
+    old, new = snap(1, 1, {5: 1, 6: 1}), snap(1, 2, {5: 2, 6: 1})
+    delta = snapshots.delta_between(old, new)
+    forged = dataclasses.replace(delta, content_hash=b"\x00" * 32)
+    with pytest.raises(errors.SnapshotInvalid):
+        snapshots.expand(forged, old)

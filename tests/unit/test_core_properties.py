@@ -97,3 +97,22 @@ def test_table_diff_matches_the_dict_diff(old, new, data):
         new = {key: data.draw(st.integers(0, 2**32 - 1)) for key in old}
     fast = diff.diff_tables(snapshots.encode_table(old), snapshots.encode_table(new))
     assert fast == diff.diff(old, new)
+
+
+@given(table_st.filter(bool), st.data())
+def test_a_delta_rebuilds_exactly_the_new_snapshot_on_its_base(old_entries, data):
+    new_entries = {key: data.draw(st.integers(0, 2**32 - 1)) for key in old_entries}
+    old = snapshot_of(versions.Version(2, 1), old_entries)
+    new = snapshot_of(versions.Version(2, 2), new_entries)
+    delta = snapshots.delta_between(old, new)
+    assert delta is not None
+    assert snapshots.expand(delta, old) == new
+    with pytest.raises(snapshots.NeedFull):
+        snapshots.expand(delta, snapshot_of(versions.Version(1, 9), old_entries))
+
+
+@given(table_st, table_st)
+def test_no_delta_between_snapshots_with_different_keys(a, b):
+    if set(a) != set(b):
+        assert snapshots.delta_between(snapshot_of(versions.Version(1, 1), a),
+                                       snapshot_of(versions.Version(1, 2), b)) is None
