@@ -142,6 +142,7 @@ class Agent:
         await self.server.start()
         await server_mod.set_health(self.health, serving=True, names=(
             "", server_mod.GOSSIP_SERVICE, server_mod.STATE_SERVICE, server_mod.LEASE_HEALTH))
+        await self._first_discovery()
         self._spawn(antientropy.run(self.engine, interval=self.cfg.gossip.interval,
                                     rng=self.rng), "gossip.anti-entropy")
         self._spawn(self.leadership.run(), "lease.elect")
@@ -160,6 +161,22 @@ class Agent:
                  self.dataplane.kind, self.dataplane.location, self.lease.backend,
                  self.cfg.lease.lease_dir)
 
+    async def _first_discovery(self) -> None:
+        """Resolves PEER_SERVICE once before campaigning, so the first election knows the peers
+        (bounded: a DNS failure here only delays discovery to its loop)."""
+        if not self.cfg.discovery.service:
+            return
+        try:
+            found = await discovery.resolve(
+                self.cfg.discovery.service, self.cfg.discovery.service_port,
+                nameserver=self.cfg.discovery.dns_server or None,
+                timeout=min(2.0, self.cfg.discovery.interval),
+            )
+        except discovery.DiscoveryError as exc:
+            log.warning("first lookup of PEER_SERVICE failed: %s", exc)
+            return
+        self.membership.set_discovered(peers.DNS, found)
+
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
         task.add_done_callback(self._on_task_done)
@@ -173,16 +190,16 @@ class Agent:
 
     async def _watch_refusal(self) -> None:
         """Mirrors the refusal to lead into health (gossip_agent.v1.Lease) and the log."""
-        shown = ""
         while True:
+            await self.leadership.refusal_changed.wait()
+            self.leadership.refusal_changed.clear()
             refusal = self.leadership.refusal
-            if refusal != shown:
-                shown = refusal
-                if refusal:
-                    log.error("refusing to lead: %s", refusal)
-                await server_mod.set_health(
-                    self.health, serving=not refusal, names=(server_mod.LEASE_HEALTH,))
-            await asyncio.sleep(self.cfg.lease.retry_interval)
+            if refusal:
+                log.error("refusing to lead: %s", refusal)
+            else:
+                log.info("no longer refusing to lead")
+            await server_mod.set_health(
+                self.health, serving=not refusal, names=(server_mod.LEASE_HEALTH,))
 
     async def stop(self) -> None:
         log.info("shutting down: health NOT_SERVING, releasing the lease, stopping the server")

@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import shutil
+import uuid
+from collections.abc import Iterator
 
 import pytest
 import pytest_asyncio
@@ -23,6 +26,42 @@ def require(ok: bool, what: str) -> None:
     if IN_CI:
         pytest.fail(f"required component missing under CI=true: {what}")
     pytest.skip(f"missing: {what}")
+
+
+BPFFS_TEST_ROOT = "/sys/fs/bpf/gossip-agent-test"
+
+
+def require_bpf() -> None:
+    """A mounted bpffs where maps can be created (root), bcc, and bpftool as a second reader."""
+    from gossip_agent.dataplane import bpfmap
+
+    ok, why = bpfmap.bpf_available()
+    require(ok, f"BPF maps on bpffs: {why}")
+    require(shutil.which("bpftool") is not None, "bpftool")
+
+
+def remove_bpffs_tree(path: str) -> None:
+    """rm -r for bpffs (pins unlink like files); the shared test root goes once empty."""
+    for root, dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            os.unlink(os.path.join(root, name))
+        for name in dirs:
+            os.rmdir(os.path.join(root, name))
+    if os.path.isdir(path):
+        os.rmdir(path)
+    try:
+        os.rmdir(BPFFS_TEST_ROOT)
+    except OSError:
+        pass  # other tests (or runs) still use it
+
+
+@pytest.fixture
+def bpffs_dir() -> Iterator[str]:
+    """A fresh directory on bpffs for one test, removed with everything pinned in it."""
+    require_bpf()
+    path = f"{BPFFS_TEST_ROOT}/{uuid.uuid4().hex}"
+    yield path
+    remove_bpffs_tree(path)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -170,6 +170,8 @@ class Leadership:
         self._workers: dict[str, PushWorker] = {}
         self._publisher: asyncio.Task[None] | None = None
         self._ack_turn = 0  # rotates which peers are asked to acknowledge
+        self._surveyed = False  # a digest round with the known peers ran before campaigning
+        self.refusal_changed = asyncio.Event()  # set when `refusal` changes (health mirrors it)
         self._previous: snapshots.Snapshot | None = None  # last publication: base of deltas
         engine.transport.set_ack_handler(self.on_ack)
 
@@ -202,13 +204,24 @@ class Leadership:
             async with asyncio.timeout(seconds):
                 await self.engine.higher_term.wait()
 
-    async def _campaign(self) -> None:
-        self.refusal = terms.refuse_to_lead(
+    def _check_refusal(self) -> str:
+        refusal = terms.refuse_to_lead(
             backend=self.lease.backend,
             own_boot_id=self.engine.boot_id,
             peer_boot_ids=self.engine.membership.boot_ids(),
         )
-        if self.refusal:
+        if refusal != self.refusal:
+            self.refusal = refusal
+            self.refusal_changed.set()
+        return refusal
+
+    async def _campaign(self) -> None:
+        if not self._surveyed:
+            # Meet the known peers before the first campaign: their boot ids (may this agent
+            # lead at all?) and terms (the first term must be above them).
+            await self._digest_round()
+            self._surveyed = True
+        if self._check_refusal():
             return
         try:
             grant = await self.lease.try_acquire(min_term=self.engine.max_term_seen + 1)
@@ -258,6 +271,9 @@ class Leadership:
             still = False
         if not still:
             await self._step_down(f"lease {self.lease.backend} lost at term {self.term}")
+            return
+        if self._check_refusal():
+            await self._resign(self.refusal)
             return
         if self.engine.max_term_seen > self.term:
             await self._bump()

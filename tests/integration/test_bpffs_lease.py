@@ -9,14 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import struct
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -28,41 +26,9 @@ from gossip_agent.leases import base, bpffs
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-TEST_ROOT = "/sys/fs/bpf/gossip-agent-test"
-
-
-def _missing(reason: str) -> None:
-    """A required component is missing: a failure in CI, a skip on a laptop."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"required for integration tests in CI: {reason}")
-    pytest.skip(reason)
-
-
-def remove_tree(path: str) -> None:
-    """rm -r for bpffs (pins unlink like files); the shared parent goes once empty."""
-    for root, dirs, files in os.walk(path, topdown=False):
-        for name in files:
-            os.unlink(os.path.join(root, name))
-        for name in dirs:
-            os.rmdir(os.path.join(root, name))
-    if os.path.isdir(path):
-        os.rmdir(path)
-    try:
-        os.rmdir(TEST_ROOT)
-    except OSError:
-        pass  # other tests (or runs) still use it
-
-
 @pytest.fixture
-def lease_dir() -> Iterator[str]:
-    ok, why = bpfmap.bpf_available()
-    if not ok:
-        _missing(why)
-    if shutil.which("bpftool") is None:
-        _missing("bpftool is not installed")
-    path = f"{TEST_ROOT}/{uuid.uuid4().hex}"
-    yield path
-    remove_tree(path)
+def lease_dir(bpffs_dir: str) -> str:
+    return bpffs_dir
 
 
 async def poll(what: str, check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:

@@ -9,10 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,50 +19,17 @@ import pytest
 from gossip_agent import errors
 from gossip_agent.core import diff, versions
 from gossip_agent.dataplane import base, bpfmap, bpfsys, layout
+from tests.conftest import require_bpf
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-TEST_ROOT = "/sys/fs/bpf/gossip-agent-test"
 V1, V2 = versions.Version(1, 1), versions.Version(1, 2)
 
 
-def _missing(reason: str) -> None:
-    """A required component is missing: a failure in CI, a skip on a laptop."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"required for integration tests in CI: {reason}")
-    pytest.skip(reason)
-
-
-def require_bpf() -> None:
-    ok, why = bpfmap.bpf_available()
-    if not ok:
-        _missing(why)
-    if shutil.which("bpftool") is None:
-        _missing("bpftool is not installed")
-
-
-def remove_tree(path: str) -> None:
-    """rm -r for bpffs (pins unlink like files); the shared parent goes once empty."""
-    for root, dirs, files in os.walk(path, topdown=False):
-        for name in files:
-            os.unlink(os.path.join(root, name))
-        for name in dirs:
-            os.rmdir(os.path.join(root, name))
-    if os.path.isdir(path):
-        os.rmdir(path)
-    try:
-        os.rmdir(TEST_ROOT)
-    except OSError:
-        pass  # other tests (or runs) still use it
-
-
 @pytest.fixture
-def pin_dir() -> Iterator[str]:
-    require_bpf()
-    path = f"{TEST_ROOT}/{uuid.uuid4().hex}"
-    yield path
-    remove_tree(path)
+def pin_dir(bpffs_dir: str) -> str:
+    return bpffs_dir
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ import os
 import shutil
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gossip_agent import agent as agent_mod
 from gossip_agent import config, errors, localcluster
 from gossip_agent.core import snapshots, versions
-from gossip_agent.dataplane import bpfmap, bpfsys
+from gossip_agent.dataplane import bpfsys
 from gossip_agent.gossip import wire
 from gossip_agent.leases import bpffs
 from gossip_agent.v1 import gossip_pb2 as pb
@@ -120,15 +119,9 @@ def lease_held_by_test(lease_dir: Path) -> Iterator[None]:
 
 
 @pytest.fixture
-def bpf_root() -> Iterator[str]:
+def bpf_root(bpffs_dir: str) -> str:
     """A fresh bpffs directory for this test, removed (pins and all) afterwards."""
-    ok, why = bpfmap.bpf_available()
-    require(ok, f"bpffs and bpf() map creation: {why}")
-    path = f"{BPF_TEST_ROOT}/{uuid.uuid4().hex}"
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        os.rmdir(BPF_TEST_ROOT)  # other tests or runs may still use it
+    return bpffs_dir
 
 
 # -- calls and polling --------------------------------------------------------------------------
@@ -699,3 +692,40 @@ async def test_health_turns_not_serving_when_stop_begins_then_the_server_goes(
         elif not stopping.done():
             await stopping
         await settle(before)
+
+
+async def test_bpffs_agents_that_see_a_peer_on_another_host_refuse_to_lead(bpf_root: str) -> None:
+    ports = localcluster.free_ports(2)
+    agents = [agent_mod.Agent(config.from_env(agent_env(
+        node=f"node-{i}", port=port, peers=ports, lease_dir=bpf_root))) for i, port in
+        enumerate(ports)]
+    agents[1].engine.boot_id = "0e6f1d2c-another-host"  # as if it ran on a second machine
+    before = asyncio.all_tasks()
+    try:
+        for agent in agents:
+            await agent.start()
+        for agent in agents:
+            await poll(f"{agent.cfg.node.name} to refuse to lead", lambda a=agent: _refuses(a),
+                       timeout=10)
+        for agent in agents:
+            async with state_stub(address(agent)) as stub:
+                leader = await stub.GetLeader(pb.GetLeaderRequest(), timeout=5)
+            assert not leader.is_self and "another host" in leader.refusal
+            not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+            await poll("health gossip_agent.v1.Lease NOT_SERVING",
+                       lambda a=agent: _lease_health_is(a, not_serving), timeout=5)
+        assert not any(agent.leadership.holds_lease for agent in agents)
+    finally:
+        await asyncio.gather(*(agent.stop() for agent in agents))
+        await settle(before)
+
+
+async def _lease_health_is(agent: agent_mod.Agent, status: int) -> bool:
+    async with grpc.aio.insecure_channel(address(agent)) as channel:
+        health = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="gossip_agent.v1.Lease"), timeout=5)
+    return bool(health.status == status)
+
+
+async def _refuses(agent: agent_mod.Agent) -> bool:
+    return bool(agent.leadership.refusal) and not agent.leadership.holds_lease

@@ -127,3 +127,24 @@ async def test_a_dead_peer_does_not_slow_convergence_of_the_others():
         c.network.register(c.agents[7].address, c.agents[7].engine)
         await c.wait_for("the revived agent to catch up", lambda: c.agents[7].engine.held.version
                          == leader.engine.held.version, 5)
+
+
+async def test_an_acknowledged_write_survives_the_leader_vanishing_right_after():
+    c = sim.SimCluster(6, seed=13)
+    async with sim.running(c, campaigners=3):
+        leader = await c.leader()
+        result = await leader.leadership.write(updates={SVC: (7, "default/web")}, deletes=())
+        assert result.acked_peers >= 1
+        # The leader vanishes at once: only the acknowledging peers may hold the write.
+        c.network.take_down(leader.address)
+        await leader.stop()
+        c.lease_store.revoke()
+        await c.wait_for("a new leader", lambda: any(
+            a.leadership.leading and a is not leader for a in c.agents), 5)
+        successor = next(a for a in c.agents if a.leadership.leading and a is not leader)
+        assert successor.engine.held.version.term > result.version.term
+        assert successor.dataplane.read() == {SVC: 7}
+        others = [a for a in c.agents if a is not leader]
+        await c.wait_for("every live agent at the new term", lambda: all(
+            a.engine.held.version >= successor.engine.held.version for a in others), 5)
+        assert all(a.dataplane.read() == {SVC: 7} for a in others)
