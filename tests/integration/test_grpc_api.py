@@ -711,13 +711,15 @@ async def test_bpffs_agents_that_see_a_peer_on_another_host_refuse_to_lead(bpf_r
             async with state_stub(address(agent)) as stub:
                 leader = await stub.GetLeader(pb.GetLeaderRequest(), timeout=5)
             assert not leader.is_self and "another host" in leader.refusal
-            not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
             await poll("health gossip_agent.v1.Lease NOT_SERVING",
-                       lambda a=agent: _lease_health_is(a, not_serving), timeout=5)
+                       lambda a=agent: _lease_health_is(a, NOT_SERVING), timeout=5)
         assert not any(agent.leadership.holds_lease for agent in agents)
     finally:
         await asyncio.gather(*(agent.stop() for agent in agents))
         await settle(before)
+
+
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 async def _lease_health_is(agent: agent_mod.Agent, status: int) -> bool:
