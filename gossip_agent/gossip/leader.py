@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 
@@ -63,17 +64,25 @@ class WriteResult:
     written_monotonic_ns: int
 
 
-@dataclasses.dataclass(frozen=True)
 class Publication:
-    """One snapshot as sent, each form encoded once: full, without names (names_omitted), and
-    as a delta against the previous publication when the keys are unchanged (Snapshot.base)."""
+    """One snapshot as sent, each form encoded at most once, when a peer first needs it: full,
+    without names (names_omitted), and as a delta against the previous publication when the
+    keys are unchanged (Snapshot.base). In steady state only the small delta is ever encoded."""
 
-    version: versions.Version
-    names_hash: bytes
-    full: bytes
-    lite: bytes
-    base: versions.Version | None = None
-    delta: bytes = b""
+    def __init__(self, snapshot: snapshots.Snapshot, delta: snapshots.Delta | None) -> None:
+        self.snapshot = snapshot
+        self.version = snapshot.version
+        self.names_hash = snapshot.names_hash
+        self.base = delta.base if delta is not None else None
+        self.delta = wire.delta_to_pb(delta).SerializeToString() if delta is not None else b""
+
+    @functools.cached_property
+    def full(self) -> bytes:
+        return wire.snapshot_to_pb(self.snapshot).SerializeToString()
+
+    @functools.cached_property
+    def lite(self) -> bytes:
+        return wire.snapshot_to_pb(self.snapshot, omit_names=True).SerializeToString()
 
     def payload_for(self, *, sent: versions.Version, names_sent: bytes) -> bytes:
         """The smallest form the peer can use, given what this leader last wrote to it."""
@@ -85,7 +94,7 @@ class Publication:
 
 
 class PushWorker:
-    """Delivers the newest snapshot to one peer over its stream; one message in flight."""
+    """Delivers the newest snapshot to one peer over its stream, one write at a time."""
 
     def __init__(self, leadership: Leadership, address: str) -> None:
         self.address = address
@@ -381,14 +390,7 @@ class Leadership:
     def _encode(self, snapshot: snapshots.Snapshot) -> Publication:
         previous, self._previous = self._previous, snapshot
         delta = snapshots.delta_between(previous, snapshot) if previous is not None else None
-        return Publication(
-            version=snapshot.version,
-            names_hash=snapshot.names_hash,
-            full=wire.snapshot_to_pb(snapshot).SerializeToString(),
-            lite=wire.snapshot_to_pb(snapshot, omit_names=True).SerializeToString(),
-            base=delta.base if delta is not None else None,
-            delta=wire.delta_to_pb(delta).SerializeToString() if delta is not None else b"",
-        )
+        return Publication(snapshot, delta)
 
     def _ack_sample(self) -> set[str]:
         """ACK_SAMPLE live peers, rotating so every peer is asked now and then."""
