@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2
 
 from gossip_agent import config
 from gossip_agent.dataplane import layout
+from gossip_agent.v1 import gossip_pb2 as pb
 from tests.conftest import require
 
 pytestmark = pytest.mark.unit
@@ -49,9 +50,12 @@ NOT_AGENT_VARIABLES = {
     layout.SERVICE_LIST: "the pinned BPF map's name",
     layout.SERVICE_LIST_META: "the pinned BPF map's name",
 }
-# gRPC status codes and health states are written in capitals too; they are not variables.
-STATUS_NAMES = frozenset(code.name for code in grpc.StatusCode) | frozenset(
-    health_pb2.HealthCheckResponse.ServingStatus.keys()
+# gRPC status codes, health states and the API's own enum values (PushAck results) are written
+# in capitals too; they are not variables.
+STATUS_NAMES = (
+    frozenset(code.name for code in grpc.StatusCode)
+    | frozenset(health_pb2.HealthCheckResponse.ServingStatus.keys())
+    | frozenset(pb.PushAck.Result.keys())
 )
 
 ENV_NAME = r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+"  # at least one underscore: PROFILE needs `=` below
