@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from gossip_agent import errors
+from gossip_agent.core import addresses
 
 PROFILES = ("cluster", "local")
 BACKENDS = ("bpffs",)
@@ -105,14 +106,7 @@ def join_hostport(host: str, port: int) -> str:
 
 
 def _peer_list(value: str) -> tuple[str, ...]:
-    items = [item for item in value.replace(",", " ").split() if item]
-    seen: dict[str, None] = {}
-    for item in items:
-        try:
-            seen[_hostport(item)] = None
-        except ValueError as exc:
-            raise ValueError(f"item {item!r}: {exc}") from None
-    return tuple(seen)
+    return tuple(addresses.parse_peers(value))
 
 
 def _ip(value: str) -> str:
@@ -123,15 +117,8 @@ def _ip(value: str) -> str:
 
 
 def _dns_server(value: str) -> str:
-    text = value.strip()
-    if ":" in text and not text.startswith("[") and text.count(":") == 1:
-        host, port = parse_hostport(text)
-        _ip(host)
-        if not 1 <= port <= 65535:
-            raise ValueError("port must be 1..65535")
-        return text
-    _ip(text.strip("[]"))
-    return text
+    addresses.parse_nameserver(value)  # raises ValueError naming what is wrong
+    return value.strip()
 
 
 def _path(value: str) -> str:
@@ -356,13 +343,11 @@ def _service(values: Mapping[str, Any], problems: list[str]) -> tuple[str, int]:
     default_port = parse_hostport(listen)[1] if listen else 0
     if not text:
         return "", default_port
-    name, sep, port_text = text.rpartition(":")
-    if not sep:
-        return text, default_port
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        problems.append(f"PEER_SERVICE={text!r}: port must be 1..65535")
-        return name, default_port
-    return name, int(port_text)
+    try:
+        return addresses.parse_peer_service(text, default_port=default_port)
+    except ValueError as exc:
+        problems.append(f"PEER_SERVICE: {exc}")  # exc quotes the value
+        return "", default_port
 
 
 def _check_source(values: Mapping[str, Any], problems: list[str]) -> None:

@@ -1,7 +1,7 @@
 """Regenerates gossip_agent/v1/ from proto/gossip_agent/v1/*.proto.
 
 The .proto declares `package gossip_agent.v1`, so protoc run from proto/ writes the modules at
-gossip_agent/v1/ with imports that need no rewriting. tests/unit/test_generated_code.py runs
+gossip_agent/v1/ with imports that need no rewriting. tests/unit/test_docs_and_manifests.py runs
 `generate(tmpdir)` and fails when the committed files differ from a fresh run.
 """
 

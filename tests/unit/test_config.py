@@ -206,7 +206,7 @@ def test_peer_service_with_a_port_uses_that_port() -> None:
 @pytest.mark.parametrize("value", ["gossip-agent:0", "gossip-agent:70000", "gossip-agent:grpc"])
 def test_peer_service_with_a_bad_port_is_reported(value: str) -> None:
     (problem,) = problems_of({**CLUSTER_ENV, "PEER_SERVICE": value})
-    assert problem.startswith("PEER_SERVICE") and "1..65535" in problem
+    assert problem.startswith("PEER_SERVICE") and "1 to 65535" in problem
 
 
 def test_no_peer_service_means_no_dns_discovery() -> None:
