@@ -16,8 +16,8 @@ stream, so a slow peer (whose writes block on flow control) skips straight to th
 snapshot instead of queueing, and a failing peer backs off alone (its task sleeps; nobody else
 waits). Only ACK_SAMPLE peers per snapshot are asked for an acknowledgement (enough for a write
 to be confirmed by a peer that would hand it to a new leader); every other peer reports its
-version through anti-entropy digests. Measured here: per-message acks cost the leader a read
-and each follower a write per change, about a third of the CPU of a change at N=32.
+version through anti-entropy digests. Measured here at N=32: acking every push cost the leader
+8.7 ms of CPU per change; sampling acks brought it to 6.2 ms.
 
 DESIGN measured, on 2 cores at N=32: a star over kept-open streams beats
 unary fan-out (p99 14-18 vs 30-38 ms) and rumor-mongering with duplicates collapses at N>=16,
