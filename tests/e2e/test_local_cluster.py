@@ -450,18 +450,30 @@ def log_since(agent: Agent, offset: int) -> str:
 # --- tests ------------------------------------------------------------------------------------
 
 
+async def leader_after_a_first_change(
+    cluster: localcluster.LocalCluster, clients: Clients
+) -> tuple[str, Any, Any]:
+    """Waits for the cluster and its leader, then makes 10.96.0.1=1 land in every pinned map.
+
+    Returns the leader's address, its GetLeader reply and the write's reply.
+    """
+    await wait_serving(clients, cluster.agents)
+    leader_address, before = await localcluster.find_leader(cluster.addresses, timeout=20)
+    first = await clients.set_service(leader_address, "10.96.0.1", 1)
+    await until("every map to hold the first change",
+                pins_hold(cluster.agents, {key("10.96.0.1"): 1}, version(first.version)),
+                timeout=15)
+    return leader_address, before, first
+
+
 async def test_sigkill_of_the_leader_moves_the_lease_to_a_survivor_at_a_higher_term_within_2s(
     start_cluster: Callable[..., localcluster.LocalCluster], clients: Clients, e2e_root: str
 ) -> None:
     cluster = start_cluster(5)
-    await wait_serving(clients, cluster.agents)
-    leader_address, before = await localcluster.find_leader(cluster.addresses, timeout=20)
+    leader_address, before, first = await leader_after_a_first_change(cluster, clients)
     old = agent_at(cluster, leader_address)
     survivors = [a for a in cluster.agents if a is not old]
     expected = {key("10.96.0.1"): 1}
-    first = await clients.set_service(leader_address, "10.96.0.1", 1)
-    await until("every map to hold the first change",
-                pins_hold(cluster.agents, expected, version(first.version)), timeout=15)
 
     old.signal(signal.SIGKILL)
     killed_at = time.monotonic()
@@ -683,14 +695,10 @@ async def test_a_restarted_leader_rejoins_as_follower_and_no_version_ever_goes_b
     start_cluster: Callable[..., localcluster.LocalCluster], clients: Clients, e2e_root: str
 ) -> None:
     cluster = start_cluster(3)
-    await wait_serving(clients, cluster.agents)
-    leader_address, before = await localcluster.find_leader(cluster.addresses, timeout=20)
+    leader_address, before, first = await leader_after_a_first_change(cluster, clients)
     old = agent_at(cluster, leader_address)
     survivors = [a for a in cluster.agents if a is not old]
     expected = {key("10.96.0.1"): 1}
-    first = await clients.set_service(leader_address, "10.96.0.1", 1)
-    await until("every map to hold the first change",
-                pins_hold(cluster.agents, expected, version(first.version)), timeout=15)
 
     async with version_recorder(clients, cluster.agents) as recorder:
         old.signal(signal.SIGTERM)  # a clean shutdown releases the lease
