@@ -22,7 +22,7 @@ import ipaddress
 import itertools
 import operator
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 from gossip_agent import errors
 from gossip_agent.core import versions
@@ -75,10 +75,6 @@ def u32_pairs(table: bytes) -> array.array[int]:
 
 def table_keys(table: bytes) -> array.array[int]:
     return u32_pairs(table)[0::2]
-
-
-def table_values(table: bytes) -> array.array[int]:
-    return u32_pairs(table)[1::2]
 
 
 def table_to_dict(table: bytes) -> dict[int, int]:
@@ -334,7 +330,3 @@ def check_name(name: str) -> str:
     if len(name.encode()) > MAX_NAME_BYTES:
         raise errors.SnapshotInvalid(f"service name {name[:40]!r}... exceeds 253 bytes")
     return name
-
-
-def max_term(terms: Iterable[int]) -> int:
-    return max(terms, default=0)
