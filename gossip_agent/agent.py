@@ -2,7 +2,8 @@
 
 Start-up: open the data plane (owner lock on the pin directory, reuse pinned maps), recover the
 version floor, bind the gRPC port (fails fast when taken), then start the named tasks:
-`gossip.anti-entropy`, `lease.elect`, `source.<kind>`, `discovery.dns` (when PEER_SERVICE).
+`gossip.anti-entropy`, `lease.elect`, `source.<kind>`, `discovery.dns` (when PEER_SERVICE),
+`scaleup.read` and `scaleup.report` (scale-up requests to the leader: gossip_agent/scaleup).
 
 Shutdown on SIGTERM/SIGINT, in this order: health NOT_SERVING (probes and peers stop sending),
 release the lease (a follower takes over at once), stop the server with a grace period, close
@@ -22,6 +23,7 @@ from grpc_health.v1 import health
 
 from gossip_agent import config as config_mod
 from gossip_agent import errors
+from gossip_agent.api import scale as scale_api
 from gossip_agent.api import server as server_mod
 from gossip_agent.api import state as state_mod
 from gossip_agent.api import streams as streams_mod
@@ -32,6 +34,8 @@ from gossip_agent.gossip import antientropy, discovery, transport
 from gossip_agent.gossip import engine as engine_mod
 from gossip_agent.gossip import leader as leader_mod
 from gossip_agent.leases import base as lease_base
+from gossip_agent.scaleup import events as scale_events
+from gossip_agent.scaleup import service as scaleup
 from gossip_agent.sources import api as api_source
 from gossip_agent.sources import base as source_base
 from gossip_agent.sources import file as file_source
@@ -83,6 +87,11 @@ def open_source(cfg: config_mod.Config) -> source_base.Source:
     return api_source.ApiSource()
 
 
+def open_scale_events(cfg: config_mod.Config) -> scale_events.EventSource:
+    """Where scale-up events come from: nothing raises them until an XDP program is attached."""
+    return scale_events.MemoryEvents()
+
+
 class Agent:
     """Everything one agent owns; start() and stop() are the only lifecycle calls."""
 
@@ -120,17 +129,24 @@ class Agent:
                 write_ack_timeout=cfg.gossip.write_ack_timeout,
             ),
         )
+        self.scale_ups = scaleup.ScaleUps(
+            engine=self.engine, leadership=self.leadership, source=self.source,
+            channels=self.transport, events=open_scale_events(cfg), rng=self.rng,
+            backoff=peers.BackoffPolicy(base=cfg.gossip.backoff_base, cap=cfg.gossip.backoff_cap),
+            rpc_timeout=cfg.gossip.rpc_timeout,
+        )
         self.streams = streams_mod.OpenStreams()
         self.health: server_mod.HealthServicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.state_service = state_mod.StateService(
             engine=self.engine, leadership=self.leadership, lease=self.lease,
             channels=self.transport,
             forward_timeout=cfg.gossip.write_ack_timeout + 2 * cfg.gossip.rpc_timeout,
-            streams=self.streams,
+            streams=self.streams, scale_hub=self.scale_ups.hub,
         )
         self.server = server_mod.build(
             engine=self.engine, state_service=self.state_service, health_servicer=self.health,
             max_message_bytes=cfg.gossip.max_message_bytes, streams=self.streams,
+            extra_handlers=(scale_api.report_handler(self.scale_ups.inbox),),
         )
         self.port = server_mod.bind(self.server, cfg.node.listen_addr)
         self.tasks: list[asyncio.Task[Any]] = []
@@ -149,6 +165,8 @@ class Agent:
         self._spawn(self.source.watch(self.leadership.source_changed),
                     f"source.{self.source.kind}")
         self._spawn(self._watch_refusal(), "lease.refusal-health")
+        for name, coro in self.scale_ups.tasks():
+            self._spawn(coro, name)
         if self.cfg.discovery.service:
             self._spawn(discovery.run_dns_discovery(
                 membership=self.membership, name=self.cfg.discovery.service,

@@ -106,9 +106,10 @@ def build(
     health_servicer: HealthServicer,
     max_message_bytes: int,
     streams: streams_mod.OpenStreams,
+    extra_handlers: tuple[grpc.GenericRpcHandler[Any, Any], ...] = (),
 ) -> grpc.aio.Server:
     server = grpc.aio.server(options=server_options(max_message_bytes))
-    server.add_generic_rpc_handlers((gossip_handler(engine, streams),))
+    server.add_generic_rpc_handlers((gossip_handler(engine, streams), *extra_handlers))
     pb_grpc.add_StateServicer_to_server(state_service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
