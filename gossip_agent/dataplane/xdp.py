@@ -68,15 +68,8 @@ class Program:
         xdpsys.pin_replacing(self.fd, self.pin_path)
 
     def is_ours(self, prog_id: int) -> bool:
-        if prog_id in (self.prog_id, self._previous_id):
-            return True
-        fd = xdpsys.prog_fd_by_id(prog_id)
-        if fd is None:
-            return False
-        try:
-            return self.table_map_id in xdpsys.prog_info(fd, what=f"program {prog_id}").map_ids
-        finally:
-            os.close(fd)
+        return prog_id == self.prog_id or owned(
+            prog_id, table_map_id=self.table_map_id, pinned_id=self._previous_id)
 
     def attach_to(self, name: str, ifindex: int, *, mode: str) -> InterfaceState:
         """Applies the attach policy (module docstring) to one interface; never raises for
@@ -129,7 +122,7 @@ class Program:
         The ring's map fd is readable (poll/epoll) whenever records wait, so the loop sleeps
         in the selector, not in a thread or a timed poll.
         """
-        ring = self._bpf["SCALE_EVENTS"]
+        ring = self._bpf[b"SCALE_EVENTS"]
 
         def on_record(_ctx: Any, data: Any, size: int) -> int:
             raw = ctypes.string_at(data, size)
@@ -168,11 +161,30 @@ def _load(*, pin_dir: str, max_entries: int) -> tuple[Any, int]:
         f"-DSERVICE_LIST_MAX_ENTRIES={max_entries}",
         f"-I{SOURCE.parent}",
     ]
+    # bcc wants bytes for paths and names (str works but warns: DeprecationWarning).
     try:
         module = BPF(src_file=str(SOURCE).encode(), cflags=cflags)
-        return module, int(module.load_func(layout.PROGRAM_FUNCTION, BPF.XDP).fd)
+        return module, int(module.load_func(layout.PROGRAM_FUNCTION.encode(), BPF.XDP).fd)
     except Exception as exc:  # bcc raises bare Exception for compile and load failures
         raise errors.DataPlaneError(f"cannot compile and load {SOURCE}: {exc}") from exc
+
+
+def owned(prog_id: int, *, table_map_id: int, pinned_id: int) -> bool:
+    """True if the program is this pin directory's: pinned there, or using its SERVICE_LIST."""
+    if prog_id == pinned_id and prog_id:
+        return True
+    fd = xdpsys.prog_fd_by_id(prog_id)
+    if fd is None:
+        return False
+    try:
+        return table_map_id in xdpsys.prog_info(fd, what=f"program {prog_id}").map_ids
+    finally:
+        os.close(fd)
+
+
+def pinned_prog_id(pin_dir: str) -> int:
+    """The id of the program pinned at <pin_dir>/XDP_PROG, 0 if none."""
+    return _pinned_prog_id(os.path.join(pin_dir, layout.XDP_PROG))
 
 
 def _pinned_prog_id(path: str) -> int:
