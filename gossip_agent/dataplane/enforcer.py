@@ -99,14 +99,20 @@ class Enforcer:
         for name, ifindex in sorted(found.items()):
             state = self.program.attach_to(name, ifindex, mode=self.mode)
             previous = self.interfaces.get(name)
+            if previous is not None and _unchanged(previous, state):
+                continue  # keeps how it got there ("replaced" stays "replaced")
             self.interfaces[name] = state
-            if previous is None or (previous.status, previous.mode, previous.ifindex) != (
-                    state.status, state.mode, state.ifindex):
-                _log_state(state)
+            _log_state(state)
 
     def close(self) -> None:
         if self.program is not None:
             self.program.close()
+
+
+def _unchanged(previous: xdp.InterfaceState, state: xdp.InterfaceState) -> bool:
+    """Still our program in the same mode on the same interface (found "attached" again)."""
+    return (state.status == "attached" and previous.status in ("attached", "replaced")
+            and (previous.ifindex, previous.mode) == (state.ifindex, state.mode))
 
 
 def _log_state(state: xdp.InterfaceState) -> None:
