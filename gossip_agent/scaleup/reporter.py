@@ -1,9 +1,10 @@
 """The reporting side of scale-up requests, on every agent (the leader reports to itself).
 
 Two named tasks:
-- `scaleup.read`: reads the data plane's scale-up events (events.EventSource), publishes each
-  to this agent's WatchScaleRequests readers and queues it, deduplicated per service
-  (core.reports.ReportQueue).
+- `scaleup.read`: reads the data plane's scale-up events (a dataplane.events subscription:
+  the XDP program's ring buffer on a BPF node; nothing, or what tests publish, otherwise),
+  publishes each to this agent's WatchScaleRequests readers and queues it, deduplicated per
+  service (core.reports.ReportQueue).
 - `scaleup.report`: sends the queued requests to the leader as one report at a time, resending
   the same (seq, content) until the leader acknowledges it; failures back off exponentially
   (PEER_BACKOFF_BASE .. PEER_BACKOFF_CAP) and retry at once when a new snapshot arrives, since
@@ -24,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from gossip_agent.core import peers, reports, snapshots
-from gossip_agent.scaleup import events as events_mod
+from gossip_agent.dataplane import events as events_mod
 from gossip_agent.scaleup import hub as hub_mod
 from gossip_agent.scaleup import wire
 from gossip_agent.v1 import gossip_pb2 as pb
@@ -75,16 +76,17 @@ class Reporter:
 
     # -- scaleup.read ---------------------------------------------------------------------------
 
-    async def read(self, source: events_mod.EventSource) -> None:
-        async for event in source.events():
-            self.note(event)
+    async def read(self, subscription: events_mod.Subscription) -> None:
+        with subscription:
+            async for event in subscription:
+                self.note(event)
 
     def note(self, event: events_mod.ScaleUpEvent) -> None:
         """One event from this node's data plane: shown to readers, queued for the leader."""
         self.events_read += 1
         request = reports.Request(
             service_ip=event.service_ip, source_ip=event.source_ip,
-            monotonic_ns=event.monotonic_ns, unix_ms=self.wall(),
+            monotonic_ns=event.timestamp_ns, unix_ms=self.wall(),
         )
         self.hub.publish(hub_mod.Seen(
             request, node=self.node, via=hub_mod.LOCAL, name=self.name_of(event.service_ip)))

@@ -8,10 +8,10 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from gossip_agent.core import peers
+from gossip_agent.dataplane import events as events_mod
 from gossip_agent.gossip import engine as engine_mod
 from gossip_agent.gossip import leader as leader_mod
 from gossip_agent.gossip import transport
-from gossip_agent.scaleup import events as events_mod
 from gossip_agent.scaleup import hub as hub_mod
 from gossip_agent.scaleup import inbox as inbox_mod
 from gossip_agent.scaleup import reporter as reporter_mod
@@ -37,12 +37,13 @@ class ScaleUps:
         leadership: leader_mod.Leadership,
         source: source_base.Source,
         channels: transport.GrpcTransport,
-        events: events_mod.EventSource,
+        events: events_mod.EventHub,
         backoff: peers.BackoffPolicy,
         rpc_timeout: float,
         rng: random.Random,
     ) -> None:
-        self.events = events
+        # Subscribed now, before any task runs, so no event published from here on is missed.
+        self.subscription = events.subscribe()
         self.hub = hub_mod.Hub()
         name_of = name_in(engine)
         self.inbox = inbox_mod.Inbox(
@@ -58,6 +59,6 @@ class ScaleUps:
 
     def tasks(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:
         return [
-            ("scaleup.read", self.reporter.read(self.events)),
+            ("scaleup.read", self.reporter.read(self.subscription)),
             ("scaleup.report", self.reporter.run()),
         ]

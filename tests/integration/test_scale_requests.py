@@ -21,9 +21,8 @@ import pytest
 
 from gossip_agent import agent as agent_mod
 from gossip_agent.core import reports, snapshots
-from gossip_agent.dataplane import bpfsys
+from gossip_agent.dataplane import bpfsys, events
 from gossip_agent.leases import bpffs
-from gossip_agent.scaleup import events
 from gossip_agent.sources import base as source_base
 from gossip_agent.v1 import gossip_pb2 as pb
 from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc
@@ -50,14 +49,12 @@ CLIENT = "10.244.1.5"
 
 def event(service: str = SERVICE, client: str = CLIENT, at: int = 1) -> events.ScaleUpEvent:
     return events.ScaleUpEvent(service_ip=snapshots.parse_ip(service),
-                               source_ip=snapshots.parse_ip(client), monotonic_ns=at)
+                               source_ip=snapshots.parse_ip(client), timestamp_ns=at)
 
 
 def emit(agent: agent_mod.Agent, *items: events.ScaleUpEvent) -> None:
-    source = agent.scale_ups.events
-    assert isinstance(source, events.MemoryEvents)
     for item in items:
-        source.emit(item)
+        agent.scale_events.publish(item)
 
 
 def scale_ups(agent: agent_mod.Agent) -> list[source_base.ScaleUp]:

@@ -1,0 +1,274 @@
+"""The XDP program on a real veth: real packets, real bcc, real bpffs (see xdp_net.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from gossip_agent.core import diff, versions
+from gossip_agent.dataplane import bpfmap, bpfsys, events, layout, xdp
+from tests.conftest import BPFFS_TEST_ROOT, remove_bpffs_tree
+from tests.integration import xdp_net
+
+pytestmark = pytest.mark.integration
+
+ZERO, TWO, UNLISTED = "10.96.0.10", "10.96.0.11", "10.96.0.12"
+
+
+def ip(text: str) -> int:
+    return int(ipaddress.IPv4Address(text))
+
+
+@pytest.fixture
+def rig() -> Iterator[xdp_net.Rig]:
+    yield from xdp_net.make_rig()
+
+
+@pytest.fixture
+def plane(bpffs_dir: str) -> Iterator[bpfmap.BpfDataPlane]:
+    opened = bpfmap.open_pinned(pin_dir=bpffs_dir, max_entries=layout.DEFAULT_MAX_ENTRIES)
+    yield opened
+    opened.close()
+
+
+def load(plane: bpfmap.BpfDataPlane) -> xdp.Program:
+    return xdp.Program(pin_dir=plane.pin_dir, max_entries=plane.max_entries,
+                       table_map_id=plane.table_map_id)
+
+
+@pytest.fixture
+def program(plane: bpfmap.BpfDataPlane) -> Iterator[xdp.Program]:
+    loaded = load(plane)
+    yield loaded
+    loaded.close()
+
+
+def attach(rig: xdp_net.Rig, program: xdp.Program, *, mode: str = "auto") -> xdp.InterfaceState:
+    ifindex = rig.ifindex()
+    return xdp_net.in_netns(rig.node_ns,
+                            lambda: program.attach_to(rig.node_if, ifindex, mode=mode))
+
+
+def put(plane: bpfmap.BpfDataPlane, table: dict[str, int], seq: int = 1) -> None:
+    current = plane.read()
+    wanted = {ip(k): v for k, v in table.items()}
+    plane.apply(diff.diff(current, wanted), version=versions.Version(1, seq),
+                content_hash=b"")
+
+
+def totals(plane: bpfmap.BpfDataPlane, service: str) -> tuple[int, int, int]:
+    per_cpu = plane.stats().get(ip(service), [])
+    return (sum(c[0] for c in per_cpu), sum(c[1] for c in per_cpu), sum(c[2] for c in per_cpu))
+
+
+def wait_for(what: str, check: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.01)
+
+
+def serving(rig: xdp_net.Rig, *services: str) -> None:
+    for service in services:
+        rig.add_service(service)
+
+
+def test_zero_is_dropped_while_positive_and_unlisted_pass(
+    rig: xdp_net.Rig, plane: bpfmap.BpfDataPlane, program: xdp.Program
+) -> None:
+    state = attach(rig, program)
+    assert (state.status, state.mode) == ("attached", "native")
+    assert rig.xdp_prog_id() == program.prog_id
+    serving(rig, ZERO, TWO, UNLISTED)
+    put(plane, {ZERO: 0, TWO: 2})
+
+    assert xdp_net.send_and_count(rig, TWO, packets=20) == 20
+    assert xdp_net.send_and_count(rig, UNLISTED, packets=20) == 20
+    assert xdp_net.send_and_count(rig, ZERO, packets=20, settle=0.5) == 0
+    assert totals(plane, ZERO) == (0, 20, 0)
+    assert totals(plane, TWO) == (20, 0, 0)
+    assert ip(UNLISTED) not in plane.stats()  # only listed services are counted
+
+
+def test_a_service_raised_from_zero_passes_again(
+    rig: xdp_net.Rig, plane: bpfmap.BpfDataPlane, program: xdp.Program
+) -> None:
+    attach(rig, program)
+    serving(rig, ZERO)
+    put(plane, {ZERO: 0})
+    assert xdp_net.send_and_count(rig, ZERO, packets=5, settle=0.5) == 0
+    put(plane, {ZERO: 2}, seq=2)
+    assert xdp_net.send_and_count(rig, ZERO, packets=5) == 5
+
+
+def test_counters_are_kept_per_cpu_and_read_from_every_cpu(
+    rig: xdp_net.Rig, plane: bpfmap.BpfDataPlane, program: xdp.Program
+) -> None:
+    attach(rig, program)
+    serving(rig, TWO)
+    put(plane, {TWO: 2})
+    cpus = sorted(os.sched_getaffinity(0))
+    for cpu in cpus[:2]:
+        # veth delivery runs on the sending CPU: pin the sending thread to one CPU at a time.
+        def send_from(cpu: int = cpu) -> None:
+            os.sched_setaffinity(0, {cpu})
+            assert xdp_net.send_and_count(rig, TWO, packets=10) == 10
+
+        worker = threading.Thread(target=send_from)
+        worker.start()
+        worker.join()
+
+    per_cpu = plane.stats()[ip(TWO)]
+    assert len(per_cpu) == bpfsys.possible_cpus()
+    assert sum(passed for passed, _, _ in per_cpu) == 10 * len(cpus[:2])
+    assert sum(1 for passed, _, _ in per_cpu if passed) == len(cpus[:2])
+
+
+async def test_scale_up_events_name_service_source_and_time_and_are_rate_limited(
+    rig: xdp_net.Rig, plane: bpfmap.BpfDataPlane, program: xdp.Program
+) -> None:
+    attach(rig, program)
+    other = "10.96.0.20"
+    serving(rig, ZERO, other)
+    put(plane, {ZERO: 0, other: 0})
+    hub = events.EventHub()
+    reader = asyncio.create_task(program.read_events(hub), name="xdp.events")
+    try:
+        with hub.subscribe() as subscription:
+            before = time.monotonic_ns()
+            started = time.monotonic()
+            for service in (ZERO, other):
+                await asyncio.to_thread(xdp_net.send_and_count, rig, service, packets=50,
+                                        settle=0.2)
+            elapsed = time.monotonic() - started
+            seen: list[events.ScaleUpEvent] = []
+            while len(seen) < 2:
+                seen.append(await asyncio.wait_for(anext(subscription), 10))
+            after = time.monotonic_ns()
+            while (extra := subscription.get_nowait()) is not None:
+                seen.append(extra)
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+
+    by_service: dict[str, list[events.ScaleUpEvent]] = {}
+    for event in seen:
+        by_service.setdefault(event.service, []).append(event)
+    assert set(by_service) == {ZERO, other}
+    # 50 packets each, but at most one event per service per interval (plus one per CPU race).
+    bound = 1 + int(elapsed * 1e9 // layout.EVENT_INTERVAL_NS) + bpfsys.possible_cpus()
+    for service, found in by_service.items():
+        assert 1 <= len(found) <= bound, (service, len(found), bound)
+        assert all(e.source == xdp_net.CLIENT_IP for e in found)
+        assert all(before <= e.timestamp_ns <= after for e in found)
+    assert totals(plane, ZERO)[1] == 50 and totals(plane, other)[1] == 50
+
+
+def test_stale_heartbeat_fails_open_and_counts_it(
+    rig: xdp_net.Rig, plane: bpfmap.BpfDataPlane, program: xdp.Program
+) -> None:
+    attach(rig, program)
+    serving(rig, ZERO)
+    put(plane, {ZERO: 0})
+    second = 1_000_000_000
+    plane.write_heartbeat(refreshed_ns=time.monotonic_ns() - 5 * second,
+                          fail_open_after_ns=2 * second)
+    assert xdp_net.send_and_count(rig, ZERO, packets=10) == 10
+    assert totals(plane, ZERO) == (0, 0, 10)
+
+    plane.write_heartbeat(refreshed_ns=time.monotonic_ns(), fail_open_after_ns=2 * second)
+    assert xdp_net.send_and_count(rig, ZERO, packets=10, settle=0.5) == 0
+    assert totals(plane, ZERO) == (0, 10, 10)
+
+
+def test_fail_open_after_zero_never_fails_open(
+    rig: xdp_net.Rig, plane: bpfmap.BpfDataPlane, program: xdp.Program
+) -> None:
+    attach(rig, program)
+    serving(rig, ZERO)
+    put(plane, {ZERO: 0})
+    plane.write_heartbeat(refreshed_ns=1, fail_open_after_ns=0)  # ancient, but disabled
+    assert xdp_net.send_and_count(rig, ZERO, packets=10, settle=0.5) == 0
+    assert totals(plane, ZERO) == (0, 10, 0)
+
+
+@pytest.fixture
+def foreign_dir() -> Iterator[str]:
+    path = f"{BPFFS_TEST_ROOT}/ga4a-foreign-{uuid.uuid4().hex}"
+    yield path
+    remove_bpffs_tree(path)
+
+
+def test_another_components_program_is_left_alone(
+    rig: xdp_net.Rig, program: xdp.Program, foreign_dir: str
+) -> None:
+    other_plane = bpfmap.open_pinned(pin_dir=foreign_dir, max_entries=16)
+    other = load(other_plane)
+    try:
+        assert attach(rig, other).status == "attached"
+        state = attach(rig, program)
+        assert state.status == "foreign" and str(other.prog_id) in state.detail
+        assert rig.xdp_prog_id() == other.prog_id
+    finally:
+        other.close()
+        other_plane.close()
+
+
+def test_restart_replaces_the_program_with_no_moment_without_one(
+    rig: xdp_net.Rig, plane: bpfmap.BpfDataPlane, program: xdp.Program
+) -> None:
+    first = attach(rig, program, mode="generic")
+    assert (first.status, first.mode) == ("attached", "generic")
+    serving(rig, ZERO)
+    put(plane, {ZERO: 0})
+    listener = rig.listener(ZERO)
+    port = listener.getsockname()[1]
+    sender = rig.sender()
+    seen_ids: set[int] = set()
+    stop = threading.Event()
+    sent = 0
+
+    def hammer() -> None:
+        nonlocal sent
+        ifindex = rig.ifindex()
+        while not stop.is_set():
+            sender.sendto(b"x", (ZERO, port))
+            sent += 1
+            seen_ids.add(xdp_net.in_netns(rig.node_ns, lambda: _prog_id(ifindex)))
+
+    worker = threading.Thread(target=hammer)
+    worker.start()
+    try:
+        wait_for("packets before the restart", lambda: sent > 20)
+        second = load(plane)  # a restarted agent compiles and loads its own program
+        try:
+            state = attach(rig, second)
+            sent_at_swap = sent
+            wait_for("packets after the restart", lambda: sent > sent_at_swap + 20)
+        finally:
+            stop.set()
+            worker.join()
+        assert (state.status, state.mode) == ("replaced", "generic")
+        assert rig.xdp_prog_id() == second.prog_id
+        second.close()
+    finally:
+        stop.set()
+        worker.join()
+    assert 0 not in seen_ids and seen_ids <= {program.prog_id, second.prog_id}
+    assert xdp_net.received(listener) == 0  # not one packet slipped through
+    assert totals(plane, ZERO)[1] == sent
+    listener.close()
+    sender.close()
+
+
+def _prog_id(ifindex: int) -> int:
+    from gossip_agent.dataplane import xdpsys
+
+    return xdpsys.query(ifindex, name="probe").prog_id
