@@ -56,6 +56,9 @@ async def watch(
             f"scope {request.scope!r} is not one of all, local, reported")
         await context.abort(status.code_for(exc), str(exc))
     with streams.serving(), hub.reader(scope) as reader:
+        # Headers now, not with the first request: a client that awaits them knows it is
+        # registered and will miss nothing raised from then on.
+        await context.send_initial_metadata(())
         while True:
             seen, skipped = await reader.next()
             yield wire.seen_to_pb(seen, skipped=skipped)

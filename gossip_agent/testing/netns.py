@@ -27,7 +27,7 @@ process whose environment carries this run's marker (e.g. an agent restarted by 
 forwarders, the namespaces (pod, node, switch: veths and the XDP programs on them go with
 them), and the bpffs directory. sweep_stale(prefix) removes what a killed run left behind.
 
-Root, `ip` (iproute2), `nsenter`, `tc` (for partitions) and a mounted bpffs are required;
+Root, `ip` and `bridge` (iproute2), `nsenter` and a mounted bpffs are required;
 missing() says which are absent.
 """
 
@@ -71,7 +71,7 @@ def missing() -> list[str]:
     gaps = []
     if os.geteuid() != 0:
         gaps.append("root (network namespaces and BPF need it)")
-    for tool in ("ip", "nsenter", "tc"):
+    for tool in ("ip", "bridge", "nsenter"):
         if shutil.which(tool) is None:
             gaps.append(f"the {tool} command")
     if not bpfsys.is_bpffs("/sys/fs/bpf"):
@@ -377,24 +377,25 @@ class Cluster:
     # -- the network ----------------------------------------------------------------------------
 
     def cut(self, node: Node, *, how: str = "drop") -> None:
-        """Cuts `node` off from the others: "drop" (tc netem loss 100% both ways: connections
-        hang, as with a dead switch port) or "down" (its link goes down: connections fail)."""
+        """Cuts `node` off from the others.
+
+        "drop": its switch port stops forwarding (bridge port state disabled): every frame to
+        and from the node is silently lost while both links stay up, so open connections hang
+        as with a failed switch or a `tc ... drop` (tc's netem and drop actions are kernel
+        modules this machine's kernel does not have; the bridge port state is built in).
+        "down": the node's link goes down: its calls fail at once."""
         if how == "drop":
-            ip(node.netns, "link", "show", "eth0")  # fail clearly if the node is gone
-            run("tc", "-n", node.netns, "qdisc", "add", "dev", "eth0", "root", "netem",
-                "loss", "100%")
-            run("tc", "-n", self.switch, "qdisc", "add", "dev", f"sw{node.index}", "root",
-                "netem", "loss", "100%")
+            run("bridge", "-n", self.switch, "link", "set", "dev", f"sw{node.index}",
+                "state", "0")
         elif how == "down":
             ip(node.netns, "link", "set", "eth0", "down")
         else:
             raise ValueError(f"how must be drop or down, not {how!r}")
 
     def heal(self, node: Node) -> None:
-        run("tc", "-n", node.netns, "qdisc", "del", "dev", "eth0", "root", check=False)
-        run("tc", "-n", self.switch, "qdisc", "del", "dev", f"sw{node.index}", "root",
-            check=False)
+        """Undoes cut(): link up, then the switch port forwarding again."""
         ip(node.netns, "link", "set", "eth0", "up")
+        run("bridge", "-n", self.switch, "link", "set", "dev", f"sw{node.index}", "state", "3")
 
     def listener(self, node: Node, *, port: int, services: Sequence[str] | None = None
                  ) -> Listener:

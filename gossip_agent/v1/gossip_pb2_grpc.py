@@ -363,7 +363,9 @@ class StateServicer:
         """Scale-up requests as they happen: one ScaleRequest per scale-up event read from this node's
         XDP program (a packet to a service at 0 replicas was dropped; the kernel already rate-limits
         events per service), and, while this agent leads, one per request reported by another node
-        (ScaleRequest.node names it). Nothing is replayed: the stream starts with the next request.
+        (ScaleRequest.node names it). Nothing is replayed: the stream starts with the next request;
+        the agent sends the response headers as soon as the reader is registered, so a client that
+        waits for them (grpc: initial_metadata()) misses nothing raised afterwards.
         A reader that falls behind by more than 1024 requests loses the oldest and is told how
         many in ScaleRequest.skipped. INVALID_ARGUMENT for an unknown scope; ends with UNAVAILABLE
         at shutdown (reconnect).

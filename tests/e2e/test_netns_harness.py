@@ -1,0 +1,70 @@
+"""The namespaced-cluster harness itself (gossip_agent.testing.netns): it cleans up whatever
+happens, and sweeps what a killed run left behind without touching live runs.
+
+Later issues build on this harness (Redis and Kubernetes backends, chaos tests), so its cleanup
+promise is tested on its own: after a failing `with` body, no namespace, process or pin of the
+run is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from gossip_agent.testing import netns
+from tests.e2e.test_netns_cluster import BPFFS_ROOT, PREFIX, require_netns_cluster
+
+pytestmark = pytest.mark.e2e
+
+
+def namespaces() -> set[str]:
+    try:
+        return set(os.listdir(netns.NETNS_DIR))
+    except FileNotFoundError:
+        return set()
+
+
+def test_a_failing_body_leaves_no_namespace_process_or_pin_behind(tmp_path: Path) -> None:
+    require_netns_cluster()
+    root = os.path.join(BPFFS_ROOT, uuid.uuid4().hex)
+    cluster = netns.Cluster(2, prefix=PREFIX, bpffs_root=root, log_dir=str(tmp_path),
+                            services=("10.96.0.10",))
+    pids: list[int] = []
+    with pytest.raises(RuntimeError, match="the test body failed"), cluster:
+        cluster.start()
+        pids = [n.process.pid for n in cluster.nodes if n.process is not None]
+        made = {n for n in namespaces() if n.startswith(cluster.run_id + "-")}
+        assert len(made) == 1 + 2 * 2  # switch, and a node and a pod namespace per node
+        assert os.path.isdir(root)
+        raise RuntimeError("the test body failed")
+    assert not [n for n in namespaces() if n.startswith(cluster.run_id + "-")]
+    assert len(pids) == 2
+    assert not [p for p in pids if os.path.exists(f"/proc/{p}")], "an agent outlived cleanup"
+    assert not netns.marked_processes(f"{netns.MARKER}={cluster.run_id}")
+    assert not os.path.exists(root)
+    with contextlib.suppress(OSError):
+        os.rmdir(BPFFS_ROOT)
+
+
+def test_sweep_removes_namespaces_of_dead_runs_and_keeps_those_of_live_ones() -> None:
+    require_netns_cluster()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid names a run whose creator is dead
+    dead = f"{PREFIX}-{gone.pid}x1-n0"
+    live = f"{PREFIX}-{os.getpid()}x999-n0"
+    for name in (dead, live):
+        netns.run("ip", "netns", "add", name)
+    try:
+        removed = netns.sweep_stale(PREFIX)
+        assert dead in removed
+        assert live not in removed
+        assert live in namespaces() and dead not in namespaces()
+    finally:
+        for name in (dead, live):
+            netns.run("ip", "netns", "del", name, check=False)
