@@ -44,8 +44,8 @@ from gossip_agent.dataplane import layout
 from gossip_agent.testing import netns
 from gossip_agent.v1 import dataplane_pb2, dataplane_pb2_grpc
 from gossip_agent.v1 import gossip_pb2 as pb
-from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc
 from tests.conftest import require, require_bpf
+from tests.integration import test_scale_requests as scale_tests
 
 pytestmark = pytest.mark.e2e
 
@@ -183,43 +183,27 @@ def probe(cluster: netns.Cluster, node: netns.Node, *, count: int = PROBES) -> i
         listener.close()
 
 
-class Watch:
-    """WatchScaleRequests on one agent, read in the background."""
-
-    def __init__(self, address: str, scope: str = "") -> None:
-        self.received: list[pb.ScaleRequest] = []
-        self._channel = grpc.aio.insecure_channel(address)
-        stub = pb_grpc.StateStub(self._channel)  # type: ignore[no-untyped-call]
-        self._call = stub.WatchScaleRequests(pb.WatchScaleRequestsRequest(scope=scope))
-        self._task = asyncio.create_task(self._read(), name="test.watch-scale")
-
-    async def _read(self) -> None:
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            async for message in self._call:
-                self.received.append(message)
-
-    async def registered(self) -> None:
-        """The agent sends headers once the reader is registered (see the .proto)."""
-        async with asyncio.timeout(10):
-            await self._call.initial_metadata()
-
-    def nodes(self, service: str) -> set[str]:
-        return {r.node for r in self.received if r.service_ip == service}
-
-    async def close(self) -> None:
-        self._call.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-        await self._channel.close()
-
-
 @contextlib.asynccontextmanager
-async def watching(address: str) -> AsyncIterator[Watch]:
-    watch = Watch(address)
+async def watching(address: str) -> AsyncIterator[scale_tests.Watch]:
+    watch = scale_tests.Watch(address)
     try:
         await watch.registered()
         yield watch
     finally:
         await watch.close()
+
+
+async def zero_everywhere(
+    make_cluster: Callable[..., netns.Cluster],
+) -> tuple[netns.Cluster, str, netns.Node]:
+    """A started cluster enforcing ZERO=0 on every node; returns it, the leader's api address
+    and a follower (the node the test will hurt)."""
+    cluster = make_cluster()
+    cluster.start()
+    leader, leader_api = await enforcing(cluster)
+    await set_service(leader_api, ZERO, 0)
+    await tables_are(cluster, {key(ZERO): 0}, what=f"{ZERO}=0 everywhere")
+    return cluster, leader_api, next(n for n in cluster.nodes if n is not leader)
 
 
 # -- the tests ----------------------------------------------------------------------------------
@@ -257,13 +241,8 @@ async def test_a_service_at_zero_is_dropped_on_every_node_and_requests_reach_the
 async def test_a_sigkilled_agent_keeps_enforcing_and_its_restart_neither_regresses_nor_blanks(
     make_cluster: Callable[..., netns.Cluster],
 ) -> None:
-    cluster = make_cluster()
-    cluster.start()
-    leader, leader_api = await enforcing(cluster)
-    victim = next(n for n in cluster.nodes if n is not leader)
-    await set_service(leader_api, ZERO, 0)
+    cluster, leader_api, victim = await zero_everywhere(make_cluster)
     before = {key(ZERO): 0}
-    await tables_are(cluster, before, what=f"{ZERO}=0 everywhere")
 
     assert cluster.kill_agent(victim, signal.SIGKILL) == -signal.SIGKILL
     assert probe(cluster, victim) == 0, "the node stopped enforcing when its agent died"
@@ -309,13 +288,8 @@ def sampling(read: Callable[[], dict[int, int] | None]) -> Iterator[list[dict[in
 async def test_a_node_cut_off_keeps_enforcing_and_catches_up_when_the_link_returns(
     make_cluster: Callable[..., netns.Cluster], how: str,
 ) -> None:
-    cluster = make_cluster()
-    cluster.start()
-    leader, leader_api = await enforcing(cluster)
-    island = next(n for n in cluster.nodes if n is not leader)
-    await set_service(leader_api, ZERO, 0)
+    cluster, leader_api, island = await zero_everywhere(make_cluster)
     before = {key(ZERO): 0}
-    await tables_are(cluster, before, what=f"{ZERO}=0 everywhere")
 
     cluster.cut(island, how=how)
     await set_service(leader_api, "10.96.0.30", 1)

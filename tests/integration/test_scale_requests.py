@@ -10,6 +10,7 @@ DATAPLANE=memory: the kernel side is tested in tests/e2e/test_netns_cluster.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterator
@@ -79,7 +80,7 @@ def node_report(*services: str, node: str = "node-x", incarnation: int = 1,
 
 
 class Watch:
-    """A WatchScaleRequests stream read in the background into a list."""
+    """A WatchScaleRequests stream read in the background into a list (the e2e tests use it)."""
 
     def __init__(self, target: str, scope: str = "") -> None:
         self.received: list[pb.ScaleRequest] = []
@@ -89,8 +90,17 @@ class Watch:
         self._task = asyncio.create_task(self._read(), name="test.watch-scale")
 
     async def _read(self) -> None:
-        async for message in self._call:
-            self.received.append(message)
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            async for message in self._call:
+                self.received.append(message)
+
+    async def registered(self) -> None:
+        """The agent sends the headers once the reader is registered (see the .proto)."""
+        async with asyncio.timeout(RPC_DEADLINE):
+            await self._call.initial_metadata()
+
+    def nodes(self, service: str) -> set[str]:
+        return {r.node for r in self.received if r.service_ip == service}
 
     async def close(self) -> None:
         self._call.cancel()
@@ -99,14 +109,9 @@ class Watch:
 
 
 async def watching(agent: agent_mod.Agent, scope: str = "") -> Watch:
-    """A watch on `agent`, once the agent serves it (the server sends nothing until then)."""
-    before = agent.scale_ups.hub.readers
     watch = Watch(address(agent), scope)
-
-    async def open_() -> bool:
-        return agent.scale_ups.hub.readers > before
-
-    await poll("the watch stream open at the agent", open_, timeout=RPC_DEADLINE)
+    await watch.registered()
+    assert agent.scale_ups.hub.readers > 0
     return watch
 
 
