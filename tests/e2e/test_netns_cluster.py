@@ -59,6 +59,10 @@ NODES = 3
 # Three agents compile the XDP program at once (~3 s of CPU each, 2 shared cores), then elect.
 START_DEADLINE = 60.0
 CONVERGE_DEADLINE = 15.0  # push, or anti-entropy (1 s rounds) after a miss: x3 and more
+# After a "drop" cut heals, connections opened before it may sit behind TCP's retransmission
+# backoff until grpc's keepalive gives up on them (10 s + 5 s timeout, gossip/transport.py),
+# then anti-entropy (1 s) and the peer backoff cap (2 s): 18 s, and margin for a loaded box.
+HEAL_DEADLINE = 45.0
 POLL = 0.1
 
 
@@ -136,14 +140,26 @@ async def enforcing(cluster: netns.Cluster) -> tuple[netns.Node, str]:
     return leader, address
 
 
+async def get_dataplane(node: netns.Node) -> dataplane_pb2.GetDataPlaneResponse:
+    async with grpc.aio.insecure_channel(node.api_address) as channel:
+        stub = dataplane_pb2_grpc.DataPlaneStub(channel)  # type: ignore[no-untyped-call]
+        reply = await stub.GetDataPlane(dataplane_pb2.GetDataPlaneRequest(), timeout=2)
+    assert isinstance(reply, dataplane_pb2.GetDataPlaneResponse)
+    return reply
+
+
 async def _attached(node: netns.Node) -> bool:
     with contextlib.suppress(grpc.aio.AioRpcError):
-        async with grpc.aio.insecure_channel(node.api_address) as channel:
-            stub = dataplane_pb2_grpc.DataPlaneStub(channel)  # type: ignore[no-untyped-call]
-            reply = await stub.GetDataPlane(dataplane_pb2.GetDataPlaneRequest(), timeout=2)
+        reply = await get_dataplane(node)
         return any(i.name == node.veth and i.status in ("attached", "replaced")
                    for i in reply.interfaces)
     return False
+
+
+async def dropped(node: netns.Node, service: str) -> int:
+    """The program's dropped-packet count for `service` on `node`, summed over CPUs."""
+    reply = await get_dataplane(node)
+    return sum(c.dropped for c in reply.services if c.ip == service)
 
 
 async def set_service(address: str, ip: str, replicas: int) -> pb.WriteResponse:
@@ -158,11 +174,12 @@ def key(ip: str) -> int:
 
 
 async def tables_are(cluster: netns.Cluster, expected: dict[int, int], *, what: str,
-                     nodes: Sequence[netns.Node] | None = None) -> None:
+                     nodes: Sequence[netns.Node] | None = None,
+                     timeout: float = CONVERGE_DEADLINE) -> None:
     """Waits until the kernel's map on each node holds exactly `expected`."""
     targets = list(nodes) if nodes is not None else cluster.nodes
     await until(what, lambda: all(cluster.pinned_table(n) == expected for n in targets),
-                timeout=CONVERGE_DEADLINE)
+                timeout=timeout)
 
 
 def probe(cluster: netns.Cluster, node: netns.Node, *, count: int = PROBES) -> int:
@@ -197,7 +214,8 @@ async def zero_everywhere(
     make_cluster: Callable[..., netns.Cluster],
 ) -> tuple[netns.Cluster, str, netns.Node]:
     """A started cluster enforcing ZERO=0 on every node; returns it, the leader's api address
-    and a follower (the node the test will hurt)."""
+    and a follower (the node the test will hurt; the leader is the only other node named
+    by GetState's leader)."""
     cluster = make_cluster()
     cluster.start()
     leader, leader_api = await enforcing(cluster)
@@ -223,6 +241,7 @@ async def test_a_service_at_zero_is_dropped_on_every_node_and_requests_reach_the
     async with watching(leader_api) as watch:
         for node in cluster.nodes:
             assert probe(cluster, node) == 0, f"{node.name} let a packet to a service at 0 pass"
+            assert await dropped(node, ZERO) == PROBES  # the program's own count agrees
         everyone = {n.name for n in cluster.nodes}
         await until("a scale-up request from every node at the leader",
                     lambda: watch.nodes(ZERO) == everyone, timeout=CONVERGE_DEADLINE)
@@ -300,9 +319,10 @@ async def test_a_node_cut_off_keeps_enforcing_and_catches_up_when_the_link_retur
         assert probe(cluster, island) == 0, "the cut-off node stopped enforcing"
         assert cluster.pinned_table(island) == before
         cluster.heal(island)
-        await tables_are(cluster, after, what="the healed node catching up", nodes=[island])
+        await tables_are(cluster, after, what="the healed node catching up", nodes=[island],
+                         timeout=HEAL_DEADLINE)
         await until("the healed node's scale-up request at the leader",
-                    lambda: island.name in watch.nodes(ZERO), timeout=CONVERGE_DEADLINE)
+                    lambda: island.name in watch.nodes(ZERO), timeout=HEAL_DEADLINE)
     assert probe(cluster, island) == 0
 
 
@@ -324,3 +344,27 @@ async def test_a_1024_entry_table_is_exactly_every_nodes_map_in_the_kernel(
     await tables_are(cluster, expected, what="the changed 1024 entries in every node's map")
     for node in cluster.nodes:
         assert cluster.pinned_table(node) == expected  # exactly: nothing extra, nothing missing
+
+
+async def test_scale_up_requests_reach_the_new_leader_after_the_old_one_is_sigkilled(
+    make_cluster: Callable[..., netns.Cluster],
+) -> None:
+    cluster, old_api, _ = await zero_everywhere(make_cluster)
+    old = cluster.node(next(
+        n.name for n in cluster.nodes if n.api_address == old_api))
+    assert cluster.kill_agent(old, signal.SIGKILL) == -signal.SIGKILL
+    survivors = [n for n in cluster.nodes if n is not old]
+    new_api, reply = await localcluster.find_leader(
+        [n.api_address for n in survivors], timeout=START_DEADLINE)
+    new = cluster.node(reply.leader_node)
+    assert new is not old
+    await localcluster.wait_all(
+        [n.api_address for n in survivors], what="the new leader's snapshot on the survivors",
+        timeout=CONVERGE_DEADLINE, check=lambda s: s.leader == new.name)
+    reporter = next(n for n in survivors if n is not new)
+    async with watching(new_api) as watch:
+        assert probe(cluster, old) == 0, "the old leader's node stopped enforcing"
+        assert probe(cluster, reporter) == 0
+        await until(f"{reporter.name}'s request at the new leader {new.name}",
+                    lambda: reporter.name in watch.nodes(ZERO), timeout=CONVERGE_DEADLINE)
+    assert old.name not in watch.nodes(ZERO)  # its agent is dead: nobody reads its events
