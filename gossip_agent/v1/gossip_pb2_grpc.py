@@ -93,8 +93,9 @@ class GossipServicer:
         scaling issue, its traffic facts). Sent only to the leader; acknowledged once the leader
         has counted the report and handed its requests to its source. Idempotent by (node,
         incarnation, seq): a retried report the leader already took is acknowledged again
-        (duplicate = true) and acted on once. Limits: at most MAX_REPORT_REQUESTS (256) requests
-        per report and a non-empty node name, else INVALID_ARGUMENT (do not retry). UNAVAILABLE
+        (duplicate = true) and acted on once. Limits: a node name of 1..253 characters, seq >= 1,
+        at most 256 requests per report, one per service, valid dotted IPv4s; anything else is
+        INVALID_ARGUMENT, changes nothing and must not be retried. UNAVAILABLE
         when the callee does not lead (or is still taking office): the sender finds the leader
         again and retries with backoff until a report is acknowledged.
         """
