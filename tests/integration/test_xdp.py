@@ -272,3 +272,35 @@ def _prog_id(ifindex: int) -> int:
     from gossip_agent.dataplane import xdpsys
 
     return xdpsys.query(ifindex, name="probe").prog_id
+
+
+def test_new_max_entries_migrates_table_and_counters_and_the_new_program_uses_them(
+    rig: xdp_net.Rig, bpffs_dir: str
+) -> None:
+    plane = bpfmap.open_pinned(pin_dir=bpffs_dir, max_entries=1024)
+    old = load(plane)
+    old.pin()
+    attach(rig, old)
+    serving(rig, ZERO, TWO)
+    put(plane, {ZERO: 0, TWO: 2})
+    xdp_net.send_and_count(rig, TWO, packets=7)
+    old_map_id = plane.table_map_id
+    plane.close()
+
+    bigger = bpfmap.open_pinned(pin_dir=bpffs_dir, max_entries=2048)  # MAP_MAX_ENTRIES raised
+    try:
+        assert bigger.table_map_id != old_map_id and bigger.max_entries == 2048
+        assert bigger.read() == {ip(ZERO): 0, ip(TWO): 2}
+        assert totals(bigger, TWO) == (7, 0, 0)  # per-CPU counters copied too
+        new = load(bigger)
+        try:
+            state = attach(rig, new)  # the old program still uses the old map: ours, replaced
+            assert state.status == "replaced" and rig.xdp_prog_id() == new.prog_id
+            assert xdp_net.send_and_count(rig, ZERO, packets=5, settle=0.5) == 0
+            assert xdp_net.send_and_count(rig, TWO, packets=3) == 3
+            assert totals(bigger, ZERO) == (0, 5, 0) and totals(bigger, TWO) == (10, 0, 0)
+        finally:
+            new.close()
+    finally:
+        old.close()
+        bigger.close()
