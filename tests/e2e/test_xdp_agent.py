@@ -80,7 +80,7 @@ class AgentProcess:
         return self.process.returncode
 
 
-def wait_for(what: str, check: Any, timeout: float = 30.0) -> Any:
+def wait_for(what: str, check: Any, timeout: float = 90.0) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = check()
@@ -112,6 +112,10 @@ def map_value(pin_dir: str, service: str) -> int | None:
     return None if raw is None else int.from_bytes(raw, sys.byteorder)
 
 
+def packets(counters: dict[str, Any]) -> int:
+    return sum(int(counters.get(key, 0)) for key in ("passed", "dropped", "fail_open"))
+
+
 def interface(state: dict[str, Any], name: str) -> dict[str, Any]:
     return next((i for i in state.get("interfaces", []) if i["name"] == name), {})
 
@@ -136,8 +140,12 @@ def test_agent_attaches_follows_interfaces_survives_restart_and_detaches(
 
         assert xdp_net.send_and_count(rig, TWO, packets=10) == 10
         assert xdp_net.send_and_count(rig, ZERO, packets=10, settle=0.5) == 0
-        counters = {s["ip"]: s for s in dataplane_state(rig)["services"]}  # type: ignore[index]
+        state = wait_for("the scale-up event and all 20 packets counted by the agent", lambda: (
+            (s := dataplane_state(rig)) and int(s.get("scale_up_events", 0)) >= 1
+            and sum(packets(c) for c in s.get("services", [])) >= 20 and s))
+        counters = {s["ip"]: s for s in state["services"]}
         assert int(counters[ZERO]["dropped"]) == 10 and int(counters[TWO]["passed"]) == 10
+        assert counters[ZERO]["listed"] and not state.get("failed_open", False)
 
         # A new interface matching a glob gets the program as it appears.
         new_if = f"ga4a{rig.tag}x"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -322,3 +323,17 @@ def test_bpf_available_says_why_not_for_an_ordinary_directory(tmp_path: Path) ->
     ok, why = bpfmap.bpf_available(str(tmp_path))
     assert not ok
     assert str(tmp_path) in why and "not a mounted BPF filesystem" in why
+
+
+def test_meta_written_by_layout_version_1_is_read_and_kept(pin_dir: str) -> None:
+    first = bpfmap.open_pinned(pin_dir=pin_dir, max_entries=1024)
+    put(first, {0x0A60000A: 3}, V1)
+    record = layout.META_STRUCT.pack(V1.term, V1.seq, digest({0x0A60000A: 3}), 1, 0)
+    first._meta.update(struct.pack("=I", layout.META_KEY), record)  # as version 1 wrote it
+    first.close()
+
+    plane = bpfmap.open_pinned(pin_dir=pin_dir, max_entries=1024)
+    try:
+        assert plane.load() == base.Persisted(V1, digest({0x0A60000A: 3}), {0x0A60000A: 3})
+    finally:
+        plane.close()

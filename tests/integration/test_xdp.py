@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
+import socket
 import threading
 import time
 import uuid
@@ -12,18 +12,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from gossip_agent.core import diff, versions
 from gossip_agent.dataplane import bpfmap, bpfsys, events, layout, xdp
 from tests.conftest import BPFFS_TEST_ROOT, remove_bpffs_tree
 from tests.integration import xdp_net
 
 pytestmark = pytest.mark.integration
 
-ZERO, TWO, UNLISTED = "10.96.0.10", "10.96.0.11", "10.96.0.12"
-
-
-def ip(text: str) -> int:
-    return int(ipaddress.IPv4Address(text))
+ZERO, TWO, UNLISTED = xdp_net.ZERO, "10.96.0.11", "10.96.0.12"
 
 
 @pytest.fixture
@@ -56,25 +51,6 @@ def attach(rig: xdp_net.Rig, program: xdp.Program, *, mode: str = "auto") -> xdp
                             lambda: program.attach_to(rig.node_if, ifindex, mode=mode))
 
 
-def put(plane: bpfmap.BpfDataPlane, table: dict[str, int], seq: int = 1) -> None:
-    current = plane.read()
-    wanted = {ip(k): v for k, v in table.items()}
-    plane.apply(diff.diff(current, wanted), version=versions.Version(1, seq),
-                content_hash=b"")
-
-
-def totals(plane: bpfmap.BpfDataPlane, service: str) -> tuple[int, int, int]:
-    per_cpu = plane.stats().get(ip(service), [])
-    return (sum(c[0] for c in per_cpu), sum(c[1] for c in per_cpu), sum(c[2] for c in per_cpu))
-
-
-def wait_for(what: str, check: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.01)
-
-
 def serving(rig: xdp_net.Rig, *services: str) -> None:
     for service in services:
         rig.add_service(service)
@@ -87,14 +63,14 @@ def test_zero_is_dropped_while_positive_and_unlisted_pass(
     assert (state.status, state.mode) == ("attached", "native")
     assert rig.xdp_prog_id() == program.prog_id
     serving(rig, ZERO, TWO, UNLISTED)
-    put(plane, {ZERO: 0, TWO: 2})
+    xdp_net.put(plane, {ZERO: 0, TWO: 2})
 
     assert xdp_net.send_and_count(rig, TWO, packets=20) == 20
     assert xdp_net.send_and_count(rig, UNLISTED, packets=20) == 20
     assert xdp_net.send_and_count(rig, ZERO, packets=20, settle=0.5) == 0
-    assert totals(plane, ZERO) == (0, 20, 0)
-    assert totals(plane, TWO) == (20, 0, 0)
-    assert ip(UNLISTED) not in plane.stats()  # only listed services are counted
+    assert xdp_net.counted(plane, ZERO, (0, 20, 0))
+    assert xdp_net.counted(plane, TWO, (20, 0, 0))
+    assert xdp_net.ip(UNLISTED) not in plane.stats()  # only listed services are counted
 
 
 def test_a_service_raised_from_zero_passes_again(
@@ -102,9 +78,9 @@ def test_a_service_raised_from_zero_passes_again(
 ) -> None:
     attach(rig, program)
     serving(rig, ZERO)
-    put(plane, {ZERO: 0})
+    xdp_net.put(plane, {ZERO: 0})
     assert xdp_net.send_and_count(rig, ZERO, packets=5, settle=0.5) == 0
-    put(plane, {ZERO: 2}, seq=2)
+    xdp_net.put(plane, {ZERO: 2}, seq=2)
     assert xdp_net.send_and_count(rig, ZERO, packets=5) == 5
 
 
@@ -113,7 +89,7 @@ def test_counters_are_kept_per_cpu_and_read_from_every_cpu(
 ) -> None:
     attach(rig, program)
     serving(rig, TWO)
-    put(plane, {TWO: 2})
+    xdp_net.put(plane, {TWO: 2})
     cpus = sorted(os.sched_getaffinity(0))
     for cpu in cpus[:2]:
         # veth delivery runs on the sending CPU: pin the sending thread to one CPU at a time.
@@ -125,7 +101,7 @@ def test_counters_are_kept_per_cpu_and_read_from_every_cpu(
         worker.start()
         worker.join()
 
-    per_cpu = plane.stats()[ip(TWO)]
+    per_cpu = plane.stats()[xdp_net.ip(TWO)]
     assert len(per_cpu) == bpfsys.possible_cpus()
     assert sum(passed for passed, _, _ in per_cpu) == 10 * len(cpus[:2])
     assert sum(1 for passed, _, _ in per_cpu if passed) == len(cpus[:2])
@@ -137,7 +113,7 @@ async def test_scale_up_events_name_service_source_and_time_and_are_rate_limited
     attach(rig, program)
     other = "10.96.0.20"
     serving(rig, ZERO, other)
-    put(plane, {ZERO: 0, other: 0})
+    xdp_net.put(plane, {ZERO: 0, other: 0})
     hub = events.EventHub()
     reader = asyncio.create_task(program.read_events(hub), name="xdp.events")
     try:
@@ -168,7 +144,7 @@ async def test_scale_up_events_name_service_source_and_time_and_are_rate_limited
         assert 1 <= len(found) <= bound, (service, len(found), bound)
         assert all(e.source == xdp_net.CLIENT_IP for e in found)
         assert all(before <= e.timestamp_ns <= after for e in found)
-    assert totals(plane, ZERO)[1] == 50 and totals(plane, other)[1] == 50
+    assert xdp_net.counted(plane, ZERO, (0, 50, 0)) and xdp_net.counted(plane, other, (0, 50, 0))
 
 
 def test_stale_heartbeat_fails_open_and_counts_it(
@@ -176,16 +152,16 @@ def test_stale_heartbeat_fails_open_and_counts_it(
 ) -> None:
     attach(rig, program)
     serving(rig, ZERO)
-    put(plane, {ZERO: 0})
+    xdp_net.put(plane, {ZERO: 0})
     second = 1_000_000_000
     plane.write_heartbeat(refreshed_ns=time.monotonic_ns() - 5 * second,
                           fail_open_after_ns=2 * second)
     assert xdp_net.send_and_count(rig, ZERO, packets=10) == 10
-    assert totals(plane, ZERO) == (0, 0, 10)
+    assert xdp_net.counted(plane, ZERO, (0, 0, 10))
 
     plane.write_heartbeat(refreshed_ns=time.monotonic_ns(), fail_open_after_ns=2 * second)
     assert xdp_net.send_and_count(rig, ZERO, packets=10, settle=0.5) == 0
-    assert totals(plane, ZERO) == (0, 10, 10)
+    assert xdp_net.counted(plane, ZERO, (0, 10, 10))
 
 
 def test_fail_open_after_zero_never_fails_open(
@@ -193,10 +169,10 @@ def test_fail_open_after_zero_never_fails_open(
 ) -> None:
     attach(rig, program)
     serving(rig, ZERO)
-    put(plane, {ZERO: 0})
+    xdp_net.put(plane, {ZERO: 0})
     plane.write_heartbeat(refreshed_ns=1, fail_open_after_ns=0)  # ancient, but disabled
     assert xdp_net.send_and_count(rig, ZERO, packets=10, settle=0.5) == 0
-    assert totals(plane, ZERO) == (0, 10, 0)
+    assert xdp_net.counted(plane, ZERO, (0, 10, 0))
 
 
 @pytest.fixture
@@ -227,7 +203,7 @@ def test_restart_replaces_the_program_with_no_moment_without_one(
     first = attach(rig, program, mode="generic")
     assert (first.status, first.mode) == ("attached", "generic")
     serving(rig, ZERO)
-    put(plane, {ZERO: 0})
+    xdp_net.put(plane, {ZERO: 0})
     listener = rig.listener(ZERO)
     port = listener.getsockname()[1]
     sender = rig.sender()
@@ -246,12 +222,12 @@ def test_restart_replaces_the_program_with_no_moment_without_one(
     worker = threading.Thread(target=hammer)
     worker.start()
     try:
-        wait_for("packets before the restart", lambda: sent > 20)
+        xdp_net.wait_for("packets before the restart", lambda: sent > 20)
         second = load(plane)  # a restarted agent compiles and loads its own program
         try:
             state = attach(rig, second)
             sent_at_swap = sent
-            wait_for("packets after the restart", lambda: sent > sent_at_swap + 20)
+            xdp_net.wait_for("packets after the restart", lambda: sent > sent_at_swap + 20)
         finally:
             stop.set()
             worker.join()
@@ -262,8 +238,8 @@ def test_restart_replaces_the_program_with_no_moment_without_one(
         stop.set()
         worker.join()
     assert 0 not in seen_ids and seen_ids <= {program.prog_id, second.prog_id}
+    assert xdp_net.counted(plane, ZERO, (0, sent, 0))  # every packet met a program, and was dropped
     assert xdp_net.received(listener) == 0  # not one packet slipped through
-    assert totals(plane, ZERO)[1] == sent
     listener.close()
     sender.close()
 
@@ -272,3 +248,52 @@ def _prog_id(ifindex: int) -> int:
     from gossip_agent.dataplane import xdpsys
 
     return xdpsys.query(ifindex, name="probe").prog_id
+
+
+def test_new_max_entries_migrates_table_and_counters_and_the_new_program_uses_them(
+    rig: xdp_net.Rig, bpffs_dir: str
+) -> None:
+    plane = bpfmap.open_pinned(pin_dir=bpffs_dir, max_entries=1024)
+    old = load(plane)
+    old.pin()
+    attach(rig, old)
+    serving(rig, ZERO, TWO)
+    xdp_net.put(plane, {ZERO: 0, TWO: 2})
+    assert xdp_net.send_and_count(rig, TWO, packets=7) == 7
+    assert xdp_net.counted(plane, TWO, (7, 0, 0))
+    old_map_id = plane.table_map_id
+    plane.close()
+
+    bigger = bpfmap.open_pinned(pin_dir=bpffs_dir, max_entries=2048)  # MAP_MAX_ENTRIES raised
+    try:
+        assert bigger.table_map_id != old_map_id and bigger.max_entries == 2048
+        assert bigger.read() == {xdp_net.ip(ZERO): 0, xdp_net.ip(TWO): 2}
+        assert xdp_net.totals(bigger, TWO) == (7, 0, 0)  # the per-CPU counters were copied too
+        new = load(bigger)
+        try:
+            state = attach(rig, new)  # the old program still uses the old map: ours, replaced
+            assert state.status == "replaced" and rig.xdp_prog_id() == new.prog_id
+            assert xdp_net.send_and_count(rig, ZERO, packets=5, settle=0.5) == 0
+            assert xdp_net.send_and_count(rig, TWO, packets=3) == 3
+            assert xdp_net.counted(bigger, ZERO, (0, 5, 0))
+            assert xdp_net.counted(bigger, TWO, (10, 0, 0))
+        finally:
+            new.close()
+    finally:
+        old.close()
+        bigger.close()
+
+
+def test_auto_mode_falls_back_to_generic_where_the_driver_has_no_native_xdp(
+    rig: xdp_net.Rig, program: xdp.Program
+) -> None:
+    bridge = f"ga4a{rig.tag}b"  # a bridge device: its driver has no native XDP support
+    xdp_net.sh("ip", "-n", rig.node_ns, "link", "add", bridge, "type", "bridge")
+    ifindex = xdp_net.in_netns(rig.node_ns, lambda: socket.if_nametoindex(bridge))
+
+    forced = xdp_net.in_netns(rig.node_ns,
+                              lambda: program.attach_to(bridge, ifindex, mode="native"))
+    assert forced.status == "failed" and bridge in forced.detail
+    state = xdp_net.in_netns(rig.node_ns, lambda: program.attach_to(bridge, ifindex, mode="auto"))
+    assert (state.status, state.mode) == ("attached", "generic")
+    assert xdp_net.in_netns(rig.node_ns, lambda: _prog_id(ifindex)) == program.prog_id

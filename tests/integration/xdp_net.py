@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import ipaddress
 import os
 import shutil
 import socket
@@ -28,11 +29,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
+from gossip_agent.core import diff, versions
+from gossip_agent.dataplane import bpfmap
 from tests.conftest import require
 
 PREFIX = "ga4a"
 CLONE_NEWNET = 0x40000000
 CLIENT_IP, NODE_IP = "10.211.0.2", "10.211.0.1"
+ZERO = "10.96.0.10"  # the service the tests scale to zero
 T = TypeVar("T")
 
 
@@ -145,11 +149,13 @@ def received(sock: socket.socket) -> int:
 
 
 def send_and_count(rig: Rig, service_ip: str, *, packets: int = 20,
-                   settle: float = 1.0) -> int:
+                   settle: float = 5.0) -> int:
     """Sends `packets` datagrams from the client to service_ip; how many the listener got.
 
-    Waits until every datagram arrived or `settle` seconds passed with fewer (the only way
-    to observe a drop is the absence of delivery; local veth delivery takes microseconds).
+    Returns as soon as every datagram arrived, else after `settle` seconds (a liveness bound
+    for a loaded 2-core machine; local veth delivery takes microseconds). A drop can only be
+    seen as an absence, so tests that expect drops pass a short settle AND wait for the
+    program's own dropped counter, which is the positive evidence.
     """
     listener = rig.listener(service_ip)
     sender = rig.sender()
@@ -167,3 +173,37 @@ def send_and_count(rig: Rig, service_ip: str, *, packets: int = 20,
     finally:
         listener.close()
         sender.close()
+
+
+# --- the maps, as the tests drive and read them ---------------------------------------------
+
+
+def ip(text: str) -> int:
+    return int(ipaddress.IPv4Address(text))
+
+
+def put(plane: bpfmap.BpfDataPlane, table: dict[str, int], seq: int = 1) -> None:
+    current = plane.read()
+    wanted = {ip(k): v for k, v in table.items()}
+    plane.apply(diff.diff(current, wanted), version=versions.Version(1, seq),
+                content_hash=b"")
+
+
+def totals(plane: bpfmap.BpfDataPlane, service: str) -> tuple[int, int, int]:
+    per_cpu = plane.stats().get(ip(service), [])
+    return (sum(c[0] for c in per_cpu), sum(c[1] for c in per_cpu), sum(c[2] for c in per_cpu))
+
+
+def counted(plane: bpfmap.BpfDataPlane, service: str, expected: tuple[int, int, int]) -> bool:
+    """Waits until the counters reach `expected` packets in all (the program runs in softirq,
+    possibly after sendto returned), then tells whether they are exactly `expected`."""
+    wait_for(f"{sum(expected)} packets to {service} counted",
+             lambda: sum(totals(plane, service)) >= sum(expected))
+    return totals(plane, service) == expected
+
+
+def wait_for(what: str, check: object, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.01)
