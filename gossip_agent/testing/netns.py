@@ -60,6 +60,8 @@ POD_NET = "10.200"  # pod i: 10.200.<i>.2, its node end 10.200.<i>.1
 XDP_GLOB = "veth*"  # the node ends of the pods' veths, as XDP_INTERFACES names them
 STOP_GRACE = 5.0  # seconds from SIGTERM to SIGKILL: the agent's own grace (2 s) plus margin
 MAX_NODES = 200  # node addresses are 10.100.0.1..200
+FIRST_HOST = 201  # extra hosts (a Redis server, a fake API server): 10.100.0.201..254
+MAX_HOSTS = 54
 
 
 class HarnessError(Exception):
@@ -185,6 +187,16 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
+@dataclasses.dataclass(frozen=True)
+class Host:
+    """A namespace on the cluster network that runs no agent: for the servers later backends
+    need (redis-server, a fake Kubernetes API), reachable from every node at `ip`."""
+
+    name: str
+    netns: str
+    ip: str
+
+
 @dataclasses.dataclass
 class Node:
     index: int
@@ -266,6 +278,8 @@ class Cluster:
         self._namespaces: list[str] = []
         self._forwarder: Forwarder | None = None
         self._listeners: list[Listener] = []
+        self.hosts: list[Host] = []
+        self._processes: list[subprocess.Popen[bytes]] = []  # spawn()ed, stopped in close()
 
     def _node(self, i: int) -> Node:
         return Node(
@@ -306,15 +320,18 @@ class Cluster:
         self._namespaces.append(name)
         ip(name, "link", "set", "lo", "up")
 
+    def _join_switch(self, netns: str, *, port: str, address: str) -> None:
+        """eth0 in `netns` at address/24, its peer `port` a port of the bridge."""
+        run("ip", "link", "add", "eth0", "netns", netns, "type", "veth",
+            "peer", "name", port, "netns", self.switch)
+        ip(self.switch, "link", "set", port, "master", "br0", "up")
+        ip(netns, "addr", "add", f"{address}/24", "dev", "eth0")
+        ip(netns, "link", "set", "eth0", "up")
+
     def _build_node(self, node: Node) -> None:
         self._add_netns(node.netns)
         self._add_netns(node.pod_netns)
-        port = f"sw{node.index}"
-        run("ip", "link", "add", "eth0", "netns", node.netns, "type", "veth",
-            "peer", "name", port, "netns", self.switch)
-        ip(self.switch, "link", "set", port, "master", "br0", "up")
-        ip(node.netns, "addr", "add", f"{node.ip}/24", "dev", "eth0")
-        ip(node.netns, "link", "set", "eth0", "up")
+        self._join_switch(node.netns, port=f"sw{node.index}", address=node.ip)
         run("ip", "link", "add", node.veth, "netns", node.netns, "type", "veth",
             "peer", "name", "eth0", "netns", node.pod_netns)
         gateway = f"{POD_NET}.{node.index}.1"
@@ -325,6 +342,32 @@ class Cluster:
         ip(node.pod_netns, "route", "add", "default", "via", gateway)
         for service in self.services:
             ip(node.netns, "addr", "add", f"{service}/32", "dev", "lo")
+
+    def add_host(self, name: str) -> Host:
+        """A namespace joined to the bridge at 10.100.0.<201+k>, for a server processes in the
+        node namespaces talk to (start it with spawn())."""
+        index = len(self.hosts)
+        if index >= MAX_HOSTS:
+            raise HarnessError(f"at most {MAX_HOSTS} hosts")
+        host = Host(name=name, netns=f"{self.run_id}-h{index}",
+                    ip=f"{NODE_NET}.{FIRST_HOST + index}")
+        self._add_netns(host.netns)
+        self._join_switch(host.netns, port=f"sh{index}", address=host.ip)
+        self.hosts.append(host)
+        return host
+
+    def spawn(self, netns: str, argv: Sequence[str], *, log_name: str,
+              env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Starts argv inside namespace `netns` (a host's, a node's or a pod's), output to
+        log_dir/<log_name>; close() stops it by PID like the agents."""
+        with open(os.path.join(self.log_dir, log_name), "ab") as log_file:
+            process = subprocess.Popen(
+                ["nsenter", f"--net={os.path.join(NETNS_DIR, netns)}", "--", *argv],
+                env={**os.environ, **(env or {}), MARKER: self.run_id},
+                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        self._processes.append(process)
+        return process
 
     # -- agents ---------------------------------------------------------------------------------
 
@@ -440,12 +483,17 @@ class Cluster:
                 log.exception("netns cleanup step %s failed", step.__name__)
 
     def _stop_agents(self) -> None:
-        for node in self.nodes:
-            if node.running:
-                assert node.process is not None
-                node.process.send_signal(signal.SIGTERM)
-        for node in self.nodes:
-            self.kill_agent(node, signal.SIGTERM)
+        processes = [n.process for n in self.nodes if n.process is not None]
+        processes += self._processes
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
     def _kill_marked(self) -> None:
         for pid in marked_processes(f"{MARKER}={self.run_id}"):

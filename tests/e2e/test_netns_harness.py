@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -68,3 +70,33 @@ def test_sweep_removes_namespaces_of_dead_runs_and_keeps_those_of_live_ones() ->
     finally:
         for name in (dead, live):
             netns.run("ip", "netns", "del", name, check=False)
+
+
+def test_a_spawned_server_on_an_extra_host_is_reachable_from_nodes_and_stopped_by_close(
+    tmp_path: Path,
+) -> None:
+    """What a Redis or fake-API backend test needs: a server on the cluster network."""
+    require_netns_cluster()
+    root = os.path.join(BPFFS_ROOT, uuid.uuid4().hex)
+    with netns.Cluster(1, prefix=PREFIX, bpffs_root=root, log_dir=str(tmp_path)) as cluster:
+        host = cluster.add_host("store")
+        server = cluster.spawn(host.netns, [sys.executable, "-m", "http.server", "--bind",
+                                            host.ip, "8080"], log_name="store.log")
+        node = cluster.nodes[0]
+        deadline = time.monotonic() + 20
+        while True:
+            sock = netns.socket_in(node.netns, kind=socket.SOCK_STREAM)
+            sock.settimeout(2)
+            try:
+                sock.connect((host.ip, 8080))
+                sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                reply = sock.recv(64)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the server at {host.ip}:8080 never answered from {node.name}")
+                time.sleep(0.1)
+            finally:
+                sock.close()
+        assert reply.startswith(b"HTTP/1.0 200")
+    assert server.poll() is not None, "close() left the spawned server running"
