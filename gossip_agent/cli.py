@@ -140,8 +140,10 @@ def _detach(args: argparse.Namespace) -> int:
     print(f"detached from: {', '.join(done.interfaces) or 'no interface'}")
     for line in done.skipped:
         print(f"left alone: {line}")
+    for line in done.failed:
+        print(f"gossip-agent: could not detach {line}; the pins were kept", file=sys.stderr)
     print(f"removed: {', '.join(done.removed) or 'no pin'}")
-    return 0
+    return 1 if done.failed else 0
 
 
 def _env(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ class Detached:
     interfaces: tuple[str, ...]  # detached from these
     skipped: tuple[str, ...]  # "name: why" for interfaces whose program is not ours
     removed: tuple[str, ...]  # pin paths unlinked
+    failed: tuple[str, ...] = ()  # "name: why": ours but not detached; the pins were kept
 
 
 def detach(*, pin_dir: str) -> Detached:
@@ -34,13 +35,16 @@ def detach(*, pin_dir: str) -> Detached:
     try:
         table_map_id = _table_map_id(pin_dir)
         pinned_id = xdp.pinned_prog_id(pin_dir)
-        done, skipped = _detach_interfaces(table_map_id=table_map_id, pinned_id=pinned_id)
-        removed = _remove_pins(pin_dir)
+        done, skipped, failed = _detach_interfaces(table_map_id=table_map_id,
+                                                   pinned_id=pinned_id)
+        # A program left attached still enforces: keep its pins so a new agent or a second
+        # detach can find and replace it, rather than orphaning it.
+        removed = [] if failed else _remove_pins(pin_dir)
     finally:
         os.close(lock_fd)
     with contextlib.suppress(OSError):
         os.rmdir(pin_dir)  # only if empty (no lease files, nothing else)
-    return Detached(tuple(done), tuple(skipped), tuple(removed))
+    return Detached(tuple(done), tuple(skipped), tuple(removed), tuple(failed))
 
 
 def _lock(pin_dir: str) -> int:
@@ -63,8 +67,12 @@ def _table_map_id(pin_dir: str) -> int:
         os.close(fd)
 
 
-def _detach_interfaces(*, table_map_id: int, pinned_id: int) -> tuple[list[str], list[str]]:
-    done, skipped = [], []
+def _detach_interfaces(
+    *, table_map_id: int, pinned_id: int
+) -> tuple[list[str], list[str], list[str]]:
+    done: list[str] = []
+    skipped: list[str] = []
+    failed: list[str] = []
     for ifindex, name in socket.if_nameindex():
         current = xdpsys.query(ifindex, name=name)
         if current.prog_id == 0:
@@ -77,10 +85,13 @@ def _detach_interfaces(*, table_map_id: int, pinned_id: int) -> tuple[list[str],
             continue  # detached meanwhile
         try:
             xdpsys.detach(ifindex, name=name, mode=current.mode, expected_fd=old_fd)
+        except errors.DataPlaneError as exc:  # replaced meanwhile, or a mode we cannot handle
+            failed.append(f"{name}: {exc}")
+            continue
         finally:
             os.close(old_fd)
         done.append(name)
-    return done, skipped
+    return done, skipped, failed
 
 
 def _remove_pins(pin_dir: str) -> list[str]:

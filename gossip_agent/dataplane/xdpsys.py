@@ -97,11 +97,18 @@ def query(ifindex: int, *, name: str) -> Attached:
     return Attached(opts.prog_id, mode)
 
 
+def _mode_flag(mode: str, *, name: str) -> int:
+    if mode not in MODE_FLAGS:  # "multi": programs in several modes at once, not ours to touch
+        raise bpfsys.BpfError(f"xdp on {name}: cannot act on a program attached in {mode} mode",
+                              errno=errno_codes.EOPNOTSUPP)
+    return MODE_FLAGS[mode]
+
+
 def attach(ifindex: int, prog_fd: int, *, name: str, mode: str, expected_fd: int = 0) -> None:
     """Attaches prog_fd in `mode`. expected_fd 0: only if the interface has no XDP program
     (EBUSY/EEXIST otherwise); else: only if the attached program is still expected_fd's, and
     the swap is atomic (the interface is never without a program)."""
-    flags = MODE_FLAGS[mode]
+    flags = _mode_flag(mode, name=name)
     if not expected_fd:
         flags |= XDP_FLAGS_UPDATE_IF_NOEXIST
     opts = _AttachOpts(sz=ctypes.sizeof(_AttachOpts), old_prog_fd=expected_fd)
@@ -112,8 +119,8 @@ def attach(ifindex: int, prog_fd: int, *, name: str, mode: str, expected_fd: int
 def detach(ifindex: int, *, name: str, mode: str, expected_fd: int) -> None:
     """Detaches the program expected_fd refers to; fails (EEXIST) if another one is attached."""
     opts = _AttachOpts(sz=ctypes.sizeof(_AttachOpts), old_prog_fd=expected_fd)
-    bpfsys._call("xdp_detach", name, _lib().bpf_xdp_attach, ifindex, -1, MODE_FLAGS[mode],
-                 ctypes.byref(opts))
+    bpfsys._call("xdp_detach", name, _lib().bpf_xdp_attach, ifindex, -1,
+                 _mode_flag(mode, name=name), ctypes.byref(opts))
 
 
 def prog_fd_by_id(prog_id: int) -> int | None:

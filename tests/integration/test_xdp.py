@@ -297,3 +297,34 @@ def test_auto_mode_falls_back_to_generic_where_the_driver_has_no_native_xdp(
     state = xdp_net.in_netns(rig.node_ns, lambda: program.attach_to(bridge, ifindex, mode="auto"))
     assert (state.status, state.mode) == ("attached", "generic")
     assert xdp_net.in_netns(rig.node_ns, lambda: _prog_id(ifindex)) == program.prog_id
+
+
+def test_detach_removes_only_this_pin_dirs_program_and_its_pins(
+    rig: xdp_net.Rig, plane: bpfmap.BpfDataPlane, program: xdp.Program, foreign_dir: str
+) -> None:
+    from gossip_agent.dataplane import detach
+
+    other_if = f"ga4a{rig.tag}b"
+    xdp_net.sh("ip", "-n", rig.node_ns, "link", "add", other_if, "type", "bridge")
+    other_index = xdp_net.in_netns(rig.node_ns, lambda: socket.if_nametoindex(other_if))
+    other_plane = bpfmap.open_pinned(pin_dir=foreign_dir, max_entries=16)
+    other = load(other_plane)
+    try:
+        program.pin()
+        attach(rig, program)
+        assert xdp_net.in_netns(rig.node_ns, lambda: other.attach_to(
+            other_if, other_index, mode="auto")).status == "attached"
+        pin_dir = plane.pin_dir
+        plane.close()  # the agent is gone: detach may take the pin directory
+
+        done = xdp_net.in_netns(rig.node_ns, lambda: detach.detach(pin_dir=pin_dir))
+
+        assert done.interfaces == (rig.node_if,) and not done.failed
+        assert any(line.startswith(f"{other_if}:") for line in done.skipped)
+        assert rig.xdp_prog_id() == 0
+        assert xdp_net.in_netns(rig.node_ns, lambda: _prog_id(other_index)) == other.prog_id
+        assert not os.path.exists(pin_dir)
+        assert os.path.exists(f"{foreign_dir}/SERVICE_LIST")
+    finally:
+        other.close()
+        other_plane.close()
