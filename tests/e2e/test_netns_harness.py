@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,9 +33,19 @@ def namespaces() -> set[str]:
         return set()
 
 
-def test_a_failing_body_leaves_no_namespace_process_or_pin_behind(tmp_path: Path) -> None:
+@pytest.fixture
+def root() -> Iterator[str]:
+    """A bpffs root for one cluster (the cluster removes it); the shared parent goes once
+    no other run uses it."""
     require_netns_cluster()
-    root = os.path.join(BPFFS_ROOT, uuid.uuid4().hex)
+    yield os.path.join(BPFFS_ROOT, uuid.uuid4().hex)
+    with contextlib.suppress(OSError):
+        os.rmdir(BPFFS_ROOT)
+
+
+def test_a_failing_body_leaves_no_namespace_process_or_pin_behind(
+    tmp_path: Path, root: str,
+) -> None:
     cluster = netns.Cluster(2, prefix=PREFIX, bpffs_root=root, log_dir=str(tmp_path),
                             services=("10.96.0.10",))
     pids: list[int] = []
@@ -50,8 +61,6 @@ def test_a_failing_body_leaves_no_namespace_process_or_pin_behind(tmp_path: Path
     assert not [p for p in pids if os.path.exists(f"/proc/{p}")], "an agent outlived cleanup"
     assert not netns.marked_processes(f"{netns.MARKER}={cluster.run_id}")
     assert not os.path.exists(root)
-    with contextlib.suppress(OSError):
-        os.rmdir(BPFFS_ROOT)
 
 
 def test_sweep_removes_namespaces_of_dead_runs_and_keeps_those_of_live_ones() -> None:
@@ -73,11 +82,9 @@ def test_sweep_removes_namespaces_of_dead_runs_and_keeps_those_of_live_ones() ->
 
 
 def test_a_spawned_server_on_an_extra_host_is_reachable_from_nodes_and_stopped_by_close(
-    tmp_path: Path,
+    tmp_path: Path, root: str,
 ) -> None:
     """What a Redis or fake-API backend test needs: a server on the cluster network."""
-    require_netns_cluster()
-    root = os.path.join(BPFFS_ROOT, uuid.uuid4().hex)
     with netns.Cluster(1, prefix=PREFIX, bpffs_root=root, log_dir=str(tmp_path)) as cluster:
         host = cluster.add_host("store")
         server = cluster.spawn(host.netns, [sys.executable, "-m", "http.server", "--bind",
