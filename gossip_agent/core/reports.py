@@ -10,6 +10,10 @@ content until acknowledged, so the leader can recognise a retry by (node, incarn
 Leader (Ledger): remembers the last seq taken per (node, incarnation). Because a reporter never
 has two reports in flight, any seq at or below that is a retry of something already acted on.
 A new incarnation (the reporter restarted and counts from 1 again) replaces the old memory.
+The ledger lives in the leader's memory only: after a change of leader, a report the old leader
+took but whose acknowledgement was lost is taken once more by the new one. A scale-up tolerates
+that (asking again for a service that is waking changes nothing; the leader's cool-down, in the
+scaling issue, absorbs it), and it costs no state shared between leaders.
 
 Pure: no clocks (times are carried, never read), no I/O.
 """
