@@ -120,7 +120,8 @@ async def three(tmp_path: Path) -> AsyncIterator[tuple[agent_mod.Agent, list[age
     async with running_agents(3, lease_dir=tmp_path) as agents:
         leader = await wait_for_leader(agents)
         await set_service(address(leader), SERVICE, 0, "shop/cart")
-        await poll("every agent holding shop/cart", lambda: _all_hold(agents), timeout=4)
+        await poll("every agent holding shop/cart", lambda: _all_hold(agents),
+                   timeout=CONVERGE_DEADLINE)
         yield leader, [a for a in agents if a is not leader]
 
 
@@ -317,7 +318,7 @@ async def test_grpcurl_describes_and_streams_watch_scale_requests(
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         await poll("grpcurl's stream open at the leader",
-                   lambda: _has_reader(leader), timeout=10)
+                   lambda: _has_reader(leader), timeout=RPC_DEADLINE * 3)
         emit(followers[0], event())
         assert process.stdout is not None
         text = ""
