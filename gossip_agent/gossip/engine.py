@@ -117,7 +117,7 @@ class Engine:
         self.telemetry: telemetry_mod.Telemetry = telemetry or telemetry_mod.Recorder()
         # The held snapshot's age (since its leader wrote it) when it was adopted here, and
         # when that was on this host's monotonic clock: what we pass on carries age + elapsed.
-        # A version recovered from the map has no known age; it travels with age 0.
+        # A version recovered from the map has no known age (and no snapshot to pass on).
         self._held_age_us = 0
         self._held_at_ns: int | None = None
 

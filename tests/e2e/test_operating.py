@@ -37,6 +37,7 @@ from gossip_agent import localcluster
 from gossip_agent.v1 import gossip_pb2 as pb
 from tests.conftest import require
 from tests.e2e.test_local_cluster import e2e_root, start_cluster  # noqa: F401 - fixtures
+from tests.unit.test_monitoring_manifests import dashboard_exprs
 
 pytestmark = pytest.mark.e2e
 
@@ -352,3 +353,20 @@ async def test_a_real_prometheus_scrapes_every_agents_adopted_version(
                                    what="the leader flag", done=lambda r: len(r) >= 1)
         assert [r["metric"]["instance"] for r in leaders] == [
             f"127.0.0.1:{agent_at(cluster, leader).metrics_port}"]
+        await dashboard_queries_evaluate(base, nodes=[a.node for a in cluster.agents])
+
+
+async def dashboard_queries_evaluate(base: str, *, nodes: list[str]) -> None:
+    """Every query of k8s/monitoring/grafana-dashboard.json is valid PromQL to this Prometheus
+    (Grafana's $__rate_interval made concrete), and the per-node join finds every node."""
+    for expr in dashboard_exprs():
+        await asyncio.to_thread(query, base, expr.replace("$__rate_interval", "30s"))
+    per_node = next(e for e in dashboard_exprs() if "group_left(node)" in e
+                    and "adopted_seq" in e)
+    result = await poll_query(base, per_node, what="the dashboard's version-per-node query",
+                              done=lambda r: len(r) == len(nodes))
+    assert sorted(r["metric"]["node"] for r in result) == sorted(nodes)
+    assert len({r["value"][1] for r in result}) == 1, f"versions differ: {result}"
+    behind = await asyncio.to_thread(query, base, next(
+        e for e in dashboard_exprs() if e.startswith("count(")))
+    assert [float(r["value"][1]) for r in behind] == [0.0]

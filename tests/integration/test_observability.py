@@ -36,10 +36,10 @@ from tests.integration.test_grpc_api import (
     settle,
     wait_for_leader,
 )
+from tests.unit.test_monitoring_manifests import documented_metrics
 
 pytestmark = pytest.mark.integration
 
-README = Path(__file__).resolve().parents[2] / "README.md"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # About 3x the local anti-entropy period (1 s) a follower may need to learn its peers' states.
@@ -89,13 +89,6 @@ def promtool_check(text: str) -> None:
                             capture_output=True, timeout=30, check=False)
     report = (result.stdout + result.stderr).decode()
     assert result.returncode == 0 and not report.strip(), f"promtool check metrics:\n{report}"
-
-
-def documented_metrics() -> set[str]:
-    """The metric names in README.md's metrics table (first column, `gossip_agent_...`)."""
-    section = README.read_text().split("<!-- metrics-table:start -->")[1]
-    section = section.split("<!-- metrics-table:end -->")[0]
-    return set(re.findall(r"^\| `(gossip_agent_[a-z_]+)`", section, flags=re.M))
 
 
 async def test_metrics_of_a_cluster_pass_promtool_and_match_what_each_agent_holds(
