@@ -217,7 +217,7 @@ VARIABLES: tuple[Variable, ...] = (
              "text: one human-readable line per record; json: one JSON object per line (time, "
              "level, node, logger, event, fields) for log collectors.", _choice("text", "json")),
     Variable("METRICS_PORT", "port", _default("0"),
-             "Port of the Prometheus /metrics endpoint; 0 = off. k8s/ sets 9102.",
+             "Port of the Prometheus /metrics endpoint; 0 = off. k8s/monitoring scrapes 9102.",
              _int_range(0, 65535)),
     Variable("METRICS_HOST", "IPv4/IPv6", _default("0.0.0.0", "127.0.0.1"),
              "Address /metrics listens on: every interface in a cluster so Prometheus can "

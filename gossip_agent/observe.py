@@ -24,7 +24,8 @@ log = logging.getLogger("gossip_agent")
 
 def name_unnamed_tasks(loop: asyncio.AbstractEventLoop) -> None:
     """Tasks created without a name (grpc's server loop and per-call tasks, aiohttp's) get
-    "<library>.<coroutine>" instead of "Task-17", so every task in the console's `ps` says what
+    "<package>.<coroutine>" (or "AioServer._server_main_loop" for compiled code) instead of
+    "Task-17", so every task in the console's `ps` says what
     it is. Named tasks keep their names (create_task names the task after the factory)."""
 
     def factory(
@@ -32,8 +33,10 @@ def name_unnamed_tasks(loop: asyncio.AbstractEventLoop) -> None:
     ) -> asyncio.Task[Any]:
         task = asyncio.Task(coro, loop=loop, **kwargs)
         qualname = getattr(coro, "__qualname__", "")
+        package = _package_of(coro)
         if qualname:
-            task.set_name(f"{_package_of(coro)}.{qualname}")
+            # Compiled coroutines (grpc's Cython server) report a private module name.
+            task.set_name(qualname if package.startswith("_") else f"{package}.{qualname}")
         return task
 
     loop.set_task_factory(factory)

@@ -48,7 +48,9 @@ CONVERGE_DEADLINE = 10.0
 PROMETHEUS_DEADLINE = 60.0
 CONSOLE_DEADLINE = 15.0
 SERVICE_IP = "10.96.0.10"
-ANSI = re.compile(rb"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[=>]|\r")
+# Terminal escape sequences, carriage returns and other control bytes (the REPL's backspaces).
+ANSI = re.compile(rb"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[=>]"
+                  rb"|[\x00-\x09\x0b-\x1a\x1c-\x1f]")
 PROMPT = "monitor >>> "
 
 StartCluster = Callable[..., localcluster.LocalCluster]
@@ -95,7 +97,7 @@ class ConsoleSession:
         os.close(slave)
         self.banner = self._read_until_prompt()
 
-    def _read_until_prompt(self) -> str:
+    def _read_until_prompt(self, prompt: str = PROMPT) -> str:
         data = b""
         deadline = time.monotonic() + CONSOLE_DEADLINE
         while time.monotonic() < deadline:
@@ -106,17 +108,17 @@ class ConsoleSession:
                 except OSError:
                     break
             text = ANSI.sub(b"", data).decode(errors="replace")
-            if text.rstrip(" ").endswith(PROMPT.rstrip()) and "\n" in text:
+            if text.rstrip(" ").endswith(prompt.rstrip()) and "\n" in text:
                 return text
         raise AssertionError(f"no console prompt within {CONSOLE_DEADLINE:g}s; screen: "
                              f"{ANSI.sub(b'', data).decode(errors='replace')!r}")
 
-    def run(self, command: str) -> str:
+    def run(self, command: str, *, prompt: str = PROMPT) -> str:
         """The command's output: the screen between its echo and the next prompt."""
         os.write(self._master, command.encode() + b"\r")
-        screen = self._read_until_prompt()
+        screen = self._read_until_prompt(prompt)
         lines = [line for line in screen.split("\n")
-                 if line.strip() and not line.startswith(PROMPT.rstrip())]
+                 if line.strip() and not line.startswith(prompt.rstrip())]
         return "\n".join(lines)
 
     def close(self) -> None:
@@ -206,6 +208,27 @@ async def test_console_commands_show_a_followers_state_peers_lease_and_counters(
 
         python = await asyncio.to_thread(session.run, "console")
         assert "Python console is disabled" in python
+
+    webui = int(follower.env["AIOMONITOR_WEBUI_PORT"])
+    assert await asyncio.to_thread(http_status, f"http://127.0.0.1:{webui}/") == 200
+
+
+def http_status(url: str) -> int:
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        return int(reply.status)
+
+
+async def test_the_python_console_runs_code_in_the_agent_only_when_explicitly_enabled(
+    start_cluster: StartCluster,  # noqa: F811 - the fixture
+) -> None:
+    cluster = start_cluster(1, {"AIOMONITOR_PYTHON_CONSOLE": "true"})
+    await localcluster.find_leader(cluster.addresses, CLUSTER_DEADLINE)
+    (agent,) = cluster.agents
+    with console(agent.monitor_port) as session:
+        banner = await asyncio.to_thread(session.run, "console", prompt=">>> ")
+        assert "Python" in banner
+        node = await asyncio.to_thread(session.run, "engine.node", prompt=">>> ")
+        assert node.splitlines()[-1].strip() == repr(agent.node)
 
 
 async def test_every_task_in_the_consoles_task_list_has_a_readable_name(

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.unit
 
 MONITORING = K8S / "monitoring"
 DASHBOARD = MONITORING / "grafana-dashboard.json"
-METRICS_PORT = 9102  # README.md: "the manifests use 9102"
+METRICS_PORT = 9102  # README.md: "k8s/monitoring expects 9102"
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_metrics_service_selects_the_agent_pods_of_the_daemonset() -> None:
     (service,) = [d for d in kustomize(MONITORING) if d["kind"] == "Service"]
     pod_labels = daemonset["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
-    assert f"the manifests use {METRICS_PORT}" in README.read_text()
+    assert f"k8s/monitoring expects {METRICS_PORT}" in README.read_text()
 
 
 def test_dashboard_queries_only_documented_metrics_and_has_the_first_look_panels() -> None:
