@@ -114,6 +114,23 @@ def _check_free(host: str, port: int, variable: str) -> None:
             raise OSError(f"{variable} {port} on {host}: cannot listen: {exc}") from exc
 
 
+def _command(
+    name: str, *options: Callable[[Any], Any], aliases: tuple[str, ...] = ()
+) -> Callable[[Callable[..., None]], Any]:
+    """Registers an agent command in aiomonitor's click group, with aiomonitor's --help and
+    its command-done signal (the console waits for it before the next prompt)."""
+
+    def register(function: Callable[..., None]) -> Any:
+        command: Any = aiomonitor_commands.auto_command_done(function)
+        command = aiomonitor_commands.custom_help_option(command)
+        for option in reversed(options):
+            command = option(command)
+        extra = {"aliases": list(aliases)} if aliases else {}
+        return aiomonitor.monitor_cli.command(name=name, **extra)(command)
+
+    return register
+
+
 def _run(ctx: click.Context, make: Callable[[AgentMonitor], Coroutine[Any, Any, str]]) -> None:
     monitor: AgentMonitor = ctx.obj
     try:
@@ -125,10 +142,10 @@ def _run(ctx: click.Context, make: Callable[[AgentMonitor], Coroutine[Any, Any, 
 # -- state ----------------------------------------------------------------------------------
 
 
-@aiomonitor.monitor_cli.command(name="state")
-@click.option("-n", "limit", default=20, show_default=True, help="entries to list")
-@aiomonitor_commands.custom_help_option
-@aiomonitor_commands.auto_command_done
+@_command(
+    "state",
+    click.option("-n", "limit", default=20, show_default=True, help="entries to list"),
+)
 def do_state(ctx: click.Context, limit: int) -> None:
     """Version, leader and entries of the snapshot held"""
     _run(ctx, lambda m: render_state(m.leadership, limit=limit))
@@ -164,9 +181,7 @@ def _row(label: str, value: str) -> str:
 # -- peers ----------------------------------------------------------------------------------
 
 
-@aiomonitor.monitor_cli.command(name="peers")
-@aiomonitor_commands.custom_help_option
-@aiomonitor_commands.auto_command_done
+@_command("peers")
 def do_peers(ctx: click.Context) -> None:
     """Known peers: state, last contact, version known"""
     _run(ctx, lambda m: render_peers(m.leadership))
@@ -190,9 +205,7 @@ async def render_peers(leadership: leader_mod.Leadership) -> str:
 # -- lease ----------------------------------------------------------------------------------
 
 
-@aiomonitor.monitor_cli.command(name="lease")
-@aiomonitor_commands.custom_help_option
-@aiomonitor_commands.auto_command_done
+@_command("lease")
 def do_lease(ctx: click.Context) -> None:
     """The leader lease: backend, holder, term, time left"""
     _run(ctx, lambda m: render_lease(m.leadership, m.timers))
@@ -237,9 +250,7 @@ def _time_left(backend: str) -> str:
 # -- gossip ---------------------------------------------------------------------------------
 
 
-@aiomonitor.monitor_cli.command(name="gossip")
-@aiomonitor_commands.custom_help_option
-@aiomonitor_commands.auto_command_done
+@_command("gossip")
 def do_gossip(ctx: click.Context) -> None:
     """Gossip counters: pushes, pulls, adoptions, rejections, bytes"""
     _run(ctx, lambda m: render_gossip(m.leadership))
@@ -269,10 +280,10 @@ async def render_gossip(leadership: leader_mod.Leadership) -> str:
 # -- dataplane ------------------------------------------------------------------------------
 
 
-@aiomonitor.monitor_cli.command(name="dataplane")
-@click.option("-n", "limit", default=5, show_default=True, help="recent map writes to list")
-@aiomonitor_commands.custom_help_option
-@aiomonitor_commands.auto_command_done
+@_command(
+    "dataplane",
+    click.option("-n", "limit", default=5, show_default=True, help="recent map writes to list"),
+)
 def do_dataplane(ctx: click.Context, limit: int) -> None:
     """The map: entries, last apply duration, recent writes"""
     _run(ctx, lambda m: render_dataplane(m.leadership, limit=limit))
@@ -305,10 +316,11 @@ async def render_dataplane(leadership: leader_mod.Leadership, *, limit: int) -> 
 # -- anti-entropy now -----------------------------------------------------------------------
 
 
-@aiomonitor.monitor_cli.command(name="anti-entropy", aliases=["ae"])
-@click.option("--peer", default="", help="exchange with this peer address (default: random)")
-@aiomonitor_commands.custom_help_option
-@aiomonitor_commands.auto_command_done
+@_command(
+    "anti-entropy",
+    click.option("--peer", default="", help="exchange with this peer address (default: random)"),
+    aliases=("ae",),
+)
 def do_anti_entropy(ctx: click.Context, peer: str) -> None:
     """Run one anti-entropy round now and show what it did"""
     _run(ctx, lambda m: anti_entropy_now(m.leadership, peer=peer))
