@@ -159,17 +159,22 @@ async def test_every_metric_is_documented_in_the_readme_and_every_documented_one
         f"documented but not exposed: {sorted(documented - exposed)}")
 
 
-async def test_a_metrics_port_in_use_stops_the_start_naming_the_variable(
-    tmp_path: Path,
+@pytest.mark.parametrize("variable", ["METRICS_PORT", "AIOMONITOR_PORT",
+                                      "AIOMONITOR_WEBUI_PORT"])
+async def test_a_metrics_or_console_port_in_use_stops_the_start_naming_the_variable(
+    tmp_path: Path, variable: str,
 ) -> None:
-    ports = localcluster.free_ports(2)
+    ports = localcluster.free_ports(5)
+    taken = {"METRICS_PORT": ports[1], "AIOMONITOR_PORT": ports[2],
+             "AIOMONITOR_WEBUI_PORT": ports[3]}[variable]
     before = asyncio.all_tasks()
-    blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", ports[1])
+    blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", taken)
     agent = agent_mod.Agent(config.from_env(agent_env(
-        node="node-0", port=ports[0], peers=[], lease_dir=tmp_path,
-        METRICS_PORT=str(ports[1]), METRICS_HOST="127.0.0.1")))
+        node="node-0", port=ports[0], peers=[], lease_dir=tmp_path, METRICS_HOST="127.0.0.1",
+        METRICS_PORT=str(ports[1]), AIOMONITOR_PORT=str(ports[2]),
+        AIOMONITOR_WEBUI_PORT=str(ports[3]), AIOMONITOR_CONSOLE_PORT=str(ports[4]))))
     try:
-        with pytest.raises(OSError, match=f"METRICS_PORT {ports[1]}"):
+        with pytest.raises(OSError, match=f"{variable} {taken}"):
             await agent.start()
     finally:
         await agent.stop()
