@@ -136,6 +136,11 @@ async def test_metrics_of_a_cluster_pass_promtool_and_match_what_each_agent_hold
         parsed = samples(await scrape(ports[agents.index(leader)]))
         assert value(parsed, "gossip_agent_messages_sent_total", kind="push", result="ok") >= 2
         assert value(parsed, "gossip_agent_sent_bytes_total", kind="push") > 0
+    # Stopped: the leader released its lease on the way out, and counted it.
+    assert leader.observer.metrics is not None
+    parsed = samples(leader.observer.metrics.render()[0].decode())
+    assert value(parsed, "gossip_agent_lease_losses_total", backend="bpffs",
+                 reason="released") == 1
 
 
 async def _all_hold(agents: list[agent_mod.Agent], seq: int) -> bool:
