@@ -23,6 +23,7 @@ from prometheus_client import parser as prom_parser
 from gossip_agent import agent as agent_mod
 from gossip_agent import config, localcluster
 from gossip_agent.api import probes
+from gossip_agent.v1 import gossip_pb2 as pb
 from tests.conftest import require
 from tests.integration.test_grpc_api import (
     RPC_DEADLINE,
@@ -34,6 +35,7 @@ from tests.integration.test_grpc_api import (
     running_agents,
     set_service,
     settle,
+    state_stub,
     wait_for_leader,
 )
 from tests.unit.test_monitoring_manifests import documented_metrics
@@ -141,6 +143,34 @@ async def test_metrics_of_a_cluster_pass_promtool_and_match_what_each_agent_hold
     parsed = samples(leader.observer.metrics.render()[0].decode())
     assert value(parsed, "gossip_agent_lease_losses_total", backend="bpffs",
                  reason="released") == 1
+
+
+async def test_adoption_latency_is_the_time_since_the_leaders_write_but_the_wire(
+    tmp_path: Path,
+) -> None:
+    # In-process agents share this host's CLOCK_MONOTONIC, so the real latency of one write is
+    # known: applied_monotonic_ns (GetHistory) - written_monotonic_ns (WriteResponse). The
+    # carried age adds only the time each agent held the snapshot, never the time on the wire.
+    grpc_ports, ports, env = with_metrics(2)
+    async with running_agents(2, lease_dir=tmp_path, per_agent=env, ports=grpc_ports) as agents:
+        leader = await wait_for_leader(agents)
+        (follower,) = [a for a in agents if a is not leader]
+        port = ports[agents.index(follower)]
+        before = samples(await scrape(port))
+        written = await set_service(address(leader), "10.96.0.20", 1)
+        await poll("the follower to adopt the write",
+                   lambda: _all_hold([follower], written.version.seq), timeout=GOSSIP_DEADLINE)
+        after = samples(await scrape(port))
+        async with state_stub(address(follower)) as stub:
+            history = await stub.GetHistory(pb.GetHistoryRequest(), timeout=RPC_DEADLINE)
+    (event,) = [e for e in history.events if e.version.seq == written.version.seq]
+    real = (event.applied_monotonic_ns - written.written_monotonic_ns) / 1e9
+    name = "gossip_agent_adoption_latency_seconds"
+    counted = (value(after, f"{name}_count", via="push")
+               - value(before, f"{name}_count", via="push"))
+    age = value(after, f"{name}_sum", via="push") - value(before, f"{name}_sum", via="push")
+    assert counted == 1
+    assert 0 < age <= real + 1e-6, f"carried age {age * 1e3:.3f} ms, real {real * 1e3:.3f} ms"
 
 
 async def _all_hold(agents: list[agent_mod.Agent], seq: int) -> bool:
