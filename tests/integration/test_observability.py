@@ -9,10 +9,12 @@ tmp_path); ports are picked beforehand.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 import subprocess
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc.aio
@@ -29,6 +31,7 @@ from tests.integration.test_grpc_api import (
     RPC_DEADLINE,
     address,
     agent_env,
+    finish_stop,
     get_state,
     lease_held_by_test,
     poll,
@@ -48,12 +51,17 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 GOSSIP_DEADLINE = 6.0
 
 
-def with_metrics(count: int) -> tuple[list[int], list[int], dict[int, dict[str, str]]]:
-    """gRPC ports, metrics ports and the per-agent env, picked in one batch (distinct)."""
+@contextlib.asynccontextmanager
+async def metered_agents(
+    count: int, tmp_path: Path
+) -> AsyncIterator[tuple[list[agent_mod.Agent], list[int]]]:
+    """Running agents with /metrics on, and each one's metrics port (all ports distinct: one
+    batch)."""
     ports = localcluster.free_ports(2 * count)
-    grpc_ports, metrics_ports = ports[:count], ports[count:]
-    env = {i: {"METRICS_PORT": str(port)} for i, port in enumerate(metrics_ports)}
-    return grpc_ports, metrics_ports, env
+    env = {i: {"METRICS_PORT": str(port)} for i, port in enumerate(ports[count:])}
+    async with running_agents(count, lease_dir=tmp_path, per_agent=env,
+                              ports=ports[:count]) as agents:
+        yield agents, ports[count:]
 
 
 async def scrape(port: int) -> str:
@@ -96,8 +104,7 @@ def promtool_check(text: str) -> None:
 async def test_metrics_of_a_cluster_pass_promtool_and_match_what_each_agent_holds(
     tmp_path: Path,
 ) -> None:
-    grpc_ports, ports, env = with_metrics(3)
-    async with running_agents(3, lease_dir=tmp_path, per_agent=env, ports=grpc_ports) as agents:
+    async with metered_agents(3, tmp_path) as (agents, ports):
         leader = await wait_for_leader(agents)
         written = await set_service(address(leader), "10.96.0.10", 3, "default/web")
         followers = [a for a in agents if a is not leader]
@@ -151,8 +158,7 @@ async def test_adoption_latency_is_the_time_since_the_leaders_write_but_the_wire
     # In-process agents share this host's CLOCK_MONOTONIC, so the real latency of one write is
     # known: applied_monotonic_ns (GetHistory) - written_monotonic_ns (WriteResponse). The
     # carried age adds only the time each agent held the snapshot, never the time on the wire.
-    grpc_ports, ports, env = with_metrics(2)
-    async with running_agents(2, lease_dir=tmp_path, per_agent=env, ports=grpc_ports) as agents:
+    async with metered_agents(2, tmp_path) as (agents, ports):
         leader = await wait_for_leader(agents)
         (follower,) = [a for a in agents if a is not leader]
         port = ports[agents.index(follower)]
@@ -181,8 +187,7 @@ async def _all_hold(agents: list[agent_mod.Agent], seq: int) -> bool:
 async def test_every_metric_is_documented_in_the_readme_and_every_documented_one_exists(
     tmp_path: Path,
 ) -> None:
-    grpc_ports, ports, env = with_metrics(1)
-    async with running_agents(1, lease_dir=tmp_path, per_agent=env, ports=grpc_ports) as agents:
+    async with metered_agents(1, tmp_path) as (agents, ports):
         await wait_for_leader(agents)
         text = await scrape(ports[0])
     # The names as exposed, from the TYPE lines (counters with _total, the info with _info).
@@ -264,11 +269,7 @@ async def test_a_cold_agent_is_live_but_not_ready_until_it_leads_and_not_ready_a
             watch.cancel()
             await stopping
     finally:
-        if stopping is None:
-            await agent.stop()
-        elif not stopping.done():
-            await stopping
-        await settle(before)
+        await finish_stop(agent, stopping, before)
 
 
 async def _health_is(agent: agent_mod.Agent, service: str, status: int) -> bool:
