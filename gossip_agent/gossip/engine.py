@@ -188,7 +188,8 @@ class Engine:
             log.warning("rejected delta %s via %s: %s", delta.version, via, exc)
             raise
         # expand() built the table from the held one and checked its hash: it is canonical.
-        return self._judge(snapshot, via=via, age_us=age_us)
+        return self._judge(snapshot, via=via, age_us=age_us,
+                           change=diff.from_changes(delta.changes))
 
     def _judge_version(
         self, version: versions.Version, digest: bytes, *, via: str
@@ -198,7 +199,8 @@ class Engine:
         return decision
 
     def _judge(
-        self, snapshot: snapshots.Snapshot, *, via: str, age_us: int = 0
+        self, snapshot: snapshots.Snapshot, *, via: str, age_us: int = 0,
+        change: diff.MapDiff | None = None,
     ) -> snapshots.Decision:
         self.note_term(snapshot.version.term)
         decision = snapshots.decide(
@@ -216,13 +218,20 @@ class Engine:
                        "decision": decision.value, "via": via},
             )
         if decision.adopts:
-            self._adopt(snapshot, via=via, age_us=age_us)
+            self._adopt(snapshot, via=via, age_us=age_us, change=change)
         return decision
 
-    def _adopt(self, snapshot: snapshots.Snapshot, *, via: str, age_us: int) -> None:
+    def _adopt(
+        self, snapshot: snapshots.Snapshot, *, via: str, age_us: int,
+        change: diff.MapDiff | None = None,
+    ) -> None:
+        """`change`: what a delta said changed against the held snapshot; used only while the
+        map holds exactly that snapshot's table (else the full diff is computed)."""
         started = time.perf_counter()
         previous_term = self.held.version.term
-        change = diff.diff_tables(self._table_bytes, snapshot.table)
+        held = self.held.snapshot
+        if change is None or held is None or held.table != self._table_bytes:
+            change = diff.diff_tables(self._table_bytes, snapshot.table)
         self.dataplane.apply(
             change, version=snapshot.version, content_hash=snapshot.content_hash
         )
