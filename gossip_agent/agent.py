@@ -176,7 +176,8 @@ class Agent:
             "", server_mod.GOSSIP_SERVICE, server_mod.STATE_SERVICE, server_mod.LEASE_HEALTH,
             probes.LIVE))
         await server_mod.set_health(self.health, serving=False, names=(probes.READY,))
-        await self.observer.start(leadership=self.leadership)
+        await self.observer.start(leadership=self.leadership, scale_events=self.scale_events,
+                                  enforcer=self.enforcer)
         await self._first_discovery()
         self._spawn(antientropy.run(self.engine, interval=self.cfg.gossip.interval,
                                     rng=self.rng), "gossip.anti-entropy")

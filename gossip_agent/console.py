@@ -37,6 +37,8 @@ from aiomonitor.termui import commands as aiomonitor_commands
 
 from gossip_agent.api import probes
 from gossip_agent.core import snapshots
+from gossip_agent.dataplane import enforcer as enforcer_mod
+from gossip_agent.dataplane import events
 from gossip_agent.gossip import antientropy
 from gossip_agent.gossip import leader as leader_mod
 
@@ -59,6 +61,8 @@ class AgentMonitor(aiomonitor.Monitor):
 
     leadership: leader_mod.Leadership
     timers: dict[str, float]
+    scale_events: events.EventHub
+    enforcer: enforcer_mod.Enforcer | None
     failure: BaseException | None = None
 
     def _ui_main(self) -> None:
@@ -76,7 +80,8 @@ class AgentMonitor(aiomonitor.Monitor):
 
 
 def start(
-    *, leadership: leader_mod.Leadership, ports: Ports, timers: dict[str, float]
+    *, leadership: leader_mod.Leadership, ports: Ports, timers: dict[str, float],
+    scale_events: events.EventHub, enforcer: enforcer_mod.Enforcer | None,
 ) -> AgentMonitor:
     """Starts the console thread on the running loop; close() it at shutdown. Raises OSError
     naming the variable when a port cannot be bound."""
@@ -94,6 +99,8 @@ def start(
     )
     monitor.leadership = leadership
     monitor.timers = timers
+    monitor.scale_events = scale_events
+    monitor.enforcer = enforcer
     monitor.start()
     if monitor.failure is not None:
         raise OSError(f"aiomonitor console on {ports.host}: {monitor.failure}")
@@ -285,12 +292,12 @@ async def render_gossip(leadership: leader_mod.Leadership) -> str:
     click.option("-n", "limit", default=5, show_default=True, help="recent map writes to list"),
 )
 def do_dataplane(ctx: click.Context, limit: int) -> None:
-    """The map: entries, last apply duration, recent writes"""
-    _run(ctx, lambda m: render_dataplane(m.leadership, limit=limit))
+    """The map and XDP program: entries, last apply, interfaces, events, recent writes"""
+    _run(ctx, lambda m: render_dataplane(m, limit=limit))
 
 
-async def render_dataplane(leadership: leader_mod.Leadership, *, limit: int) -> str:
-    engine = leadership.engine
+async def render_dataplane(monitor: AgentMonitor, *, limit: int) -> str:
+    engine = monitor.leadership.engine
     plane = engine.dataplane
     try:
         in_map = str(len(plane.read()))
@@ -302,6 +309,10 @@ async def render_dataplane(leadership: leader_mod.Leadership, *, limit: int) -> 
         _row("entries", f"{in_map} in the map, {len(engine.table)} in the snapshot held"),
         _row("last apply", f"{engine.stats.last_apply_seconds * 1000:.3f} ms"),
         _row("repairs", f"{engine.stats.repairs} entries rewritten"),
+        *_xdp_rows(monitor.enforcer),
+        _row("scale events", f"{monitor.scale_events.published} read from the program, "
+                             f"{monitor.scale_events.dropped} dropped by slow readers, "
+                             f"{monitor.scale_events.subscribers} readers"),
         f"last {limit} map writes:",
     ]
     now_ns = time.monotonic_ns()
@@ -311,6 +322,16 @@ async def render_dataplane(leadership: leader_mod.Leadership, *, limit: int) -> 
         lines.append(f"  {str(event.version):>9} {event.entry_count:>6} entries  "
                      f"via {event.via:9} {ago}")
     return "\n".join(lines)
+
+
+def _xdp_rows(enforcer: enforcer_mod.Enforcer | None) -> list[str]:
+    if enforcer is None or enforcer.program is None:
+        return [_row("program", "none (XDP_INTERFACES is empty: maps only)")]
+    rows = [_row("program", f"id {enforcer.program.prog_id} at {enforcer.program.pin_path}")]
+    for state in sorted(enforcer.interfaces.values(), key=lambda s: s.name):
+        detail = f" ({state.detail})" if state.detail else ""
+        rows.append(_row("  interface", f"{state.name} {state.status} {state.mode}{detail}"))
+    return rows
 
 
 # -- anti-entropy now -----------------------------------------------------------------------

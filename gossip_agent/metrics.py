@@ -26,6 +26,8 @@ from prometheus_client import exposition, registry
 
 from gossip_agent import telemetry
 from gossip_agent.core import peers
+from gossip_agent.dataplane import enforcer as enforcer_mod
+from gossip_agent.dataplane import events
 from gossip_agent.gossip import engine as engine_mod
 from gossip_agent.gossip import leader as leader_mod
 
@@ -91,10 +93,14 @@ class Metrics:
 
     # -- wiring -----------------------------------------------------------------------------
 
-    def watch(self, *, leadership: leader_mod.Leadership, node: str) -> None:
+    def watch(
+        self, *, leadership: leader_mod.Leadership, node: str, scale_events: events.EventHub,
+        enforcer: enforcer_mod.Enforcer | None,
+    ) -> None:
         """Adds the scrape-time series of one agent (call once)."""
         self._acquired.labels(backend=leadership.lease.backend)
         self.registry.register(AgentCollector(leadership=leadership, node=node))
+        self.registry.register(XdpCollector(scale_events=scale_events, enforcer=enforcer))
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """The exposition in the format the scraper asked for, and its content type."""
@@ -182,6 +188,33 @@ class AgentCollector(registry.Collector):
         yield _counter("map_repairs", "Map entries rewritten because they differed from the "
                        "held snapshot (hand edits, half-applied writes).", [],
                        [((), stats.repairs)])
+
+
+class XdpCollector(registry.Collector):
+    """This node's XDP side, read at scrape time: scale-up events read, interfaces."""
+
+    def __init__(
+        self, *, scale_events: events.EventHub, enforcer: enforcer_mod.Enforcer | None
+    ) -> None:
+        self._events = scale_events
+        self._enforcer = enforcer
+
+    def collect(self) -> Iterator[prom_core.Metric]:
+        yield _counter("scale_events", "Scale-up events read from this node's XDP program "
+                       "(packets to a service scaled to zero, rate-limited in the kernel).",
+                       [], [((), self._events.published)])
+        yield _counter("scale_events_dropped", "Scale-up events a slow reader lost here.",
+                       [], [((), self._events.dropped)])
+        interfaces = prom_core.GaugeMetricFamily(
+            f"{PREFIX}_xdp_interfaces", "Interfaces matching XDP_INTERFACES, by what the agent "
+            "did (attached, replaced, foreign, failed) and mode.", labels=["status", "mode"])
+        counts: dict[tuple[str, str], int] = {}
+        states = self._enforcer.interfaces.values() if self._enforcer is not None else ()
+        for state in states:
+            counts[(state.status, state.mode)] = counts.get((state.status, state.mode), 0) + 1
+        for (status, mode), count in sorted(counts.items()):
+            interfaces.add_metric([status, mode], count)
+        yield interfaces
 
 
 def _gauge(name: str, documentation: str, value: float) -> prom_core.Metric:

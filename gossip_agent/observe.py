@@ -18,6 +18,8 @@ from gossip_agent.gossip import leader as leader_mod
 
 if TYPE_CHECKING:
     from gossip_agent import console, metrics
+    from gossip_agent.dataplane import enforcer as enforcer_mod
+    from gossip_agent.dataplane import events
 
 log = logging.getLogger("gossip_agent")
 
@@ -61,19 +63,27 @@ class Observer:
             self.metrics = metrics.Metrics()
         self.telemetry: telemetry_mod.Telemetry = self.metrics or telemetry_mod.Recorder()
 
-    async def start(self, *, leadership: leader_mod.Leadership) -> None:
+    async def start(
+        self, *, leadership: leader_mod.Leadership, scale_events: events.EventHub,
+        enforcer: enforcer_mod.Enforcer | None,
+    ) -> None:
+        """scale_events and enforcer: the node's XDP side (events read, interfaces, program)."""
         observe = self._cfg.observe
         if self.metrics is not None:
             from gossip_agent import metrics
 
-            self.metrics.watch(leadership=leadership, node=self._cfg.node.name)
+            self.metrics.watch(leadership=leadership, node=self._cfg.node.name,
+                               scale_events=scale_events, enforcer=enforcer)
             server = metrics.MetricsServer(self.metrics)
             await server.start(host=observe.metrics_host, port=observe.metrics_port)
             self.metrics_server = server
         if observe.monitor_port:
-            self.monitor = self._start_console(leadership)
+            self.monitor = self._start_console(leadership, scale_events, enforcer)
 
-    def _start_console(self, leadership: leader_mod.Leadership) -> console.AgentMonitor:
+    def _start_console(
+        self, leadership: leader_mod.Leadership, scale_events: events.EventHub,
+        enforcer: enforcer_mod.Enforcer | None,
+    ) -> console.AgentMonitor:
         from gossip_agent import console
 
         observe = self._cfg.observe
@@ -82,7 +92,8 @@ class Observer:
             webui=observe.monitor_webui_port, python=observe.monitor_console_port,
             python_enabled=observe.python_console,
         )
-        monitor = console.start(leadership=leadership, ports=ports, timers={
+        monitor = console.start(leadership=leadership, ports=ports, scale_events=scale_events,
+                                enforcer=enforcer, timers={
             "renew_interval": self._cfg.lease.renew_interval,
             "retry_interval": self._cfg.lease.retry_interval,
         })

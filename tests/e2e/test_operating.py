@@ -199,6 +199,8 @@ async def test_console_commands_show_a_followers_state_peers_lease_and_counters(
         assert field(dataplane, "map").startswith(os.path.join(follower.pin_dir, "SERVICE_LIST"))
         assert field(dataplane, "entries").startswith("1 in the map, 1 in the snapshot held")
         assert re.search(rf"^\s+{re.escape(version)}\s+1 entries\s+via push", dataplane, re.M)
+        assert field(dataplane, "program").startswith("none (XDP_INTERFACES is empty")
+        assert field(dataplane, "scale events").startswith("0 read from the program")
 
         ae = await asyncio.to_thread(session.run, f"anti-entropy --peer {leader}")
         assert f"exchange with {leader}: ok" in ae

@@ -25,6 +25,7 @@ from prometheus_client import parser as prom_parser
 from gossip_agent import agent as agent_mod
 from gossip_agent import config, localcluster
 from gossip_agent.api import probes
+from gossip_agent.dataplane import events
 from gossip_agent.v1 import gossip_pb2 as pb
 from tests.conftest import require
 from tests.integration.test_grpc_api import (
@@ -189,7 +190,10 @@ async def test_every_metric_is_documented_in_the_readme_and_every_documented_one
 ) -> None:
     async with metered_agents(1, tmp_path) as (agents, ports):
         await wait_for_leader(agents)
+        # As the XDP event reader does (dataplane/events.py: tests publish by hand).
+        agents[0].scale_events.publish(events.ScaleUpEvent(0x0A60000A, 0x0A000001, 1))
         text = await scrape(ports[0])
+    assert value(samples(text), "gossip_agent_scale_events_total") == 1
     # The names as exposed, from the TYPE lines (counters with _total, the info with _info).
     exposed = set(re.findall(r"^# TYPE (\S+) ", text, flags=re.M))
     documented = documented_metrics()

@@ -78,7 +78,7 @@ def test_dashboard_queries_only_documented_metrics_and_has_the_first_look_panels
     assert used <= documented, f"not exposed by the agent: {sorted(used - documented)}"
     titles = " | ".join(p["title"] for p in json.loads(DASHBOARD.read_text())["panels"]).lower()
     for wanted in ("version per node", "leader", "term", "convergence latency",
-                   "map apply time", "scale-up requests"):
+                   "map apply time", "scale-up requests", "events"):
         assert wanted in titles, f"no panel about {wanted}: {titles}"
 
 
