@@ -108,7 +108,10 @@ class ConsoleSession:
                 except OSError:
                     break
             text = ANSI.sub(b"", data).decode(errors="replace")
-            if text.rstrip(" ").endswith(prompt.rstrip()) and "\n" in text:
+            # The whole last line must be the prompt: the Python console's ">>> " is a suffix
+            # of "monitor >>> ", which prompt_toolkit may redraw before the command has run.
+            last_line = re.split(r"[\r\n]", text)[-1]
+            if last_line.strip() == prompt.strip() and "\n" in text:
                 return text
         raise AssertionError(f"no console prompt within {CONSOLE_DEADLINE:g}s; screen: "
                              f"{ANSI.sub(b'', data).decode(errors='replace')!r}")
