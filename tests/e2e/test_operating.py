@@ -193,7 +193,10 @@ async def test_console_commands_show_a_followers_state_peers_lease_and_counters(
         assert field(lease, "this agent") == "follower"
 
         gossip = await asyncio.to_thread(session.run, "gossip")
-        assert int(field(gossip, "adoptions")) >= 2  # the leader's first snapshot, the write
+        # At least the write. The leader's first snapshot is a second adoption only when it
+        # reached this follower before the write: a push worker sends just the newest, so
+        # under load the two can arrive as one.
+        assert int(field(gossip, "adoptions")) >= 1
         assert "push:adopt=" in field(gossip, "received")
         assert field(gossip, "rejections") == "invalid=0"
 
