@@ -288,8 +288,9 @@ def test_a_redis_url_with_another_scheme_is_refused() -> None:
 @pytest.mark.parametrize(("deadline", "ttl"), [("5", "5"), ("0.5", "5"), ("6", "5")])
 def test_a_renew_deadline_outside_interval_and_ttl_is_refused(deadline: str, ttl: str) -> None:
     (problem,) = problems_of({**CLUSTER_ENV, "COORDINATION_BACKEND": "redis",
-                              "REDIS_URL": "redis://r:6379", "LEASE_RENEW_INTERVAL": "1", "REDIS_TIMEOUT": "0.1",
-                              "LEASE_RENEW_DEADLINE": deadline, "LEASE_TTL": ttl})
+                              "REDIS_URL": "redis://r:6379", "LEASE_RENEW_INTERVAL": "1",
+                              "REDIS_TIMEOUT": "0.1", "LEASE_RENEW_DEADLINE": deadline,
+                              "LEASE_TTL": ttl})
     assert problem.startswith(f"LEASE_RENEW_DEADLINE={deadline}")
 
 
