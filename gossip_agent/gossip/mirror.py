@@ -121,21 +121,23 @@ class Mirror:
         """The `lease.mirror` task."""
         await self._guarded(self.warm_start)
         while True:
-            await self._guarded(self.heartbeat)
+            if await self._guarded(self.heartbeat):
+                self._error = ""  # the backend answers again: a new failure is news
             await self._guarded(self.publish)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.period):
                     await self.engine.changed()
 
-    async def _guarded(self, step: Any) -> None:
+    async def _guarded(self, step: Any) -> bool:
+        """Runs one step; a backend failure is logged once per distinct message."""
         try:
             await step()
         except errors.LeaseUnavailable as exc:
             if str(exc) != self._error:
                 log.warning("mirror: %s (retrying every %gs)", exc, self.period)
             self._error = str(exc)
-            return
-        self._error = ""
+            return False
+        return True
 
     async def warm_start(self) -> None:
         """Adopts the mirrored snapshot if this agent holds nothing yet (a fresh node)."""

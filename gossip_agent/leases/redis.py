@@ -338,6 +338,10 @@ class RedisLease:
             self._valid_until = started + self.settings.renew_deadline
             return True
 
+    def proven(self) -> bool:
+        """Held, and the renew deadline has not passed on the monotonic clock."""
+        return self._valid_until is not None and self._clock() < self._valid_until
+
     async def bump(self, *, min_term: int) -> int:
         if self._valid_until is None or self._clock() >= self._valid_until:
             self._valid_until = None
