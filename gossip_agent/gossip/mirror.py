@@ -56,7 +56,7 @@ class MemorySink:
     def __init__(self) -> None:
         self.document: str | None = None
         self.version = versions.ZERO
-        self.heartbeats: dict[str, tuple[int, int, str]] = {}
+        self.heartbeats: list[tuple[int, int, str]] = []  # (term, seq, leader) per call
         self.writer_allowed = True  # False plays "this agent does not hold the lease"
 
     async def mirror_snapshot(self, *, term: int, seq: int, document: str) -> bool:
@@ -67,7 +67,7 @@ class MemorySink:
         return True
 
     async def heartbeat(self, *, term: int, seq: int, leader: str, period: float) -> None:
-        self.heartbeats[leader] = (term, seq, leader)
+        self.heartbeats.append((term, seq, leader))
 
     async def read_mirror(self) -> str | None:
         return self.document
