@@ -3,7 +3,8 @@
 - require(): a missing component (bcc, bpffs, grpcurl, dnsmasq, ...) fails the run when CI=true
   and skips otherwise: CI must never pass by skipping what it was meant to test.
 - Every async test is checked for tasks it leaves running: a leaked task is a failure.
-- redis_server: a real redis-server per test (tests/redisserver.py, reusable by any backend).
+- redis_server: a real redis-server per test (gossip_agent/localredis.py, reusable by any
+  backend's tests).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Iterator
 import pytest
 import pytest_asyncio
 
-from tests import redisserver
+from gossip_agent import localredis as redisserver
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

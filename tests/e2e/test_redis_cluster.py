@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 import pytest
 
 from gossip_agent import localcluster
-from tests import redisserver
+from gossip_agent import localredis as redisserver
 from tests.conftest import require
 from tests.e2e.test_local_cluster import (
     Agent,

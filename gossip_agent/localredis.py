@@ -1,9 +1,11 @@
-"""Real redis-server processes for tests: free loopback port, own temp dir, killed by PID.
+"""Runs redis-server processes on this machine: free loopback port, own temp dir, killed by PID.
 
-Shared by every test that needs Redis (the redis lease, its mirror, later backends' tests):
-the `redis_server` fixture in tests/conftest.py starts one; `RedisServer(...)` starts more
-(replicas, a second cluster). No persistence unless asked (`--save "" --appendonly no`): a
-restart then loses every key, exactly the case the lease must survive.
+Like localcluster, for local runs, the benchmark (tools/failover.py) and tests: the
+`redis_server` fixture in tests/conftest.py starts one per test; `RedisServer(...)` starts more
+(replicas, a second cluster). It never imports redis-py (it speaks RESP PING itself), so the
+rule that only leases.redis imports redis holds. No persistence unless asked
+(`--save "" --appendonly no`): a restart then loses every key, exactly the case the lease must
+survive.
 
 `netns`: run the server inside a network namespace (`ip netns exec`), for tests that slow the
 path to Redis with tc netem without touching the host's loopback.
