@@ -212,7 +212,7 @@ def explain(exc: BaseException, *, server: str, keys: Keys) -> str:
     if isinstance(exc, redis_errors.InvalidResponse):
         return f"{server} does not answer like a Redis server ({text}): check REDIS_URL's port"
     if isinstance(exc, TimeoutError | redis_errors.TimeoutError):
-        return f"Redis at {server} did not answer in time ({text})"
+        return f"Redis at {server} did not answer in time"
     if isinstance(exc, aioredis_sentinel.MasterNotFoundError):
         return f"no Redis master from the sentinels: {text}"
     if isinstance(exc, redis_errors.ConnectionError | OSError):
@@ -221,13 +221,17 @@ def explain(exc: BaseException, *, server: str, keys: Keys) -> str:
 
 
 def _client(settings: Settings) -> tuple[aioredis.Redis, str]:
-    """A client that fails fast (no library retries: the callers retry on their own timers)."""
+    """A client that fails fast (no library retries: the callers retry on their own timers).
+
+    The socket read timeout is only a backstop (the renew deadline): each call has its own
+    budget (RedisLease._run), so a renewal slowed by a lossy path may take as long as the
+    leader's deadline allows, while other calls give up after REDIS_TIMEOUT.
+    """
     common: dict[str, Any] = {
-        "socket_timeout": settings.timeout,
+        "socket_timeout": settings.renew_deadline,
         "socket_connect_timeout": settings.timeout,
         "retry": aioredis_retry.Retry(redis_backoff.NoBackoff(), 0),
         "decode_responses": True,
-        "client_name": "gossip-agent",
     }
     if not settings.sentinels:
         return aioredis.Redis.from_url(settings.url, **common), describe_url(settings.url)
@@ -326,10 +330,10 @@ class RedisLease:
                 self._valid_until = None
                 return False
             try:
-                async with asyncio.timeout(remaining):
-                    still = await self._run(self._renew(
-                        keys=[self.keys.leader], args=[self.holder, self._ttl_ms]))
-            except (errors.LeaseUnavailable, TimeoutError):
+                still = await self._run(self._renew(
+                    keys=[self.keys.leader], args=[self.holder, self._ttl_ms]), budget=remaining)
+            except errors.LeaseUnavailable as exc:
+                log.info("renewal attempt failed, retrying until the deadline: %s", exc)
                 await asyncio.sleep(min(RENEW_RETRY_PAUSE, max(0.0, remaining)))
                 continue
             if int(still) != 1:
@@ -417,11 +421,12 @@ class RedisLease:
 
     # -- the boundary -------------------------------------------------------------------------
 
-    async def _run(self, call: Awaitable[T]) -> T:
-        """Awaits one Redis call; every failure leaves as LeaseUnavailable, bounded in time
-        (connect + command timeouts, plus the same again for a sentinel lookup)."""
+    async def _run(self, call: Awaitable[T], *, budget: float | None = None) -> T:
+        """Awaits one Redis call within `budget` seconds (default REDIS_TIMEOUT); every
+        failure, the timeout included, leaves as LeaseUnavailable. A call cut off by the
+        timeout makes redis-py drop that connection, so no late reply is ever misread."""
         async with self._boundary():
-            async with asyncio.timeout(self.settings.timeout * 3):
+            async with asyncio.timeout(self.settings.timeout if budget is None else budget):
                 return await call
 
     @contextlib.asynccontextmanager

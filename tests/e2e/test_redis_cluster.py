@@ -75,7 +75,8 @@ def leader_recorder(clients: Clients, agents: Sequence[Agent]) -> Sampler:
     """Samples every agent's GetLeader: (node that says it leads, term) pairs."""
 
     async def probe() -> set[tuple[str, int]]:
-        replies = await asyncio.gather(*(clients.get_leader(a.address, 0.5) for a in agents))
+        # 2 s: GetLeader reads the record from Redis, which a test may have slowed down.
+        replies = await asyncio.gather(*(clients.get_leader(a.address, 2.0) for a in agents))
         return {(a.node, r.term) for a, r in zip(agents, replies, strict=True)
                 if r is not None and r.is_self}
 
@@ -207,9 +208,9 @@ async def test_redis_restart_without_persistence_recovers_one_leader_at_a_higher
 
         async def nobody_leads() -> tuple[bool, object]:
             replies = await asyncio.gather(
-                *(clients.get_leader(a.address, 0.5) for a in cluster.agents))
-            claims = [r.term for r in replies if r is not None and r.is_self]
-            return not claims, claims
+                *(clients.get_leader(a.address, 2.0) for a in cluster.agents))
+            claims = [(r.leader_node, r.term) if r else None for r in replies]
+            return all(r is not None and not r.is_self for r in replies), claims
 
         # Unreachable Redis: the leader steps down at its renew deadline; every agent keeps
         # serving and enforcing the last state.
