@@ -117,3 +117,52 @@ class RedisServer:
         with contextlib.suppress(OSError), open(self.log_path, "rb") as handle:
             return b"".join(handle.readlines()[-lines:]).decode(errors="replace")
         return "(no log)"
+
+
+class SentinelServer:
+    """One redis-sentinel monitoring `master` as `name` (quorum 1: enough for one machine).
+
+    Timers are short so a failover completes in seconds: the master is judged down after
+    down_after_ms without answers, and a failed failover is retried after 5 s.
+    """
+
+    def __init__(self, *, master: RedisServer, name: str = "mymaster",
+                 down_after_ms: int = 1000) -> None:
+        self.host = "127.0.0.1"
+        self.port = localcluster.free_ports(1)[0]
+        self.name = name
+        self.dir = tempfile.mkdtemp(prefix="gossip-sentinel-")
+        self.conf = os.path.join(self.dir, "sentinel.conf")  # sentinel rewrites it: writable
+        self.log_path = os.path.join(self.dir, "sentinel.log")
+        auth = (f"sentinel auth-pass {name} {master.password}\n" if master.password else "")
+        with open(self.conf, "w", encoding="utf-8") as conf:
+            conf.write(
+                f"port {self.port}\nbind {self.host}\ndir {self.dir}\n"
+                f"logfile {self.log_path}\nprotected-mode no\n"
+                f"sentinel monitor {name} {master.host} {master.port} 1\n"
+                f"sentinel down-after-milliseconds {name} {down_after_ms}\n"
+                f"sentinel failover-timeout {name} 5000\n{auth}")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> SentinelServer:
+        self.process = subprocess.Popen(["redis-sentinel", self.conf],  # Debian redis-sentinel
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not ping(self.host, self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.cleanup()
+                raise RuntimeError(f"redis-sentinel on {self.address} did not start")
+            time.sleep(0.02)
+        return self
+
+    def cleanup(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
