@@ -290,19 +290,11 @@ class RedisLease:
     # -- the Lease protocol -------------------------------------------------------------------
 
     async def try_acquire(self, *, min_term: int) -> base.Grant | None:
-        """One attempt, unless the last ones failed: then the same error is raised again
-        (without touching Redis) until the backoff has passed, doubling up to retry_cap."""
+        """One attempt (subject to the backoff, see _backed_off)."""
         now = self._clock()
-        if self._last_error is not None and now < self._retry_at:
-            raise self._last_error
-        try:
-            reply = await self._run(self._acquire(
-                keys=[self.keys.leader, self.keys.record],
-                args=[self.holder, self._ttl_ms, max(1, min_term), int(time.time() * 1000)]))
-        except errors.LeaseUnavailable as exc:
-            self._back_off(exc, now=now)
-            raise
-        self._failures, self._last_error = 0, None
+        reply = await self._backed_off(lambda: self._acquire(
+            keys=[self.keys.leader, self.keys.record],
+            args=[self.holder, self._ttl_ms, max(1, min_term), int(time.time() * 1000)]))
         term = int(reply[0])
         if term == 0:
             self._valid_until = None
@@ -310,6 +302,22 @@ class RedisLease:
         self._term = term
         self._valid_until = now + self.settings.renew_deadline
         return base.Grant(self.holder, term)
+
+    async def _backed_off(self, make: Callable[[], Awaitable[T]]) -> T:
+        """Runs a follower's call (acquire, heartbeat, warm start) unless recent calls failed:
+        then the last error is raised again, without touching Redis, until the backoff has
+        passed (retry_base doubling up to retry_cap). One backoff per agent, so N agents cost
+        an unreachable or recovering Redis at most N connections per retry_cap."""
+        now = self._clock()
+        if self._last_error is not None and now < self._retry_at:
+            raise self._last_error
+        try:
+            result = await self._run(make())
+        except errors.LeaseUnavailable as exc:
+            self._back_off(exc, now=now)
+            raise
+        self._failures, self._last_error = 0, None
+        return result
 
     def _back_off(self, exc: errors.LeaseUnavailable, *, now: float) -> None:
         delay = min(self.settings.retry_cap, self.settings.retry_base * 2 ** self._failures)
@@ -412,11 +420,11 @@ class RedisLease:
     async def heartbeat(self, *, term: int, seq: int, leader: str, period: float) -> None:
         """Stamps this node's entry in <prefix>coordination (Redis's clock)."""
         stale_ms = max(1, round(period * STALE_HEARTBEATS * 1000))
-        await self._run(self._heartbeat(
+        await self._backed_off(lambda: self._heartbeat(
             keys=[self.keys.coordination], args=[self.node, term, seq, leader, stale_ms]))
 
     async def read_mirror(self) -> str | None:
-        value = await self._run(self._client.get(self.keys.service_list))
+        value = await self._backed_off(lambda: self._client.get(self.keys.service_list))
         return None if value is None else str(value)
 
     # -- the boundary -------------------------------------------------------------------------

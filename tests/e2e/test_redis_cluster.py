@@ -304,3 +304,51 @@ async def test_redis_mirror_shows_the_leaders_snapshot_and_every_nodes_heartbeat
     await until("HGETALL coordination to list every node at the first version", heartbeats,
                 timeout=10)
     assert cli(redis_server, "GET", f"{prefix}leader").startswith(f"{leader.node}#")
+
+
+async def test_redis_with_a_wrong_password_agents_keep_serving_report_once_and_never_lead(
+    start_cluster: Callable[..., localcluster.LocalCluster], clients: Clients,
+) -> None:
+    server = redisserver.RedisServer(password="right").start()
+    try:
+        cluster = start_cluster(2, {"COORDINATION_BACKEND": "redis",
+                                    "REDIS_URL": f"redis://:wrong@{server.address}/0"})
+
+        def reported() -> tuple[bool, object]:
+            logs = [log_tail(a.log_path, 400) for a in cluster.agents]
+            return all("refused the credentials" in text for text in logs), logs
+
+        await until("every agent to report the refused credentials", reported, timeout=15,
+                    running=cluster.agents)
+
+        def connections() -> int:
+            stats = cli(server, "--no-auth-warning", "-a", "right", "INFO", "stats")
+            return int(stats.split("total_connections_received:")[1].split()[0])
+
+        start = connections()
+
+        def retried() -> tuple[bool, object]:
+            seen = connections() - start
+            return seen >= 6, seen
+
+        await until("the agents to retry several times", retried, timeout=20,
+                    running=cluster.agents)
+        # Still running, still serving, nobody leads, and the error was logged once per agent
+        # however often it was retried.
+        replies = await asyncio.gather(*(clients.get_leader(a.address, 2.0)
+                                         for a in cluster.agents))
+        assert all(r is not None and not r.is_self for r in replies), replies
+        assert all(r is not None and "lease unreadable" in r.note for r in replies)
+        states = await asyncio.gather(*(clients.get_state(a.address) for a in cluster.agents))
+        assert all(s is not None for s in states)
+        assert all(a.running for a in cluster.agents)
+        for agent in cluster.agents:
+            lease_errors = [line for line in log_tail(agent.log_path, 400).splitlines()
+                            if "lease backend redis" in line]
+            assert len(lease_errors) == 1, lease_errors
+            mirror_errors = [line for line in log_tail(agent.log_path, 400).splitlines()
+                             if "mirror:" in line]
+            assert len(mirror_errors) <= 1, mirror_errors
+            assert "wrong" not in lease_errors[0].split("redis://")[-1].split("/")[0]
+    finally:
+        server.cleanup()
