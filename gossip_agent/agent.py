@@ -22,11 +22,14 @@ from grpc_health.v1 import health
 
 from gossip_agent import config as config_mod
 from gossip_agent import errors
+from gossip_agent.api import dataplane as dataplane_api
 from gossip_agent.api import server as server_mod
 from gossip_agent.api import state as state_mod
 from gossip_agent.api import streams as streams_mod
 from gossip_agent.core import peers
 from gossip_agent.dataplane import base as dataplane_base
+from gossip_agent.dataplane import enforcer as enforcer_mod
+from gossip_agent.dataplane import events as dataplane_events
 from gossip_agent.dataplane import memory as memory_dataplane
 from gossip_agent.gossip import antientropy, discovery, transport
 from gossip_agent.gossip import engine as engine_mod
@@ -64,6 +67,22 @@ def open_dataplane(cfg: config_mod.DataPlaneConfig) -> dataplane_base.DataPlane:
     if not available:
         raise errors.DataPlaneError(f"BPF unavailable: {reason} (DATAPLANE=bpf)")
     return bpfmap.open_pinned(pin_dir=cfg.pin_dir, max_entries=cfg.max_entries)
+
+
+def open_enforcer(
+    cfg: config_mod.Config, plane: dataplane_base.DataPlane, hub: dataplane_events.EventHub
+) -> enforcer_mod.Enforcer | None:
+    """The XDP program, heartbeat and event reader (dataplane/enforcer.py) for a BPF data
+    plane; None for the memory one (nothing to enforce)."""
+    from gossip_agent.dataplane import bpfmap, interfaces
+
+    if not isinstance(plane, bpfmap.BpfDataPlane):
+        if cfg.xdp.interfaces:
+            log.warning("XDP_INTERFACES is ignored: no BPF data plane, no program")
+        return None
+    return enforcer_mod.Enforcer.build(
+        plane=plane, patterns=interfaces.parse_patterns(cfg.xdp.interfaces),
+        mode=cfg.xdp.mode, fail_open_after=cfg.xdp.fail_open_after, hub=hub)
 
 
 def open_lease(cfg: config_mod.Config) -> lease_base.Lease:
@@ -106,9 +125,15 @@ class Agent:
         self.cfg = cfg
         self.rng = rng or random.Random()
         self.dataplane = open_dataplane(cfg.dataplane)
+        # Scale-up events from the XDP program: `with agent.scale_events.subscribe() as s`.
+        self.scale_events = dataplane_events.EventHub()
+        self.enforcer: enforcer_mod.Enforcer | None = None
         try:
+            self.enforcer = open_enforcer(cfg, self.dataplane, self.scale_events)
             self._build(cfg)
         except BaseException:
+            if self.enforcer is not None:
+                self.enforcer.close()
             self.dataplane.close()  # frees the pin-directory lock for whoever comes next
             raise
 
@@ -144,9 +169,13 @@ class Agent:
             forward_timeout=cfg.gossip.write_ack_timeout + 2 * cfg.gossip.rpc_timeout,
             streams=self.streams,
         )
+        self.dataplane_service = dataplane_api.DataPlaneService(
+            node=cfg.node.name, plane=self.dataplane, enforcer=self.enforcer,
+            hub=self.scale_events)
         self.server = server_mod.build(
             engine=self.engine, state_service=self.state_service, health_servicer=self.health,
             max_message_bytes=cfg.gossip.max_message_bytes, streams=self.streams,
+            dataplane_service=self.dataplane_service,
         )
         self.port = server_mod.bind(self.server, cfg.node.listen_addr)
         self.tasks: list[asyncio.Task[Any]] = []
@@ -165,6 +194,8 @@ class Agent:
         self._spawn(self.source.watch(self.leadership.source_changed),
                     f"source.{self.source.kind}")
         self._spawn(self._watch_refusal(), "lease.refusal-health")
+        for coro, name in self.enforcer.tasks() if self.enforcer is not None else ():
+            self._spawn(coro, name)
         if isinstance(self.lease, mirror_mod.Sink):  # redis: ebpf:service_list, coordination
             self._spawn(mirror_mod.Mirror(
                 engine=self.engine, leadership=self.leadership, sink=self.lease,
@@ -231,6 +262,8 @@ class Agent:
         await self.server.stop(SHUTDOWN_GRACE_SECONDS)
         await self.transport.close()
         await self.lease.close()
+        if self.enforcer is not None:
+            self.enforcer.close()  # the program stays attached, the maps pinned
         self.dataplane.close()
         log.info("stopped; the pinned maps keep the last state")
 

@@ -129,6 +129,26 @@ def _redis_url(value: str) -> str:
     return text
 
 
+def _interface_list(value: str) -> str:
+    names = [item.strip() for item in value.split(",") if item.strip()]
+    for name in names:
+        if len(name) > 15 or any(ch.isspace() or ch == "/" for ch in name):
+            raise ValueError(f"{name!r} is not an interface name or glob (max 15 characters, "
+                             "no spaces or slashes)")
+    return ",".join(names)
+
+
+def _minutes(low: float, high: float) -> Callable[[str], float]:
+    """Minutes in, seconds out."""
+    def parse(value: str) -> float:
+        number = float(value)
+        if not low <= number <= high:
+            raise ValueError(f"must be between {low:g} and {high:g} minutes")
+        return number * 60
+
+    return parse
+
+
 def _path(value: str) -> str:
     text = value.strip()
     if not text.startswith("/"):
@@ -248,6 +268,18 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("SOURCE_POLL_INTERVAL", "seconds", _default("1", "0.2"),
              "How often SOURCE_FILE is checked for changes (mtime, size, then content).",
              _seconds(0.01, 600)),
+    Variable("XDP_INTERFACES", "names,globs", _default(""),
+             "Interfaces that get the XDP program, e.g. eth0,veth*,cali*,lxc* (followed as "
+             "they appear). Empty: maps only, no program. An interface carrying another "
+             "component's XDP program is skipped.", _interface_list),
+    Variable("XDP_MODE", "-", _default("auto"),
+             "auto: native (driver) mode where the driver supports it, else generic (SKB); "
+             "native or generic force one.", _choice("auto", "native", "generic")),
+    Variable("FAIL_OPEN_AFTER", "minutes", _default("10"),
+             "The XDP program passes everything once the agent's heartbeat is older than "
+             "this, so a dead or uninstalled agent cannot leave zeros dropping traffic "
+             "forever. 0 disables. Long enough to ride out a restart or an eviction.",
+             _minutes(0, 7 * 24 * 60)),
     Variable("LOG_LEVEL", "-", _default("info"),
              "debug, info, warning or error.", _choice("debug", "info", "warning", "error")),
 )
@@ -309,6 +341,13 @@ class DataPlaneConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class XdpConfig:
+    interfaces: str = ""  # comma list of names and globs; "" = no program
+    mode: str = "auto"
+    fail_open_after: float = 600.0  # seconds; 0 = never fail open
+
+
+@dataclasses.dataclass(frozen=True)
 class SourceConfig:
     kind: str
     file: str
@@ -325,6 +364,7 @@ class Config:
     lease: LeaseConfig
     dataplane: DataPlaneConfig
     source: SourceConfig
+    xdp: XdpConfig = XdpConfig()
 
 
 def _raw_values(env: Mapping[str, str], problems: list[str]) -> dict[str, Any]:
@@ -478,6 +518,8 @@ def from_env(env: Mapping[str, str], *, hostname: str = "localhost") -> Config:
         dataplane=DataPlaneConfig(values["DATAPLANE"], pin_dir, values["MAP_MAX_ENTRIES"]),
         source=SourceConfig(values["SOURCE"], values["SOURCE_FILE"] or "",
                             values["SOURCE_POLL_INTERVAL"]),
+        xdp=XdpConfig(values["XDP_INTERFACES"] or "", values["XDP_MODE"],
+                      values["FAIL_OPEN_AFTER"]),
     )
 
 

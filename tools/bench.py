@@ -30,6 +30,7 @@ import time
 
 import failover  # tools/failover.py, next to this script
 import grpc.aio
+import mapbench  # tools/ is on sys.path when this file runs as a script
 
 from gossip_agent import localcluster
 from gossip_agent.v1 import gossip_pb2 as pb
@@ -171,7 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--failover-nodes", type=int, default=5, help="--failover: agents")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="--failover: extra agent environment, e.g. LEASE_TTL=5")
+    parser.add_argument("--map", action="store_true",
+                        help="run the map-write benchmark instead (tools/mapbench.py)")
+    parser.add_argument("--map-runs", type=int, default=1000,
+                        help="applications per case for --map")
     args = parser.parse_args(argv)
+    if args.map:
+        return mapbench.report(runs=args.map_runs, as_json=args.json)
     if args.failover:
         return failover_main(args)
     sizes = args.nodes or [8, 16, 32]

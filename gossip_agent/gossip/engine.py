@@ -161,7 +161,7 @@ class Engine:
             self.stats.rejected["invalid"] += 1
             raise
         # expand() built the table from the held one and checked its hash: it is canonical.
-        return self._judge(snapshot, via=via)
+        return self._judge(snapshot, via=via, change=diff.from_changes(delta.changes))
 
     def _judge_version(
         self, version: versions.Version, digest: bytes, *, via: str
@@ -170,7 +170,9 @@ class Engine:
         self.stats.received[f"{via}:{decision.value}"] += 1
         return decision
 
-    def _judge(self, snapshot: snapshots.Snapshot, *, via: str) -> snapshots.Decision:
+    def _judge(
+        self, snapshot: snapshots.Snapshot, *, via: str, change: diff.MapDiff | None = None
+    ) -> snapshots.Decision:
         self.note_term(snapshot.version.term)
         decision = snapshots.decide(
             self.held, version=snapshot.version, digest=snapshot.content_hash,
@@ -185,12 +187,18 @@ class Engine:
                 self.held.content_hash.hex()[:12], decision.value,
             )
         if decision.adopts:
-            self._adopt(snapshot, via=via)
+            self._adopt(snapshot, via=via, change=change)
         return decision
 
-    def _adopt(self, snapshot: snapshots.Snapshot, *, via: str) -> None:
+    def _adopt(
+        self, snapshot: snapshots.Snapshot, *, via: str, change: diff.MapDiff | None = None
+    ) -> None:
+        """`change`: what a delta said changed against the held snapshot; used only while the
+        map holds exactly that snapshot's table (else the full diff is computed)."""
         started = time.perf_counter()
-        change = diff.diff_tables(self._table_bytes, snapshot.table)
+        held = self.held.snapshot
+        if change is None or held is None or held.table != self._table_bytes:
+            change = diff.diff_tables(self._table_bytes, snapshot.table)
         self.dataplane.apply(
             change, version=snapshot.version, content_hash=snapshot.content_hash
         )
