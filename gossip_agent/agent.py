@@ -109,6 +109,18 @@ def open_redis_lease(cfg: config_mod.Config) -> lease_base.Lease:
     return redis_lease.RedisLease(settings=settings, node=cfg.node.name)
 
 
+def lease_location(cfg: config_mod.Config) -> str:
+    """Where the lease lives, for the start-up log line (no password)."""
+    redis = cfg.lease.redis
+    if redis is None:
+        return cfg.lease.lease_dir
+    if redis.sentinels:
+        return f"master {redis.sentinel_master} of sentinels {','.join(redis.sentinels)}"
+    from gossip_agent.leases import redis as redis_lease
+
+    return redis_lease.describe_url(redis.url)
+
+
 def open_source(cfg: config_mod.Config) -> source_base.Source:
     if cfg.source.kind == "file":
         return file_source.FileSource(
@@ -210,7 +222,7 @@ class Agent:
         log.info("agent %s serving on %s (advertised %s), data plane %s %s, lease %s at %s",
                  self.cfg.node.name, self.cfg.node.listen_addr, self.cfg.node.advertise_addr,
                  self.dataplane.kind, self.dataplane.location, self.lease.backend,
-                 self.cfg.lease.lease_dir)
+                 lease_location(self.cfg))
 
     async def _first_discovery(self) -> None:
         """Resolves PEER_SERVICE once before campaigning, so the first election knows the peers
