@@ -15,7 +15,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 import pytest_asyncio
@@ -360,3 +360,42 @@ async def test_heartbeats_are_stamped_with_redis_time_and_stale_ones_are_dropped
     await b.heartbeat(term=3, seq=5, leader="node-a", period=0.01)
     fields = redis_cli(redis_server, "HGETALL", f"{prefix}coordination").split("\n")
     assert fields[::2] == ["node-b"], "node-a's stale heartbeat was kept"
+
+
+@pytest.fixture
+def unreachable_host() -> Iterator[str]:
+    """An address nothing answers, not even with a reset: the far end of a veth pair whose
+    namespace (ga5-*, made and removed here) blackholes every reply. A SYN gets no answer."""
+    require(shutil.which("ip") is not None and os.geteuid() == 0, "iproute2 and root")
+    suffix = uuid.uuid4().hex[:6]
+    netns, host_dev, ns_dev = f"ga5-{suffix}", f"ga5h{suffix}", f"ga5n{suffix}"
+    third = int(suffix[:2], 16)
+    host_ip, ns_ip = f"10.55.{third}.1", f"10.55.{third}.2"
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+    try:
+        ip("netns", "add", netns)
+        ip("link", "add", host_dev, "type", "veth", "peer", "name", ns_dev)
+        ip("link", "set", ns_dev, "netns", netns)
+        ip("addr", "add", f"{host_ip}/30", "dev", host_dev)
+        ip("link", "set", host_dev, "up")
+        ip("-n", netns, "addr", "add", f"{ns_ip}/30", "dev", ns_dev)
+        ip("-n", netns, "link", "set", ns_dev, "up")
+        ip("-n", netns, "route", "add", "blackhole", f"{host_ip}/32")
+        yield ns_ip
+    finally:
+        subprocess.run(["ip", "link", "del", host_dev], capture_output=True, timeout=30)
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True, timeout=30)
+
+
+async def test_an_unreachable_host_is_reported_within_the_connect_timeout(
+    leases: Factory, unreachable_host: str
+) -> None:
+    message, took = await unavailable(
+        leases(url=f"redis://{unreachable_host}:6379/0").try_acquire(min_term=1))
+    assert f"{unreachable_host}:6379" in message
+    assert "did not answer in time" in message, message  # no reset: only the timeout tells
+    assert took < TIMEOUT * 3, f"reported after {took:.2f}s"
+    print(f"{message} ({took:.2f}s)")
