@@ -283,10 +283,6 @@ class RedisLease:
         self._retry_at = 0.0
         self._last_error: errors.LeaseUnavailable | None = None
 
-    @property
-    def held(self) -> bool:
-        return self._valid_until is not None
-
     # -- the Lease protocol -------------------------------------------------------------------
 
     async def try_acquire(self, *, min_term: int) -> base.Grant | None:
