@@ -55,6 +55,7 @@ class SlowProxy:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="slow-proxy", daemon=True)
         self._stop: asyncio.Event | None = None
+        self._writers: set[asyncio.StreamWriter] = set()  # both ends of every connection
 
     def start(self) -> SlowProxy:
         self._thread.start()
@@ -81,23 +82,35 @@ class SlowProxy:
         self._ready.set()
         await self._stop.wait()
         server.close()
+        # Close every socket first, so each connection's pipes end by themselves; then wait
+        # for the transports to finish closing before the loop goes away (warnings are errors).
+        writers = list(self._writers)
+        for writer in writers:
+            writer.close()
+        await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
+        if others := asyncio.all_tasks() - {asyncio.current_task()}:
+            await asyncio.wait(others, timeout=5)
         while others := asyncio.all_tasks() - {asyncio.current_task()}:
             for task in others:
                 task.cancel()
             await asyncio.gather(*others, return_exceptions=True)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
             writer.close()
             return
+        self._writers.add(up_writer)
         try:
             await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
         finally:
             for stream in (writer, up_writer):
-                with contextlib.suppress(Exception):  # the loop may be shutting down
-                    stream.close()
+                stream.close()
+                with contextlib.suppress(OSError):
+                    await stream.wait_closed()
+                self._writers.discard(stream)
 
     def _hold(self) -> float:
         held = self.delay + self._rng.uniform(0, self.jitter)
@@ -113,6 +126,7 @@ class SlowProxy:
                 await asyncio.sleep(max(0.0, last_due - time.monotonic()))
                 writer.write(chunk)
                 await writer.drain()
+        writer.close()  # EOF from one side ends the other direction too
 
 
 @pytest.fixture
