@@ -37,6 +37,7 @@ from gossip_agent.dataplane import memory as memory_dataplane
 from gossip_agent.gossip import antientropy, discovery, transport
 from gossip_agent.gossip import engine as engine_mod
 from gossip_agent.gossip import leader as leader_mod
+from gossip_agent.gossip import mirror as mirror_mod
 from gossip_agent.leases import base as lease_base
 from gossip_agent.scaleup import service as scaleup
 from gossip_agent.sources import api as api_source
@@ -89,12 +90,39 @@ def open_enforcer(
 
 
 def open_lease(cfg: config_mod.Config) -> lease_base.Lease:
+    if cfg.lease.backend == "redis":
+        return open_redis_lease(cfg)
     from gossip_agent.leases import bpffs
 
     lease = bpffs.BpffsLease(lease_dir=cfg.lease.lease_dir, node=cfg.node.name)
     if lease.note:
         log.warning("lease: %s", lease.note)
     return lease
+
+
+def open_redis_lease(cfg: config_mod.Config) -> lease_base.Lease:
+    from gossip_agent.leases import redis as redis_lease  # redis is imported only when used
+
+    assert cfg.lease.redis is not None  # config sets it for the redis backend
+    settings = redis_lease.Settings(
+        url=cfg.lease.redis.url, key_prefix=cfg.lease.redis.key_prefix, ttl=cfg.lease.ttl,
+        renew_deadline=cfg.lease.renew_deadline, timeout=cfg.lease.redis.timeout,
+        retry_base=cfg.lease.retry_interval, retry_cap=cfg.lease.ttl,
+        sentinels=cfg.lease.redis.sentinels, sentinel_master=cfg.lease.redis.sentinel_master,
+    )
+    return redis_lease.RedisLease(settings=settings, node=cfg.node.name)
+
+
+def lease_location(cfg: config_mod.Config) -> str:
+    """Where the lease lives, for the start-up log line (no password)."""
+    redis = cfg.lease.redis
+    if redis is None:
+        return cfg.lease.lease_dir
+    if redis.sentinels:
+        return f"master {redis.sentinel_master} of sentinels {','.join(redis.sentinels)}"
+    from gossip_agent.leases import redis as redis_lease
+
+    return redis_lease.describe_url(redis.url)
 
 
 def open_source(cfg: config_mod.Config) -> source_base.Source:
@@ -200,6 +228,10 @@ class Agent:
             self._spawn(coro, name)
         for name, coro in self.scale_ups.tasks():
             self._spawn(coro, name)
+        if isinstance(self.lease, mirror_mod.Sink):  # redis: ebpf:service_list, coordination
+            self._spawn(mirror_mod.Mirror(
+                engine=self.engine, leadership=self.leadership, sink=self.lease,
+                period=self.cfg.lease.renew_interval).run(), "lease.mirror")
         if self.cfg.discovery.service:
             self._spawn(discovery.run_dns_discovery(
                 membership=self.membership, name=self.cfg.discovery.service,
@@ -210,7 +242,7 @@ class Agent:
         log.info("agent %s serving on %s (advertised %s), data plane %s %s, lease %s at %s",
                  self.cfg.node.name, self.cfg.node.listen_addr, self.cfg.node.advertise_addr,
                  self.dataplane.kind, self.dataplane.location, self.lease.backend,
-                 self.cfg.lease.lease_dir)
+                 lease_location(self.cfg))
 
     async def _first_discovery(self) -> None:
         """Resolves PEER_SERVICE once before campaigning, so the first election knows the peers

@@ -105,7 +105,10 @@ class StateService(pb_grpc.StateServicer):
             holder=holder,
             leader_node=node,
             leader_address=self._address_of(node),
-            term=max(term, self.leadership.term),
+            # A leader reports the term it leads at: the record may already name a newer
+            # holder (redis: DEL, or an expired key) until this agent's next renewal.
+            term=self.leadership.term if self.leadership.leading else max(
+                term, self.leadership.term),
             backend=self.lease.backend,
             is_self=self.leadership.leading,
             refusal=self.leadership.refusal,
