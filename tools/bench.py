@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.failover:
         return failover_main(args)
     sizes = args.nodes or [8, 16, 32]
-    root = (localcluster.BPFFS_ROOT + "-bench" if localcluster.bpffs_mounted()
+    # A root of this run's own (pid): two benchmarks at once must not wipe each other's maps.
+    root = (localcluster.BPFFS_ROOT + f"-bench-{os.getpid()}" if localcluster.bpffs_mounted()
             and os.geteuid() == 0 else tempfile.mkdtemp(prefix="gossip-bench-"))
     results = [run_size(n, args.changes, args.gap, root) for n in sizes]
     shutil.rmtree(root, ignore_errors=True)
