@@ -40,6 +40,7 @@ from gossip_agent.gossip import leader as leader_mod
 from gossip_agent.gossip import mirror as mirror_mod
 from gossip_agent.leases import base as lease_base
 from gossip_agent.scaleup import service as scaleup
+from gossip_agent.security import setup as security_setup
 from gossip_agent.sources import api as api_source
 from gossip_agent.sources import base as source_base
 from gossip_agent.sources import file as file_source
@@ -156,8 +157,10 @@ class Agent:
     def _build(self, cfg: config_mod.Config) -> None:
         self.lease = open_lease(cfg)
         self.source = open_source(cfg)
+        self.security = security_setup.Security.build(cfg.security)  # mTLS, cluster id, admins
         self.transport = transport.GrpcTransport(
-            max_message_bytes=cfg.gossip.max_message_bytes, reconnect_cap=cfg.gossip.backoff_cap)
+            max_message_bytes=cfg.gossip.max_message_bytes, reconnect_cap=cfg.gossip.backoff_cap,
+            factory=self.security.channels, metadata=self.security.call_metadata)
         self.membership = peers.Membership(
             self_address=cfg.node.advertise_addr,
             policy=peers.BackoffPolicy(base=cfg.gossip.backoff_base, cap=cfg.gossip.backoff_cap),
@@ -192,6 +195,7 @@ class Agent:
             channels=self.transport,
             forward_timeout=cfg.gossip.write_ack_timeout + 2 * cfg.gossip.rpc_timeout,
             streams=self.streams, scale_hub=self.scale_ups.hub,
+            policy=self.security.policy, security_note=self.security.note,
         )
         self.dataplane_service = dataplane_api.DataPlaneService(
             node=cfg.node.name, plane=self.dataplane, enforcer=self.enforcer,
@@ -201,8 +205,10 @@ class Agent:
             max_message_bytes=cfg.gossip.max_message_bytes, streams=self.streams,
             dataplane_service=self.dataplane_service,
             extra_handlers=(scale_api.report_handler(self.scale_ups.inbox),),
+            interceptors=(self.security.cluster_check(self.engine.stats),),
         )
-        self.port = server_mod.bind(self.server, cfg.node.listen_addr)
+        self.port = server_mod.bind(self.server, cfg.node.listen_addr,
+                                    self.security.server_credentials())
         self.tasks: list[asyncio.Task[Any]] = []
         self.failed = asyncio.Event()  # a long-running task crashed: the process must exit
 
@@ -243,6 +249,7 @@ class Agent:
                  self.cfg.node.name, self.cfg.node.listen_addr, self.cfg.node.advertise_addr,
                  self.dataplane.kind, self.dataplane.location, self.lease.backend,
                  lease_location(self.cfg))
+        self.security.announce()
 
     async def _first_discovery(self) -> None:
         """Resolves PEER_SERVICE once before campaigning, so the first election knows the peers

@@ -28,6 +28,7 @@ from google.protobuf import message as protobuf_message
 
 from gossip_agent import config as config_mod
 from gossip_agent import errors, logs
+from gossip_agent.security import tls
 from gossip_agent.v1 import gossip_pb2 as pb
 from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc
 
@@ -78,6 +79,13 @@ def _query_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--target", default=DEFAULT_TARGET, help="agent host:port")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds")
+    # grpcurl's flags: mutual TLS against an agent with TLS_CERT/TLS_KEY/TLS_CA set.
+    parser.add_argument("--cacert", "-cacert", default="", help="CA (PEM) the agent's "
+                        "certificate is checked against; with --cert and --key: mutual TLS")
+    parser.add_argument("--cert", "-cert", default="", help="client certificate (PEM)")
+    parser.add_argument("--key", "-key", default="", help="client private key (PEM)")
+    parser.add_argument("--servername", "-servername", default="gossip-agent",
+                        help="name the agent's certificate must carry (TLS_SERVER_NAME)")
     return parser
 
 
@@ -160,6 +168,9 @@ def _query(args: argparse.Namespace) -> int:
     except grpc.aio.AioRpcError as exc:
         print(f"gossip-agent: {args.target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
+    except tls.TlsError as exc:  # names TLS_CERT/TLS_KEY/TLS_CA: --cert/--key/--cacert here
+        print(f"gossip-agent: --cert/--key/--cacert: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(json_format.MessageToDict(
             response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True,
@@ -169,8 +180,16 @@ def _query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_channel(args: argparse.Namespace) -> grpc.aio.Channel:
+    if not args.cacert:
+        return grpc.aio.insecure_channel(args.target)
+    files = tls.TlsFiles(cert=args.cert, key=args.key, ca=args.cacert,
+                         server_name=args.servername)
+    return tls.ChannelFactory(files).open(args.target, [])
+
+
 async def _call(args: argparse.Namespace) -> protobuf_message.Message:
-    async with grpc.aio.insecure_channel(args.target) as channel:
+    async with _open_channel(args) as channel:
         stub = pb_grpc.StateStub(channel)
         request: Any
         if args.command == "state":

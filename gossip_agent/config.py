@@ -156,6 +156,17 @@ def _path(value: str) -> str:
     return text.rstrip("/") or "/"
 
 
+def _cluster_id(value: str) -> str:
+    text = value.strip()
+    if len(text) > 63 or not all(ch.isalnum() or ch in "-_." for ch in text):
+        raise ValueError("must be at most 63 letters, digits, '-', '_' or '.'")
+    return text
+
+
+def _name_list(value: str) -> frozenset[str]:
+    return frozenset(item.strip() for item in value.split(",") if item.strip())
+
+
 _LOCAL = "local"
 VARIABLES: tuple[Variable, ...] = (
     Variable("PROFILE", "-", _default("cluster"),
@@ -307,6 +318,28 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("AIOMONITOR_PYTHON_CONSOLE", "bool", _default("false"),
              "Allow the console's `console` command: a Python REPL inside the agent that runs "
              "arbitrary code as root. Off in every profile unless set to true.", _bool),
+    # -- security: mutual TLS, cluster identity, admin writes (gossip_agent.security) --
+    Variable("TLS_CERT", "path", _default(""),
+             "This agent's certificate (PEM, from a Secret). With TLS_KEY and TLS_CA it turns "
+             "on mutual TLS on the gRPC port and for every call to peers; reloaded when the "
+             "files change. Unset: plaintext, announced in the log and GetLeader.", _path),
+    Variable("TLS_KEY", "path", _default(""),
+             "The private key of TLS_CERT (PEM).", _path),
+    Variable("TLS_CA", "path", _default(""),
+             "The cluster's CA (PEM): peers and clients must present a certificate it signed.",
+             _path),
+    Variable("TLS_SERVER_NAME", "DNS name", _default("gossip-agent"),
+             "The name every agent certificate carries as a DNS SAN: peers are dialled by IP, "
+             "so their certificates are checked against this name (grpcurl: -servername). "
+             "A caller with it counts as a member (may forward an admin's identity).", _text),
+    Variable("CLUSTER_ID", "-", _default(""),
+             "Sent on every gossip call; calls from another cluster id are refused "
+             "(FAILED_PRECONDITION) and counted, so clusters sharing a network, a Redis or a "
+             "Service name never mix state.", _cluster_id),
+    Variable("ADMIN_IDENTITIES", "names,...", _default("gossip-agent-admin"),
+             "Client certificate subject CNs or SANs allowed to call SetService and "
+             "DeleteService when TLS is on (reads stay open to any certificate of TLS_CA).",
+             _name_list),
 )
 NAMES = frozenset(variable.name for variable in VARIABLES)
 
@@ -394,6 +427,22 @@ class ObserveConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SecurityConfig:
+    """Mutual TLS, cluster id, admin writes (gossip_agent.security). tls_* "" = plaintext."""
+
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    server_name: str = "gossip-agent"
+    cluster_id: str = ""
+    admins: frozenset[str] = frozenset({"gossip-agent-admin"})
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     profile: str
     log_level: str
@@ -405,6 +454,7 @@ class Config:
     source: SourceConfig
     xdp: XdpConfig = XdpConfig()
     observe: ObserveConfig = ObserveConfig()
+    security: SecurityConfig = SecurityConfig()
 
 
 def _raw_values(env: Mapping[str, str], problems: list[str]) -> dict[str, Any]:
@@ -543,6 +593,7 @@ def from_env(env: Mapping[str, str], *, hostname: str = "localhost") -> Config:
     _check_backoff(values, problems)
     _check_redis(values, backend, problems)
     _check_monitor_ports(values, problems)
+    _check_tls(values, problems)
     if problems:
         raise errors.ConfigError(problems)
     pin_dir = values["BPF_PIN_DIR"]
@@ -570,6 +621,28 @@ def from_env(env: Mapping[str, str], *, hostname: str = "localhost") -> Config:
         xdp=XdpConfig(values["XDP_INTERFACES"] or "", values["XDP_MODE"],
                       values["FAIL_OPEN_AFTER"]),
         observe=_observe(values),
+        security=_security(values),
+    )
+
+
+_TLS_FILES = ("TLS_CERT", "TLS_KEY", "TLS_CA")
+
+
+def _check_tls(values: Mapping[str, Any], problems: list[str]) -> None:
+    """Mutual TLS needs all three files; two of three would silently fall back to plaintext."""
+    given = [name for name in _TLS_FILES if values[name]]
+    if given and len(given) < len(_TLS_FILES):
+        missing = [name for name in _TLS_FILES if not values[name]]
+        problems.append(f"{', '.join(missing)}: required with {', '.join(given)} (mutual TLS "
+                        "needs a certificate, its key and the CA)")
+
+
+def _security(values: Mapping[str, Any]) -> SecurityConfig:
+    return SecurityConfig(
+        tls_cert=values["TLS_CERT"] or "", tls_key=values["TLS_KEY"] or "",
+        tls_ca=values["TLS_CA"] or "", server_name=values["TLS_SERVER_NAME"] or "gossip-agent",
+        cluster_id=values["CLUSTER_ID"] or "",
+        admins=values["ADMIN_IDENTITIES"] or frozenset(),
     )
 
 

@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 import grpc
 import grpc.aio
 
+from gossip_agent.security import tls
 from gossip_agent.v1 import gossip_pb2 as pb
 from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc
 
@@ -100,8 +101,12 @@ class LocalCluster:
         log_dir: str,
         extra_env: Mapping[str, str] | None = None,
         observe: bool = True,
+        mtls: bool = False,
     ) -> None:
         self.root = root
+        # mtls: a CA, one certificate per agent and an admin one under log_dir/tls; `client`
+        # opens channels the way an operator with the admin certificate would.
+        self.client = tls.ChannelFactory(None)
         # One batch, so every port is distinct: gRPC, then metrics, console, web UI, REPL.
         ports = free_ports(nodes * (5 if observe else 1))
         addresses = [f"127.0.0.1:{port}" for port in ports[:nodes]]
@@ -112,6 +117,8 @@ class LocalCluster:
         if observe:
             for agent, extra in zip(self.agents, _chunks(ports[nodes:], 4), strict=True):
                 _observe(agent, extra)
+        if mtls:
+            self.client = _issue_certificates(self.agents, os.path.join(log_dir, "tls"))
 
     def _agent(
         self, index: int, addresses: Sequence[str], log_dir: str, extra: Mapping[str, str]
@@ -169,18 +176,39 @@ def _observe(agent: AgentProcess, ports: Sequence[int]) -> None:
     })
 
 
-async def call(address: str, method: str, request: object, timeout: float = 2.0) -> object:
-    async with grpc.aio.insecure_channel(address) as channel:
+def _issue_certificates(agents: Sequence[AgentProcess], directory: str) -> tls.ChannelFactory:
+    """Certificates from a fresh CA (gossip_agent.testing.certs: the `test` extra)."""
+    from pathlib import Path
+
+    from gossip_agent.testing import certs
+
+    ca = certs.authority(Path(directory))
+    for agent in agents:
+        agent.env.update(certs.tls_env(ca=ca, leaf=ca.issue(Path(directory), agent.node)))
+    admin = ca.issue(Path(directory), "gossip-agent-admin", dns=())
+    return tls.ChannelFactory(tls.TlsFiles(cert=str(admin.cert), key=str(admin.key),
+                                           ca=str(ca.cert)))
+
+
+_PLAINTEXT = tls.ChannelFactory(None)
+
+
+async def call(
+    address: str, method: str, request: object, timeout: float = 2.0,
+    *, channels: tls.ChannelFactory = _PLAINTEXT,
+) -> object:
+    async with channels.open(address, []) as channel:
         stub = pb_grpc.StateStub(channel)
         return await getattr(stub, method)(request, timeout=timeout)
 
 
 async def states(
-    addresses: Sequence[str], timeout: float = 2.0
+    addresses: Sequence[str], timeout: float = 2.0, *, channels: tls.ChannelFactory = _PLAINTEXT,
 ) -> list[pb.GetStateResponse | None]:
     async def one(address: str) -> pb.GetStateResponse | None:
         try:
-            reply = await call(address, "GetState", pb.GetStateRequest(), timeout)
+            reply = await call(address, "GetState", pb.GetStateRequest(), timeout,
+                               channels=channels)
         except grpc.aio.AioRpcError:
             return None
         assert isinstance(reply, pb.GetStateResponse)
@@ -189,16 +217,20 @@ async def states(
     return list(await asyncio.gather(*(one(a) for a in addresses)))
 
 
-async def find_leader(addresses: Sequence[str], timeout: float) -> tuple[str, pb.GetLeaderResponse]:
+async def find_leader(
+    addresses: Sequence[str], timeout: float, *, channels: tls.ChannelFactory = _PLAINTEXT,
+) -> tuple[str, pb.GetLeaderResponse]:
     """The address of the agent that says it leads and has published its first snapshot."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for address in addresses:
             with contextlib.suppress(grpc.aio.AioRpcError):
-                reply = await call(address, "GetLeader", pb.GetLeaderRequest(), 1.0)
+                reply = await call(address, "GetLeader", pb.GetLeaderRequest(), 1.0,
+                                   channels=channels)
                 assert isinstance(reply, pb.GetLeaderResponse)
                 if reply.is_self:
-                    state = await call(address, "GetState", pb.GetStateRequest(), 1.0)
+                    state = await call(address, "GetState", pb.GetStateRequest(), 1.0,
+                                       channels=channels)
                     assert isinstance(state, pb.GetStateResponse)
                     if state.version.term == reply.term:
                         return address, reply
@@ -208,13 +240,13 @@ async def find_leader(addresses: Sequence[str], timeout: float) -> tuple[str, pb
 
 async def wait_all(
     addresses: Sequence[str], *, what: str, timeout: float,
-    check: Callable[[pb.GetStateResponse], bool],
+    check: Callable[[pb.GetStateResponse], bool], channels: tls.ChannelFactory = _PLAINTEXT,
 ) -> list[pb.GetStateResponse]:
     """Polls GetState on every agent until check(state) holds for all of them."""
     deadline = time.monotonic() + timeout
     last: list[pb.GetStateResponse | None] = []
     while time.monotonic() < deadline:
-        last = await states(addresses)
+        last = await states(addresses, channels=channels)
         if all(s is not None and check(s) for s in last):
             return [s for s in last if s is not None]
         await asyncio.sleep(0.05)

@@ -113,8 +113,10 @@ def build(
     streams: streams_mod.OpenStreams,
     dataplane_service: dataplane_pb2_grpc.DataPlaneServicer | None = None,
     extra_handlers: tuple[grpc.GenericRpcHandler[Any, Any], ...] = (),
+    interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (),  # type: ignore[type-arg]
 ) -> grpc.aio.Server:
-    server = grpc.aio.server(options=server_options(max_message_bytes))
+    server = grpc.aio.server(options=server_options(max_message_bytes),
+                             interceptors=interceptors)
     server.add_generic_rpc_handlers((gossip_handler(engine, streams), *extra_handlers))
     pb_grpc.add_StateServicer_to_server(state_service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -130,10 +132,16 @@ def build(
     return server
 
 
-def bind(server: grpc.aio.Server, address: str) -> int:
-    """Binds LISTEN_ADDR; raises OSError with a clear sentence when the port is taken."""
+def bind(
+    server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None = None
+) -> int:
+    """Binds LISTEN_ADDR (mutual TLS when credentials are given: security/tls.py); raises
+    OSError with a clear sentence when the port is taken."""
     try:
-        port = server.add_insecure_port(address)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError as exc:
         raise OSError(f"LISTEN_ADDR {address}: cannot listen (address in use?): {exc}") from exc
     if port == 0:

@@ -24,6 +24,7 @@ from gossip_agent.gossip import transport as transport_mod
 from gossip_agent.gossip import wire
 from gossip_agent.leases import base as lease_base
 from gossip_agent.scaleup import hub as scale_hub_mod
+from gossip_agent.security import identity
 from gossip_agent.v1 import gossip_pb2 as pb
 from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc
 
@@ -44,7 +45,13 @@ class StateService(pb_grpc.StateServicer):
         forward_timeout: float,
         streams: streams_mod.OpenStreams,
         scale_hub: scale_hub_mod.Hub | None = None,
+        policy: identity.Policy | None = None,
+        security_note: str = "",
     ) -> None:
+        # Who may write (security/identity.py); None: nobody is checked (plaintext).
+        self.policy = policy or identity.Policy(enforced=False, admins=frozenset(),
+                                                member_name="")
+        self.security_note = security_note  # e.g. "plaintext": shown in GetLeader
         self.engine = engine
         self.scale_hub = scale_hub or scale_hub_mod.Hub()
         self.leadership = leadership
@@ -112,7 +119,7 @@ class StateService(pb_grpc.StateServicer):
             backend=self.lease.backend,
             is_self=self.leadership.leading,
             refusal=self.leadership.refusal,
-            note="; ".join(n for n in (self.lease.note, note) if n),
+            note="; ".join(n for n in (self.lease.note, note, self.security_note) if n),
         )
 
     async def _lease_record(self) -> tuple[lease_base.LeaseRecord | None, str]:
@@ -193,6 +200,7 @@ class StateService(pb_grpc.StateServicer):
         updates: dict[int, tuple[int, str]],
         deletes: tuple[int, ...],
     ) -> pb.WriteResponse:
+        caller = await self._authorise(context, method)
         if self.leadership.holds_lease:  # in office, or taking office (UNAVAILABLE: retry)
             try:
                 result = await self.leadership.write(updates=updates, deletes=deletes)
@@ -202,9 +210,23 @@ class StateService(pb_grpc.StateServicer):
                 version=wire.version_to_pb(result.version), leader=result.leader,
                 acked_peers=result.acked_peers, written_monotonic_ns=result.written_monotonic_ns,
             )
-        return await self._forward(context, method, request)
+        return await self._forward(context, method, request, caller=caller)
 
-    async def _forward(self, context: Context, method: str, request: Any) -> pb.WriteResponse:
+    async def _authorise(self, context: Context, method: str) -> str:
+        """The admin name the write is made for; PERMISSION_DENIED (nothing changes) if none."""
+        decision = self.policy.authorise_write(
+            names=identity.names_of(context.auth_context()),
+            metadata={k: str(v) for k, v in context.invocation_metadata() or ()},
+            peer=context.peer())
+        if not decision.allowed:
+            log.warning("refused %s: %s", method, decision.reason,
+                        extra={"method": method, "caller": decision.caller})
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, decision.reason)
+        return decision.caller
+
+    async def _forward(
+        self, context: Context, method: str, request: Any, *, caller: str
+    ) -> pb.WriteResponse:
         metadata = dict(context.invocation_metadata() or ())
         record, _ = await self._lease_record()
         node = record.node if record is not None and record.holder else self.engine.leader_node
@@ -218,7 +240,8 @@ class StateService(pb_grpc.StateServicer):
         )
         try:
             reply = await call(
-                request, timeout=self.forward_timeout, metadata=((FORWARDED, "1"),)
+                request, timeout=self.forward_timeout,
+                metadata=((FORWARDED, "1"), (identity.FORWARDED_FOR, caller)),
             )
         except grpc.aio.AioRpcError as exc:
             await context.abort(

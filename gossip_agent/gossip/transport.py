@@ -23,6 +23,7 @@ from typing import Protocol
 import grpc
 import grpc.aio
 
+from gossip_agent.security import tls
 from gossip_agent.v1 import gossip_pb2 as pb
 
 PUSH_STREAM = "/gossip_agent.v1.Gossip/PushStream"
@@ -94,21 +95,45 @@ def _ignore_ack(address: str, ack: pb.PushAck) -> None:
 
 
 class GrpcTransport:
-    def __init__(self, *, max_message_bytes: int, reconnect_cap: float = 5.0) -> None:
+    def __init__(
+        self, *, max_message_bytes: int, reconnect_cap: float = 5.0,
+        factory: tls.ChannelFactory | None = None, metadata: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         self._options = channel_options(max_message_bytes, reconnect_cap=reconnect_cap)
+        # Mutual TLS or plaintext (security/tls.py); channels are reopened when its files change.
+        self.factory = factory or tls.ChannelFactory(None)
+        self._generation = self.factory.generation
+        # Sent on every call this transport makes (the cluster id: security/cluster.py).
+        self.metadata = metadata
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._streams: dict[str, _PushStream] = {}
         self._on_ack: AckHandler = _ignore_ack
+        self._closing: set[asyncio.Task[None]] = set()
 
     def set_ack_handler(self, handler: AckHandler) -> None:
         self._on_ack = handler
 
     def channel(self, address: str) -> grpc.aio.Channel:
+        if self.factory.check() != self._generation:
+            self._reopen_all()
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(address, options=self._options)
+            channel = self.factory.open(address, self._options)
             self._channels[address] = channel
         return channel
+
+    def _reopen_all(self) -> None:
+        """New certificates: drop every stream and channel; the next call opens new ones.
+        The old channels close in the background (a call in flight on one fails and is
+        retried like any failed peer call)."""
+        self._generation = self.factory.generation
+        for address in list(self._streams):
+            self._drop_stream(address)
+        old, self._channels = list(self._channels.values()), {}
+        for channel in old:
+            task = asyncio.create_task(channel.close(grace=1.0), name="gossip.close-channel")
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     def _stream(self, address: str) -> _PushStream:
         stream = self._streams.get(address)
@@ -118,7 +143,7 @@ class GrpcTransport:
                 PUSH_STREAM, request_serializer=None, response_deserializer=pb.PushAck.FromString
             )
             # The stream is opened empty and written to per push (grpc-stubs wants an iterator).
-            stream = _PushStream(method())  # type: ignore[call-arg]
+            stream = _PushStream(method(metadata=self.metadata))  # type: ignore[call-arg]
             stream.reader = asyncio.create_task(
                 self._read_acks(address, stream), name=f"gossip.push-acks[{address}]")
             self._streams[address] = stream
@@ -168,7 +193,7 @@ class GrpcTransport:
             response_deserializer=pb.ExchangeReply.FromString,
         )
         try:
-            reply = await method(request, timeout=timeout)
+            reply = await method(request, timeout=timeout, metadata=self.metadata)
         except grpc.aio.AioRpcError as exc:
             raise _unreachable(address, exc) from exc
         assert isinstance(reply, pb.ExchangeReply)
@@ -186,6 +211,7 @@ class GrpcTransport:
     async def close(self) -> None:
         for address in list(self._channels):
             await self.forget(address)
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
 
 def _unreachable(address: str, exc: BaseException) -> PeerUnreachable:

@@ -62,7 +62,7 @@ class ToLeader:
             response_deserializer=pb.ReportAck.FromString,
         )
         try:
-            reply = await call(message, timeout=self.timeout)
+            reply = await call(message, timeout=self.timeout, metadata=self.channels.metadata)
         except grpc.aio.AioRpcError as exc:
             raise reporter.Undeliverable(
                 f"leader {node} at {address}: {exc.code().name}: {exc.details()}") from exc

@@ -1,0 +1,67 @@
+"""The agent's security wiring from SecurityConfig: one place that decides plaintext or mutual
+TLS, and builds the server credentials, the client channel factory, the cluster-id check and
+the admin policy from it."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+from typing import Protocol
+
+import grpc
+
+from gossip_agent import config as config_mod
+from gossip_agent.security import cluster, identity, tls
+
+log = logging.getLogger("gossip_agent.security")
+
+PLAINTEXT_NOTE = ("plaintext: no mutual TLS (TLS_CERT/TLS_KEY/TLS_CA unset); any process that "
+                  "reaches the port can gossip and write")
+
+
+class _HasRejected(Protocol):
+    rejected: collections.Counter[str]
+
+
+@dataclasses.dataclass
+class Security:
+    cfg: config_mod.SecurityConfig
+    files: tls.TlsFiles | None
+    channels: tls.ChannelFactory
+    policy: identity.Policy
+
+    @classmethod
+    def build(cls, cfg: config_mod.SecurityConfig) -> Security:
+        """Raises tls.TlsError naming the variable when a file does not load."""
+        files = (tls.TlsFiles(cert=cfg.tls_cert, key=cfg.tls_key, ca=cfg.tls_ca,
+                              server_name=cfg.server_name) if cfg.tls else None)
+        return cls(cfg=cfg, files=files, channels=tls.ChannelFactory(files),
+                   policy=identity.Policy(enforced=files is not None, admins=cfg.admins,
+                                          member_name=cfg.server_name))
+
+    @property
+    def note(self) -> str:
+        return "" if self.files is not None else PLAINTEXT_NOTE
+
+    @property
+    def call_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((cluster.CLUSTER_KEY, self.cfg.cluster_id),)
+
+    def server_credentials(self) -> grpc.ServerCredentials | None:
+        return None if self.files is None else tls.server_credentials(self.files)
+
+    def cluster_check(self, stats: _HasRejected) -> cluster.ClusterCheck:
+        def refused() -> None:
+            stats.rejected["cluster"] += 1
+
+        return cluster.ClusterCheck(cluster_id=self.cfg.cluster_id, on_refused=refused)
+
+    def announce(self) -> None:
+        if self.files is None:
+            log.warning("%s", PLAINTEXT_NOTE, extra={"tls": False})
+            return
+        log.info("mutual TLS on: certificate %s, CA %s, peers checked as %s; admins: %s; "
+                 "cluster id %s", self.files.cert, self.files.ca, self.files.server_name,
+                 ", ".join(sorted(self.cfg.admins)) or "(none)",
+                 self.cfg.cluster_id or "(none)", extra={"tls": True})

@@ -1,0 +1,278 @@
+"""Mutual TLS, cluster identity and admin writes on real agents (gossip_agent.security).
+
+Agents run in-process on loopback with certificates from gossip_agent.testing.certs (a CA,
+one certificate per agent carrying the shared name `gossip-agent`, an admin certificate,
+another CA, an expired certificate). Clients are real grpc channels, grpcurl and the CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import grpc.aio
+import pytest
+
+from gossip_agent import localcluster
+from gossip_agent.security import cluster, identity, tls
+from gossip_agent.testing import certs
+from gossip_agent.v1 import gossip_pb2 as pb
+from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc
+from tests.conftest import require
+from tests.integration.test_grpc_api import (
+    CONVERGE_DEADLINE,
+    ELECTION_DEADLINE,
+    GRPCURL,
+    address,
+    poll,
+    running_agents,
+)
+
+pytestmark = pytest.mark.integration
+
+# Client channels re-read their files at most once per tls.CHECK_INTERVAL (1 s), the server at
+# every handshake; a rotation is live everywhere within about 2 s: 3x plus the usual margin.
+ROTATION_DEADLINE = 10.0
+
+
+@dataclasses.dataclass
+class Pki:
+    directory: Path
+    ca: certs.Authority
+    other: certs.Authority
+
+    def factory(self, leaf: certs.Issued, *, ca: Path | None = None) -> tls.ChannelFactory:
+        return tls.ChannelFactory(tls.TlsFiles(cert=str(leaf.cert), key=str(leaf.key),
+                                               ca=str(ca or self.ca.cert)))
+
+    def agent_env(self, count: int) -> dict[int, dict[str, str]]:
+        return {i: certs.tls_env(ca=self.ca, leaf=self.ca.issue(self.directory, f"node-{i}"))
+                for i in range(count)}
+
+    @property
+    def admin(self) -> tls.ChannelFactory:
+        return self.factory(self.ca.issue(self.directory, "gossip-agent-admin", dns=()))
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    directory = tmp_path / "pki"
+    return Pki(directory, certs.authority(directory),
+               certs.authority(directory / "other", "other-ca"))
+
+
+async def get_state(factory: tls.ChannelFactory, target: str) -> pb.GetStateResponse:
+    reply = await localcluster.call(target, "GetState", pb.GetStateRequest(), 2.0,
+                                    channels=factory)
+    assert isinstance(reply, pb.GetStateResponse)
+    return reply
+
+
+async def set_service(
+    factory: tls.ChannelFactory, target: str, ip: str, replicas: int,
+    metadata: tuple[tuple[str, str], ...] = (),
+) -> pb.WriteResponse:
+    async with factory.open(target, []) as channel:
+        reply = await pb_grpc.StateStub(channel).SetService(
+            pb.SetServiceRequest(ip=ip, replicas=replicas), timeout=5.0, metadata=metadata)
+    assert isinstance(reply, pb.WriteResponse)
+    return reply
+
+
+async def converged(
+    agents_addresses: list[str], factory: tls.ChannelFactory, ip: str, replicas: int
+) -> None:
+    await localcluster.wait_all(
+        agents_addresses, what=f"{ip}={replicas} on every agent", timeout=CONVERGE_DEADLINE,
+        channels=factory,
+        check=lambda s: any(e.ip == ip and e.replicas == replicas for e in s.entries))
+
+
+async def refused_at_handshake(factory: tls.ChannelFactory, target: str) -> str:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await get_state(factory, target)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value.details()
+    return str(caught.value.details())
+
+
+async def test_mtls_cluster_converges_and_refuses_clients_without_a_valid_certificate(
+    pki: Pki, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    async with running_agents(3, lease_dir=tmp_path, per_agent=pki.agent_env(3)) as agents:
+        addresses = [address(a) for a in agents]
+        admin = pki.admin
+        await localcluster.find_leader(addresses, ELECTION_DEADLINE, channels=admin)
+        await set_service(admin, addresses[0], "10.0.0.1", 2)
+        await converged(addresses, admin, "10.0.0.1", 2)
+        target = addresses[1]
+        # No certificate at all (plaintext), a certificate of another CA, an expired one.
+        await refused_at_handshake(tls.ChannelFactory(None), target)
+        await refused_at_handshake(pki.factory(pki.other.issue(pki.directory / "o", "stranger"),
+                                               ca=pki.ca.cert), target)
+        await refused_at_handshake(
+            pki.factory(pki.ca.issue(pki.directory, "expired", expired=True)), target)
+        # grpc's TLS logs each refused handshake (C core, on stderr).
+        logged = capfd.readouterr().err
+        assert "Handshake failed" in logged and "CERTIFICATE_VERIFY_FAILED" in logged, logged
+        # The members keep converging.
+        await set_service(admin, addresses[2], "10.0.0.2", 3)
+        await converged(addresses, admin, "10.0.0.2", 3)
+        reply = await localcluster.call(target, "GetLeader", pb.GetLeaderRequest(),
+                                        channels=admin)
+        assert isinstance(reply, pb.GetLeaderResponse) and "plaintext" not in reply.note
+
+
+async def test_set_service_without_admin_identity_is_permission_denied_and_changes_nothing(
+    pki: Pki, tmp_path: Path
+) -> None:
+    async with running_agents(3, lease_dir=tmp_path, per_agent=pki.agent_env(3)) as agents:
+        addresses = [address(a) for a in agents]
+        admin = pki.admin
+        leader_address, _ = await localcluster.find_leader(
+            addresses, ELECTION_DEADLINE, channels=admin)
+        follower = next(a for a in addresses if a != leader_address)
+        before = await get_state(admin, leader_address)
+        # A member's certificate can read but not write; an outsider's certificate of the
+        # cluster CA cannot borrow the admin's name through the forwarding header.
+        member = pki.factory(pki.ca.issue(pki.directory, "node-9"))
+        reader = pki.factory(pki.ca.issue(pki.directory, "reader", dns=()))
+        assert (await get_state(reader, follower)).node
+        for factory, target, metadata in (
+            (member, leader_address, ()), (member, follower, ()), (reader, follower, ()),
+            (reader, leader_address, ((identity.FORWARDED_FOR, "gossip-agent-admin"),)),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await set_service(factory, target, "10.0.0.9", 1, metadata)
+            assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "not an admin" in str(caught.value.details())
+        after = await get_state(admin, leader_address)
+        assert after.version == before.version and list(after.entries) == list(before.entries)
+        # Through a follower with the admin certificate: applied once, by the leader.
+        reply = await set_service(admin, follower, "10.0.0.9", 1)
+        assert reply.version.term == before.version.term
+        assert reply.version.seq == before.version.seq + 1
+        await converged(addresses, admin, "10.0.0.9", 1)
+        history = await localcluster.call(leader_address, "GetHistory", pb.GetHistoryRequest(),
+                                          channels=admin)
+        assert isinstance(history, pb.GetHistoryResponse)
+        assert [e.version.seq for e in history.events if e.version.seq > before.version.seq] \
+            == [before.version.seq + 1]
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Like a Secret update: the new content appears at once under the same name."""
+    staged = path.with_suffix(path.suffix + ".new")
+    staged.write_bytes(data)
+    os.replace(staged, path)
+
+
+async def test_certificates_rotate_to_a_new_ca_under_a_running_cluster_without_restart(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """The usual rotation: trust both CAs, move every certificate to the new CA, drop the
+    old CA. Each step is picked up from the files alone; the cluster keeps converging."""
+    env = pki.agent_env(3)
+    new_ca = certs.authority(pki.directory / "new", "new-ca")
+    old_pem, new_pem = pki.ca.cert.read_bytes(), new_ca.cert.read_bytes()
+    async with running_agents(3, lease_dir=tmp_path, per_agent=env) as agents:
+        addresses = [address(a) for a in agents]
+        old_admin = pki.admin
+        await localcluster.find_leader(addresses, ELECTION_DEADLINE, channels=old_admin)
+        bundle = pki.directory / "bundle.pem"
+        bundle.write_bytes(old_pem + new_pem)
+        new_admin_leaf = new_ca.issue(pki.directory / "new", "gossip-agent-admin", dns=())
+        new_admin = pki.factory(new_admin_leaf, ca=bundle)
+        for index in range(3):  # step 1 and 2 at once per agent: bundle, then new leaf
+            _replace(Path(env[index]["TLS_CA"]), old_pem + new_pem)
+            leaf = new_ca.issue(pki.directory / "new", f"node-{index}")
+            _replace(Path(env[index]["TLS_KEY"]), leaf.key.read_bytes())
+            _replace(Path(env[index]["TLS_CERT"]), leaf.cert.read_bytes())
+        await set_service(new_admin, addresses[1], "10.0.1.1", 1)
+        await converged(addresses, new_admin, "10.0.1.1", 1)
+        for index in range(3):  # step 3: the old CA is no longer trusted
+            _replace(Path(env[index]["TLS_CA"]), new_pem)
+        only_new = pki.factory(new_admin_leaf, ca=new_ca.cert)
+
+        async def old_refused() -> bool:
+            try:
+                await get_state(old_admin, addresses[0])
+            except grpc.aio.AioRpcError:
+                return True
+            return False
+
+        await poll("the old CA's admin certificate refused", old_refused,
+                   timeout=ROTATION_DEADLINE)
+        # Peers now present their new certificates to each other (channels were reopened).
+        await set_service(only_new, addresses[2], "10.0.1.2", 2)
+        await converged(addresses, only_new, "10.0.1.2", 2)
+        assert all(agent.engine.stats.exchanges_ok > 0 for agent in agents)
+
+
+async def test_gossip_from_another_cluster_is_refused_counted_and_never_mixed(
+    tmp_path: Path
+) -> None:
+    ports = localcluster.free_ports(3)
+    per_agent = {0: {"CLUSTER_ID": "blue"}, 1: {"CLUSTER_ID": "blue"},
+                 2: {"CLUSTER_ID": "green", "BPF_LEASE_DIR": str(tmp_path / "green")}}
+    (tmp_path / "green").mkdir()
+    async with running_agents(3, lease_dir=tmp_path, per_agent=per_agent,
+                              ports=ports) as agents:
+        blue, green = [address(a) for a in agents[:2]], address(agents[2])
+        plain = tls.ChannelFactory(None)
+        leader_address, leader = await localcluster.find_leader(blue, ELECTION_DEADLINE)
+        assert "plaintext" in leader.note  # announced when TLS is off
+        await set_service(plain, leader_address, "10.0.2.1", 4)
+        await converged(blue, plain, "10.0.2.1", 4)
+
+        async def refusals_counted() -> bool:
+            return sum(a.engine.stats.rejected["cluster"] for a in agents) >= 2
+
+        await poll("anti-entropy across the two clusters refused", refusals_counted,
+                   timeout=CONVERGE_DEADLINE)
+        assert "10.0.2.1" not in {e.ip for e in (await get_state(plain, green)).entries}
+        assert all(a.engine.membership.address_of("node-2") is None for a in agents[:2])
+        async with grpc.aio.insecure_channel(blue[0]) as channel:
+            exchange = channel.unary_unary(
+                "/gossip_agent.v1.Gossip/Exchange",
+                request_serializer=pb.ExchangeRequest.SerializeToString,
+                response_deserializer=pb.ExchangeReply.FromString)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await exchange(pb.ExchangeRequest(digest=pb.Digest(node="x")), timeout=2.0,
+                               metadata=((cluster.CLUSTER_KEY, "red"),))
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "red" in str(caught.value.details()) and "blue" in str(caught.value.details())
+
+
+async def test_grpcurl_and_the_cli_talk_mutual_tls_with_the_same_flags(
+    pki: Pki, tmp_path: Path
+) -> None:
+    require(os.access(GRPCURL, os.X_OK), f"grpcurl (looked on PATH and at {GRPCURL})")
+    admin_leaf = pki.ca.issue(pki.directory, "gossip-agent-admin", dns=())
+    flags = ["-cacert", str(pki.ca.cert), "-cert", str(admin_leaf.cert),
+             "-key", str(admin_leaf.key), "-servername", certs.SERVER_NAME]
+    async with running_agents(2, lease_dir=tmp_path, per_agent=pki.agent_env(2)) as agents:
+        target = address(agents[0])
+        await localcluster.find_leader([address(a) for a in agents], ELECTION_DEADLINE,
+                                       channels=pki.factory(admin_leaf))
+        grpcurl = await asyncio.to_thread(subprocess.run, [
+            GRPCURL, *flags, "-d", '{"ip": "10.0.3.1", "replicas": 5}', target,
+            "gossip_agent.v1.State/SetService"], capture_output=True, text=True, timeout=30)
+        assert grpcurl.returncode == 0, grpcurl.stderr
+        plain = await asyncio.to_thread(subprocess.run, [
+            GRPCURL, "-plaintext", target, "list"], capture_output=True, text=True, timeout=30)
+        assert plain.returncode != 0
+        cli = [sys.executable, "-m", "gossip_agent"]
+        state = await asyncio.to_thread(subprocess.run, [
+            *cli, "state", "--target", target, "--json", *flags], capture_output=True,
+            text=True, timeout=30)
+        assert state.returncode == 0, state.stderr
+        assert "10.0.3.1" in state.stdout
+        refused = await asyncio.to_thread(subprocess.run, [
+            *cli, "state", "--target", target, "--timeout", "2"], capture_output=True,
+            text=True, timeout=30)
+        assert refused.returncode == 1 and "UNAVAILABLE" in refused.stderr
