@@ -61,3 +61,11 @@ class PinDirInUse(GossipAgentError):
 
 class ShuttingDown(GossipAgentError):
     """The agent is stopping (UNAVAILABLE: retry elsewhere or later)."""
+
+
+class AnnotationInvalid(GossipAgentError):
+    """A Service's scale-to-zero annotation is malformed: that Service is skipped (logged once)."""
+
+
+class SourceUnavailable(GossipAgentError):
+    """The source's backing API cannot be reached or refused a call; retried with backoff."""
