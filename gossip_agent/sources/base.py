@@ -6,13 +6,19 @@
 - watch(on_change) runs for the agent's life and calls on_change with each new desired table;
   followers run it too, so a new leader is already in sync when it takes office.
 - accepts_writes tells whether SetService / DeleteService are allowed.
+
+A source that costs something to watch (SOURCE=kubernetes: API server load) also implements
+LeaderOnly: the agent hands it its Office and the source watches only while this agent leads,
+so at rest only the leader touches the API; read() is None until it has caught up, and the new
+leader continues from the newest adopted snapshot meanwhile (no blank map).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,3 +34,18 @@ class Source(Protocol):
     def read(self) -> Desired | None: ...
 
     async def watch(self, on_change: Callable[[Desired], None]) -> None: ...
+
+
+class Office(Protocol):
+    """What a LeaderOnly source sees of leadership (gossip.leader.Leadership is one)."""
+
+    @property
+    def leading(self) -> bool: ...
+
+    # Set whenever this agent takes office or steps down; its one consumer clears it.
+    office_changed: asyncio.Event
+
+
+@runtime_checkable
+class LeaderOnly(Protocol):
+    def follow(self, office: Office) -> None: ...
