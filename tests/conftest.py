@@ -83,3 +83,18 @@ async def _no_leaked_tasks():  # type: ignore[no-untyped-def]
     for task in leaked:
         task.cancel()
     assert not leaked, f"test left tasks running: {[t.get_name() for t in leaked]}"
+
+
+@pytest.fixture
+def fake_kube() -> Iterator[object]:
+    """A fresh fake Kubernetes API server on 127.0.0.1 (gossip_agent.testing.fakekube)."""
+    from gossip_agent.testing import fakekube
+
+    with fakekube.FakeKube() as kube:
+        yield kube
+
+
+@pytest.fixture
+def kubeconfig(fake_kube, tmp_path) -> str:  # type: ignore[no-untyped-def]
+    """An ordinary kubeconfig file pointing at fake_kube, for KUBECONFIG and kubectl."""
+    return str(fake_kube.write_kubeconfig(str(tmp_path / "kubeconfig")))
