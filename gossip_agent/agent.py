@@ -31,6 +31,7 @@ from gossip_agent.dataplane import memory as memory_dataplane
 from gossip_agent.gossip import antientropy, discovery, transport
 from gossip_agent.gossip import engine as engine_mod
 from gossip_agent.gossip import leader as leader_mod
+from gossip_agent.gossip import mirror as mirror_mod
 from gossip_agent.leases import base as lease_base
 from gossip_agent.sources import api as api_source
 from gossip_agent.sources import base as source_base
@@ -66,12 +67,27 @@ def open_dataplane(cfg: config_mod.DataPlaneConfig) -> dataplane_base.DataPlane:
 
 
 def open_lease(cfg: config_mod.Config) -> lease_base.Lease:
+    if cfg.lease.backend == "redis":
+        return open_redis_lease(cfg)
     from gossip_agent.leases import bpffs
 
     lease = bpffs.BpffsLease(lease_dir=cfg.lease.lease_dir, node=cfg.node.name)
     if lease.note:
         log.warning("lease: %s", lease.note)
     return lease
+
+
+def open_redis_lease(cfg: config_mod.Config) -> lease_base.Lease:
+    from gossip_agent.leases import redis as redis_lease  # redis is imported only when used
+
+    assert cfg.lease.redis is not None  # config sets it for the redis backend
+    settings = redis_lease.Settings(
+        url=cfg.lease.redis.url, key_prefix=cfg.lease.redis.key_prefix, ttl=cfg.lease.ttl,
+        renew_deadline=cfg.lease.renew_deadline, timeout=cfg.lease.redis.timeout,
+        retry_base=cfg.lease.retry_interval, retry_cap=cfg.lease.ttl,
+        sentinels=cfg.lease.redis.sentinels, sentinel_master=cfg.lease.redis.sentinel_master,
+    )
+    return redis_lease.RedisLease(settings=settings, node=cfg.node.name)
 
 
 def open_source(cfg: config_mod.Config) -> source_base.Source:
@@ -159,6 +175,10 @@ class Agent:
         self._spawn(self.source.watch(self.leadership.source_changed),
                     f"source.{self.source.kind}")
         self._spawn(self._watch_refusal(), "lease.refusal-health")
+        if isinstance(self.lease, mirror_mod.Sink):  # redis: ebpf:service_list, coordination
+            self._spawn(mirror_mod.Mirror(
+                engine=self.engine, leadership=self.leadership, sink=self.lease,
+                period=self.cfg.lease.renew_interval).run(), "lease.mirror")
         if self.cfg.discovery.service:
             self._spawn(discovery.run_dns_discovery(
                 membership=self.membership, name=self.cfg.discovery.service,

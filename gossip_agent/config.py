@@ -22,8 +22,8 @@ from gossip_agent import errors
 from gossip_agent.core import addresses
 
 PROFILES = ("cluster", "local")
-BACKENDS = ("bpffs",)
-PLANNED_BACKENDS = ("redis", "configmap", "lease")
+BACKENDS = ("bpffs", "redis")
+PLANNED_BACKENDS = ("configmap", "lease")
 SOURCES = ("api", "file", "kubernetes")
 DATAPLANES = ("bpf", "memory", "auto")
 
@@ -130,6 +130,14 @@ def _namespaces(value: str) -> tuple[str, ...]:
     return names
 
 
+def _redis_url(value: str) -> str:
+    text = value.strip()
+    scheme = text.partition("://")[0].lower()
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("must start with redis://, rediss:// or unix://")
+    return text
+
+
 def _path(value: str) -> str:
     text = value.strip()
     if not text.startswith("/"):
@@ -190,7 +198,8 @@ VARIABLES: tuple[Variable, ...] = (
              _int_range(4096, 64 * 1024 * 1024)),
     Variable("COORDINATION_BACKEND", "-", _default("bpffs"),
              "Leader lease backend. bpffs: flock under BPF_LEASE_DIR, spans one host only. "
-             "(redis, configmap and lease are planned.)", _text),
+             "redis: a TTL key in REDIS_URL's Redis with a fencing counter, spans nodes. "
+             "(configmap and lease are planned.)", _text),
     Variable("USE_BPF_FS_COORDINATION", "bool", _default(""),
              "The seed's switch: true is an alias for COORDINATION_BACKEND=bpffs.", _bool),
     Variable("BPF_PIN_DIR", "path", _default("/sys/fs/bpf/gossip-agent"),
@@ -205,6 +214,35 @@ VARIABLES: tuple[Variable, ...] = (
              _seconds(0.01, 60)),
     Variable("LEASE_RENEW_INTERVAL", "seconds", _default("1", "0.5"),
              "How often the leader proves it still holds the lease.", _seconds(0.01, 60)),
+    Variable("LEASE_TTL", "seconds", _default("5", "2"),
+             "redis: the lease key's time to live, refreshed by every renewal. A leader that "
+             "dies (SIGKILL, node lost) keeps the lease until it expires, so failover takes "
+             "at most LEASE_TTL + LEASE_RETRY_INTERVAL. Shorter means faster failover but "
+             "more renewals lost to a slow Redis.", _seconds(0.1, 600)),
+    Variable("LEASE_RENEW_DEADLINE", "seconds", _default("3.5", "1.4"),
+             "redis: the leader steps down when it has not proven it holds the lease for this "
+             "long (local monotonic clock, from the start of its last successful renewal). "
+             "Below LEASE_TTL, so it stops acting before the key can expire on the server; "
+             "above LEASE_RENEW_INTERVAL, so one slow renewal is tolerated.",
+             _seconds(0.05, 600)),
+    Variable("REDIS_URL", "URL", _default(""),
+             "The seed's variable: redis://[:password@]host:port/db, rediss:// for TLS. "
+             "Required with COORDINATION_BACKEND=redis unless REDIS_SENTINELS is set; with "
+             "sentinels only its password, database and scheme are used.", _redis_url),
+    Variable("REDIS_KEY_PREFIX", "-", _default("ebpf:"),
+             "Prefix of every key (the seed's ebpf:leader, ebpf:service_list, "
+             "ebpf:coordination); give each cluster its own to share one Redis.", _text),
+    Variable("REDIS_SENTINELS", "host:port,...", _default(""),
+             "Redis Sentinel addresses (the seed's HA mode): the agent asks them for the "
+             "current master of REDIS_SENTINEL_MASTER instead of using REDIS_URL's host.",
+             _peer_list),
+    Variable("REDIS_SENTINEL_MASTER", "-", _default("mymaster"),
+             "The master name the sentinels monitor (sentinel.conf's `sentinel monitor`).",
+             _text),
+    Variable("REDIS_TIMEOUT", "seconds", _default("1", "0.5"),
+             "Connect and per-command timeout for Redis: an unreachable or silent server is "
+             "reported (and retried with backoff) after this long. Below LEASE_RENEW_DEADLINE "
+             "so a hung renewal cannot outlive the leader's right to act.", _seconds(0.01, 60)),
     Variable("MAP_MAX_ENTRIES", "entries", _default("1024"),
              "SERVICE_LIST capacity (the XDP program's map size). Larger snapshots are refused.",
              _int_range(1, 1 << 20)),
@@ -269,11 +307,23 @@ class GossipConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RedisConfig:
+    url: str
+    key_prefix: str
+    sentinels: tuple[str, ...]
+    sentinel_master: str
+    timeout: float
+
+
+@dataclasses.dataclass(frozen=True)
 class LeaseConfig:
     backend: str
     lease_dir: str
     retry_interval: float
     renew_interval: float
+    ttl: float  # redis: the key's PX
+    renew_deadline: float  # redis: step down after this long without a proven renewal
+    redis: RedisConfig | None  # set when backend is redis
 
 
 @dataclasses.dataclass(frozen=True)
@@ -335,10 +385,43 @@ def _backend(values: Mapping[str, Any], problems: list[str]) -> str:
             )
         backend = "bpffs"
     if backend in PLANNED_BACKENDS:
-        problems.append(f"COORDINATION_BACKEND={backend}: not available in this version; use bpffs")
+        problems.append(f"COORDINATION_BACKEND={backend}: not available in this version; "
+                        f"use {' or '.join(BACKENDS)}")
     elif backend not in BACKENDS:
         problems.append(f"COORDINATION_BACKEND={backend!r}: must be one of {', '.join(BACKENDS)}")
     return backend
+
+
+def _check_redis(values: Mapping[str, Any], backend: str, problems: list[str]) -> None:
+    """The redis backend needs somewhere to connect and timers that keep the lease safe:
+    renew interval < renew deadline < TTL, and the Redis timeout below the deadline."""
+    if backend != "redis":
+        return
+    url_invalid = any(p.startswith("REDIS_URL=") for p in problems)
+    if not values["REDIS_URL"] and not values["REDIS_SENTINELS"] and not url_invalid:
+        problems.append("REDIS_URL: required when COORDINATION_BACKEND=redis "
+                        "(or set REDIS_SENTINELS)")
+    interval, deadline = values["LEASE_RENEW_INTERVAL"], values["LEASE_RENEW_DEADLINE"]
+    ttl, timeout = values["LEASE_TTL"], values["REDIS_TIMEOUT"]
+    if None in (interval, deadline, ttl, timeout):
+        return  # already reported
+    if not interval < deadline < ttl:
+        problems.append(
+            f"LEASE_RENEW_DEADLINE={deadline:g} must be above LEASE_RENEW_INTERVAL="
+            f"{interval:g} and below LEASE_TTL={ttl:g}")
+    if timeout >= deadline:
+        problems.append(f"REDIS_TIMEOUT={timeout:g} must be below LEASE_RENEW_DEADLINE="
+                        f"{deadline:g}")
+
+
+def _redis_config(values: Mapping[str, Any], backend: str) -> RedisConfig | None:
+    if backend != "redis":
+        return None
+    return RedisConfig(
+        values["REDIS_URL"] or "", values["REDIS_KEY_PREFIX"] or "",
+        values["REDIS_SENTINELS"] or (), values["REDIS_SENTINEL_MASTER"] or "mymaster",
+        values["REDIS_TIMEOUT"],
+    )
 
 
 def _advertise(values: Mapping[str, Any], problems: list[str]) -> str:
@@ -402,6 +485,7 @@ def from_env(env: Mapping[str, str], *, hostname: str = "localhost") -> Config:
     service, service_port = _service(values, problems)
     _check_source(values, problems)
     _check_backoff(values, problems)
+    _check_redis(values, backend, problems)
     if problems:
         raise errors.ConfigError(problems)
     pin_dir = values["BPF_PIN_DIR"]
@@ -420,7 +504,8 @@ def from_env(env: Mapping[str, str], *, hostname: str = "localhost") -> Config:
         ),
         lease=LeaseConfig(
             backend, values["BPF_LEASE_DIR"] or pin_dir, values["LEASE_RETRY_INTERVAL"],
-            values["LEASE_RENEW_INTERVAL"],
+            values["LEASE_RENEW_INTERVAL"], values["LEASE_TTL"], values["LEASE_RENEW_DEADLINE"],
+            _redis_config(values, backend),
         ),
         dataplane=DataPlaneConfig(values["DATAPLANE"], pin_dir, values["MAP_MAX_ENTRIES"]),
         source=SourceConfig(values["SOURCE"], values["SOURCE_FILE"] or "",

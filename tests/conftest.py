@@ -3,6 +3,7 @@
 - require(): a missing component (bcc, bpffs, grpcurl, dnsmasq, ...) fails the run when CI=true
   and skips otherwise: CI must never pass by skipping what it was meant to test.
 - Every async test is checked for tasks it leaves running: a leaked task is a failure.
+- redis_server: a real redis-server per test (tests/redisserver.py, reusable by any backend).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections.abc import Iterator
 
 import pytest
 import pytest_asyncio
+
+from tests import redisserver
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -98,3 +101,13 @@ def fake_kube() -> Iterator[object]:
 def kubeconfig(fake_kube, tmp_path) -> str:  # type: ignore[no-untyped-def]
     """An ordinary kubeconfig file pointing at fake_kube, for KUBECONFIG and kubectl."""
     return str(fake_kube.write_kubeconfig(str(tmp_path / "kubeconfig")))
+
+
+def redis_server() -> Iterator[redisserver.RedisServer]:
+    """A fresh redis-server on a free loopback port (no persistence), killed by PID after."""
+    require(redisserver.available(), "redis-server (Debian package redis-server)")
+    server = redisserver.RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
