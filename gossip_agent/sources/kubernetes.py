@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import random
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -51,6 +52,7 @@ LIST_PAGE = 500  # objects per list page: bounded memory per response on large c
 CONNECT_TIMEOUT = 10.0  # seconds to open a connection to the API server
 LIST_READ_TIMEOUT = 60.0  # seconds one list page may take
 WATCH_READ_MARGIN = 30.0  # a watch read may be silent this much longer than its timeoutSeconds
+ABORT_WAIT = 1.0  # seconds a stopping reflector waits for its watch thread to return
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +87,9 @@ def new_api_client() -> kubernetes.client.ApiClient:
             kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
                 client_configuration=configuration)
         else:
+            # KUBECONFIG read now: the client reads it once, when it is first imported.
             kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=os.environ.get("KUBECONFIG") or None,
                 client_configuration=configuration)
     except (kubernetes.config.ConfigException, OSError) as exc:
         raise errors.SourceUnavailable(f"no Kubernetes API configuration: {exc}") from exc
@@ -101,7 +105,7 @@ class ListWatch:
         self.scope = scope
         self._lock = threading.Lock()
         self._response: urllib3.HTTPResponse | None = None
-        self._aborted = False
+        self.aborted = False
 
     def list(self) -> tuple[list[dict[str, Any]], str]:
         """Every object in scope and the list's resourceVersion, page by page."""
@@ -127,19 +131,22 @@ class ListWatch:
         response = self._call("watch", query, (CONNECT_TIMEOUT, timeout + WATCH_READ_MARGIN))
         with self._lock:
             self._response = response
-            if self._aborted:
-                response.shutdown()
+            if self.aborted:
+                _cut(response)
+        ended = False
         try:
             for event in _events(response):
                 version = self._handle(event, version, emit)
+            ended = True
         except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
-            if self._aborted:
+            if self.aborted:
                 return version
             raise self._unavailable("watch", exc) from exc
         finally:
             with self._lock:
                 self._response = None
-            response.release_conn()
+            # A stream read to its end leaves a reusable connection; any other is closed.
+            response.release_conn() if ended else response.close()
         return version
 
     def _handle(self, event: dict[str, Any], version: str,
@@ -157,11 +164,11 @@ class ListWatch:
         return version
 
     def abort(self) -> None:
-        """Ends a watch in progress from another thread (urllib3's shutdown wakes the read)."""
+        """Ends a watch in progress from another thread, at once."""
         with self._lock:
-            self._aborted = True
+            self.aborted = True
             if self._response is not None:
-                self._response.shutdown()
+                _cut(self._response)
 
     def _call(self, verb: str, query: dict[str, Any],
               timeout: tuple[float, float]) -> urllib3.HTTPResponse:
@@ -196,6 +203,17 @@ class ListWatch:
         return errors.SourceUnavailable(f"cannot {verb} {self.kind.describe(self.scope)}: {exc}")
 
 
+def _cut(response: Any) -> None:
+    """Wakes the thread blocked reading this response: shutdown(SHUT_RDWR) of its socket makes
+    the read return at once (urllib3's own HTTPResponse.shutdown() is SHUT_RD only, which on
+    Linux does not wake a recv already waiting). The connection is not reused afterwards."""
+    connection = getattr(response, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
 def _events(response: Any) -> Iterator[dict[str, Any]]:
     """Newline-delimited JSON watch events as the chunks arrive."""
     pending = b""
@@ -222,15 +240,20 @@ class Reflector:
         self._failures = 0
 
     async def run(self) -> None:
+        version = ""  # "" = list first; else watch on from here
         while True:
             try:
-                version = await self._list()
-                while True:
-                    version = await self._watch(version)
+                if not version:
+                    version = await self._list()
+                version = await self._watch(version)
             except Gone as exc:
                 log.info("%s: %s; relisting", self.kind.describe(self.scope), exc)
+                version = ""
             except errors.SourceUnavailable as exc:
+                # A broken stream resumes from the last version seen (a 410 then relists).
                 await self._back_off(exc)
+            else:
+                self._failures = 0
 
     async def _list(self) -> str:
         lister = self._new_list_watch()
@@ -248,7 +271,8 @@ class Reflector:
         loop = asyncio.get_running_loop()
 
         def emit(kind: str, obj: dict[str, Any]) -> None:  # on the worker thread
-            loop.call_soon_threadsafe(self._apply, kind, obj)
+            if not watcher.aborted:
+                loop.call_soon_threadsafe(self._apply, watcher, kind, obj)
 
         future = self.source.blocking(
             watcher.watch, version=version, timeout=self.source.watch_timeout, emit=emit)
@@ -256,11 +280,15 @@ class Reflector:
             return str(await asyncio.shield(future))
         except asyncio.CancelledError:
             watcher.abort()
-            with contextlib.suppress(Exception):
-                await future  # the thread ends at once: its read was shut down
+            # Usually immediate (the read was cut). A request still waiting for its response
+            # headers cannot be cut; it ends at its first event or its timeout, and whatever
+            # it still reads is dropped (aborted), so it is not waited for.
+            await asyncio.wait((future,), timeout=ABORT_WAIT)
             raise
 
-    def _apply(self, kind: str, obj: dict[str, Any]) -> None:
+    def _apply(self, watcher: ListWatch, kind: str, obj: dict[str, Any]) -> None:
+        if watcher.aborted:
+            return  # queued before the abort: this watch's view is no longer wanted
         inventory = self.source.inventory
         if self.kind is SERVICES:
             (inventory.delete_service if kind == "DELETED" else inventory.put_service)(obj)
