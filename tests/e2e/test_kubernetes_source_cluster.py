@@ -1,0 +1,98 @@
+"""End to end: agent processes with SOURCE=kubernetes against the fake API server.
+
+Three gossip_agent.localcluster agents (real pinned BPF maps, the bpffs lease) reach the fake
+Kubernetes API over real HTTP through an ordinary kubeconfig (KUBECONFIG), as they would reach a
+cluster. The test changes Services and EndpointSlices on the server and reads every agent's
+pinned SERVICE_LIST directly (bpf(), independently of the agents).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gossip_agent import localcluster
+from gossip_agent.core import services
+from gossip_agent.testing import fakekube
+from tests.e2e import test_local_cluster as lc
+from tests.e2e.test_local_cluster import clients, e2e_root, start_cluster  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.e2e
+
+OPT_IN = {services.REFERENCE: "deployment/web", services.SCALE_DOWN_TIME: "30"}
+BOUND = 20.0  # seconds: a list, a watch event, a publish and a push, on a loaded 2-core machine
+
+
+@pytest.fixture
+def api() -> Iterator[fakekube.FakeKube]:
+    with fakekube.FakeKube() as kube:
+        yield kube
+
+
+def service(name: str, ip: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "default", "annotations": OPT_IN},
+            "spec": {"clusterIP": ip, "ports": [{"port": 80}]}}
+
+
+def endpoint_slice(name: str, owner: str, ready: dict[str, bool]) -> dict[str, Any]:
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": "default",
+                         "labels": {services.SERVICE_NAME_LABEL: owner}},
+            "addressType": "IPv4", "ports": [{"port": 80}],
+            "endpoints": [{"addresses": [a], "conditions": {"ready": r}}
+                          for a, r in ready.items()]}
+
+
+def replace_slice(api: fakekube.FakeKube, obj: dict[str, Any]) -> None:
+    api.delete_object("endpointslices", obj["metadata"]["name"])
+    api.create_object(obj)
+
+
+async def test_service_changes_on_the_api_reach_every_agents_map_and_a_410_relists(
+    start_cluster: Callable[..., localcluster.LocalCluster],  # noqa: F811
+    clients: lc.Clients,  # noqa: F811
+    api: fakekube.FakeKube, tmp_path: Path,
+) -> None:
+    web, other = "10.96.5.10", "10.96.5.11"
+    api.create_object(service("web", web))
+    api.create_object(service("api", other))
+    api.create_object(endpoint_slice("web-a", "web", {"10.0.0.1": True, "10.0.0.2": True,
+                                                      "10.0.0.3": False}))
+    kubeconfig = api.write_kubeconfig(str(tmp_path / "kubeconfig"))
+    cluster = start_cluster(3, {"SOURCE": "kubernetes", "KUBECONFIG": kubeconfig})
+    agents = cluster.agents
+    await lc.wait_serving(clients, agents)
+    await lc.until("every map to hold the listed services",
+                   lc.pins_hold(agents, {lc.key(web): 2, lc.key(other): 0}, (1, 1)),
+                   timeout=BOUND, running=agents)
+    # Only the leader lists and watches: one list per kind, not one per agent.
+    assert api.request_count(verb="list", resource="services") == 1
+    assert api.request_count(verb="list", resource="endpointslices") == 1
+
+    replace_slice(api, endpoint_slice("web-a", "web", {"10.0.0.1": False, "10.0.0.2": False}))
+    await lc.until("web scaled to zero everywhere",
+                   lc.pins_hold(agents, {lc.key(web): 0, lc.key(other): 0}, (1, 2)),
+                   timeout=BOUND, running=agents)
+    api.create_object(endpoint_slice("api-a", "api", {"10.0.1.1": True}))
+    api.delete_object("services", "web")
+    await lc.until("api scaled up and web gone everywhere",
+                   lc.pins_hold(agents, {lc.key(other): 1}, (1, 3)),
+                   timeout=BOUND, running=agents)
+
+    # The API server goes away (every stream and connection cut, so no watch can see what
+    # follows); a change is made and the history it is in compacted away; the server comes
+    # back on the same address. The leader's watches resume from their versions, get 410 and
+    # relist: the change arrives, nothing is lost or counted twice.
+    lists = api.request_count(verb="list")
+    api.stop()
+    api.create_object(endpoint_slice("api-b", "api", {"10.0.1.1": True, "10.0.1.2": True}))
+    api.compact()
+    api.start()
+    await lc.until("the relisted state everywhere",
+                   lc.pins_hold(agents, {lc.key(other): 2}, (1, 4)),
+                   timeout=BOUND, running=agents)
+    assert api.request_count(verb="list") == lists + 2  # a relist per kind, by one agent
