@@ -21,7 +21,8 @@ from typing import Any
 from grpc_health.v1 import health
 
 from gossip_agent import config as config_mod
-from gossip_agent import errors
+from gossip_agent import errors, observe
+from gossip_agent.api import probes
 from gossip_agent.api import server as server_mod
 from gossip_agent.api import state as state_mod
 from gossip_agent.api import streams as streams_mod
@@ -130,10 +131,12 @@ class Agent:
             policy=peers.BackoffPolicy(base=cfg.gossip.backoff_base, cap=cfg.gossip.backoff_cap),
             rng=self.rng,
         )
+        self.observer = observe.Observer(cfg)  # metrics, console (issue 7)
         self.engine = engine_mod.Engine(
             node=cfg.node.name, address=cfg.node.advertise_addr, boot_id=read_boot_id(),
             dataplane=self.dataplane, transport=self.transport, membership=self.membership,
             rpc_timeout=cfg.gossip.rpc_timeout, rng=self.rng,
+            telemetry=self.observer.telemetry,
         )
         self.leadership = leader_mod.Leadership(
             engine=self.engine, lease=self.lease, source=self.source,
@@ -167,7 +170,10 @@ class Agent:
         self.membership.set_discovered(peers.STATIC, self.cfg.discovery.peers)
         await self.server.start()
         await server_mod.set_health(self.health, serving=True, names=(
-            "", server_mod.GOSSIP_SERVICE, server_mod.STATE_SERVICE, server_mod.LEASE_HEALTH))
+            "", server_mod.GOSSIP_SERVICE, server_mod.STATE_SERVICE, server_mod.LEASE_HEALTH,
+            probes.LIVE))
+        await server_mod.set_health(self.health, serving=False, names=(probes.READY,))
+        await self.observer.start(leadership=self.leadership)
         await self._first_discovery()
         self._spawn(antientropy.run(self.engine, interval=self.cfg.gossip.interval,
                                     rng=self.rng), "gossip.anti-entropy")
@@ -179,6 +185,7 @@ class Agent:
             self._spawn(mirror_mod.Mirror(
                 engine=self.engine, leadership=self.leadership, sink=self.lease,
                 period=self.cfg.lease.renew_interval).run(), "lease.mirror")
+        self._spawn(probes.watch_readiness(self.engine, self.health), "health.readiness")
         if self.cfg.discovery.service:
             self._spawn(discovery.run_dns_discovery(
                 membership=self.membership, name=self.cfg.discovery.service,
@@ -225,7 +232,7 @@ class Agent:
             self.leadership.refusal_changed.clear()
             refusal = self.leadership.refusal
             if refusal:
-                log.error("refusing to lead: %s", refusal)
+                log.error("refusing to lead: %s", refusal, extra={"reason": refusal})
             else:
                 log.info("no longer refusing to lead")
             await server_mod.set_health(
@@ -241,14 +248,19 @@ class Agent:
         await self.server.stop(SHUTDOWN_GRACE_SECONDS)
         await self.transport.close()
         await self.lease.close()
+        await self.observer.stop()
         self.dataplane.close()
         log.info("stopped; the pinned maps keep the last state")
 
 
 async def serve(cfg: config_mod.Config) -> int:
+    loop = asyncio.get_running_loop()
+    observe.name_unnamed_tasks(loop)
+    current = asyncio.current_task()
+    if current is not None:
+        current.set_name("agent.main")
     agent = Agent(cfg)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import socket
 import sys
@@ -27,7 +26,7 @@ from google.protobuf import json_format
 from google.protobuf import message as protobuf_message
 
 from gossip_agent import config as config_mod
-from gossip_agent import errors
+from gossip_agent import errors, logs
 from gossip_agent.v1 import gossip_pb2 as pb
 from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc
 
@@ -100,10 +99,7 @@ def _run(args: argparse.Namespace) -> int:
     except errors.ConfigError as exc:
         print(f"gossip-agent: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=cfg.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s {cfg.node.name} %(name)s: %(message)s",
-    )
+    logs.configure(level=cfg.log_level, fmt=cfg.observe.log_format, node=cfg.node.name)
     from gossip_agent import agent  # heavy imports (grpc server, bcc) only for `run`
 
     try:

@@ -275,6 +275,31 @@ VARIABLES: tuple[Variable, ...] = (
              "one list per watched kind per this period from the leader.", _seconds(0.01, 600)),
     Variable("LOG_LEVEL", "-", _default("info"),
              "debug, info, warning or error.", _choice("debug", "info", "warning", "error")),
+    # -- operating a live agent: logs, metrics, console (gossip_agent.logs/metrics/console) --
+    Variable("LOG_FORMAT", "-", _default("text"),
+             "text: one human-readable line per record; json: one JSON object per line (time, "
+             "level, node, logger, event, fields) for log collectors.", _choice("text", "json")),
+    Variable("METRICS_PORT", "port", _default("0"),
+             "Port of the Prometheus /metrics endpoint; 0 = off. k8s/monitoring scrapes 9102.",
+             _int_range(0, 65535)),
+    Variable("METRICS_HOST", "IPv4/IPv6", _default("0.0.0.0", "127.0.0.1"),
+             "Address /metrics listens on: every interface in a cluster so Prometheus can "
+             "scrape the pod (read-only data), loopback locally.", _ip),
+    Variable("AIOMONITOR_PORT", "port", _default("0"),
+             "aiomonitor console (telnet: `python -m aiomonitor.cli -p PORT`); 0 = off. The "
+             "local cluster turns it on with a free port per agent.", _int_range(0, 65535)),
+    Variable("AIOMONITOR_HOST", "IPv4/IPv6", _default("127.0.0.1"),
+             "Address of the console, its web UI and Python console. Loopback: the console "
+             "can cancel tasks, and a hostNetwork pod's loopback is only the node's.", _ip),
+    Variable("AIOMONITOR_WEBUI_PORT", "port", _default("0"),
+             "aiomonitor's web UI (task list over HTTP) when the console is on; 0 = "
+             "AIOMONITOR_PORT+1.", _int_range(0, 65535)),
+    Variable("AIOMONITOR_CONSOLE_PORT", "port", _default("0"),
+             "Port of the Python console (the console's `console` command) when enabled; 0 = "
+             "AIOMONITOR_PORT+2.", _int_range(0, 65535)),
+    Variable("AIOMONITOR_PYTHON_CONSOLE", "bool", _default("false"),
+             "Allow the console's `console` command: a Python REPL inside the agent that runs "
+             "arbitrary code as root. Off in every profile unless set to true.", _bool),
 )
 NAMES = frozenset(variable.name for variable in VARIABLES)
 
@@ -345,6 +370,20 @@ class SourceConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ObserveConfig:
+    """Logs, metrics and the console (issue 7). Ports are 0 when the feature is off."""
+
+    log_format: str = "text"
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+    monitor_host: str = "127.0.0.1"
+    monitor_port: int = 0
+    monitor_webui_port: int = 0
+    monitor_console_port: int = 0
+    python_console: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     profile: str
     log_level: str
@@ -354,6 +393,7 @@ class Config:
     lease: LeaseConfig
     dataplane: DataPlaneConfig
     source: SourceConfig
+    observe: ObserveConfig = ObserveConfig()
 
 
 def _raw_values(env: Mapping[str, str], problems: list[str]) -> dict[str, Any]:
@@ -476,6 +516,14 @@ def _check_backoff(values: Mapping[str, Any], problems: list[str]) -> None:
         problems.append(f"PEER_BACKOFF_CAP={cap:g} must be >= PEER_BACKOFF_BASE={base:g}")
 
 
+def _check_monitor_ports(values: Mapping[str, Any], problems: list[str]) -> None:
+    port = values["AIOMONITOR_PORT"]
+    derived = not values["AIOMONITOR_WEBUI_PORT"] or not values["AIOMONITOR_CONSOLE_PORT"]
+    if port and derived and port > 65533:
+        problems.append(f"AIOMONITOR_PORT={port}: must be <= 65533 when the web UI and Python "
+                        "console ports are derived from it (+1, +2)")
+
+
 def from_env(env: Mapping[str, str], *, hostname: str = "localhost") -> Config:
     """The validated configuration, or ConfigError listing every bad variable."""
     problems: list[str] = []
@@ -486,6 +534,7 @@ def from_env(env: Mapping[str, str], *, hostname: str = "localhost") -> Config:
     _check_source(values, problems)
     _check_backoff(values, problems)
     _check_redis(values, backend, problems)
+    _check_monitor_ports(values, problems)
     if problems:
         raise errors.ConfigError(problems)
     pin_dir = values["BPF_PIN_DIR"]
@@ -512,6 +561,23 @@ def from_env(env: Mapping[str, str], *, hostname: str = "localhost") -> Config:
                             values["SOURCE_POLL_INTERVAL"], values["SOURCE_NAMESPACES"] or (),
                             values["SOURCE_WATCH_TIMEOUT"], values["SOURCE_BACKOFF_BASE"],
                             values["SOURCE_BACKOFF_CAP"]),
+        observe=_observe(values),
+    )
+
+
+def _observe(values: Mapping[str, Any]) -> ObserveConfig:
+    """aiomonitor's own convention: web UI and Python console on the two ports after the
+    console's, unless given."""
+    port = values["AIOMONITOR_PORT"]
+    return ObserveConfig(
+        log_format=values["LOG_FORMAT"],
+        metrics_host=values["METRICS_HOST"],
+        metrics_port=values["METRICS_PORT"],
+        monitor_host=values["AIOMONITOR_HOST"],
+        monitor_port=port,
+        monitor_webui_port=values["AIOMONITOR_WEBUI_PORT"] or (port + 1 if port else 0),
+        monitor_console_port=values["AIOMONITOR_CONSOLE_PORT"] or (port + 2 if port else 0),
+        python_console=bool(values["AIOMONITOR_PYTHON_CONSOLE"]),
     )
 
 

@@ -53,6 +53,7 @@ def gossip_handler(
     ) -> AsyncIterator[pb.PushAck]:
         with streams.serving():
             async for payload in requests:
+                engine.stats.bytes_received["push"] += len(payload)
                 try:
                     message = wire.parse(pb.Snapshot, payload)
                     ack = engine.handle_push(message)
@@ -62,6 +63,7 @@ def gossip_handler(
                     yield ack
 
     async def push(payload: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> pb.PushAck:
+        engine.stats.bytes_received["push"] += len(payload)
         try:
             return engine.handle_push(wire.parse(pb.Snapshot, payload))
         except errors.GossipAgentError as exc:
@@ -70,6 +72,7 @@ def gossip_handler(
     async def exchange(
         payload: bytes, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ExchangeReply:
+        engine.stats.bytes_received["exchange"] += len(payload)
         try:
             return engine.handle_exchange(wire.parse(pb.ExchangeRequest, payload))
         except errors.GossipAgentError as exc:

@@ -75,6 +75,7 @@ class Publication:
         self.names_hash = snapshot.names_hash
         self.base = delta.base if delta is not None else None
         self.delta = wire.delta_to_pb(delta).SerializeToString() if delta is not None else b""
+        self.written_ns = time.monotonic_ns()  # Snapshot.age_us on the wire counts from here
 
     @functools.cached_property
     def full(self) -> bytes:
@@ -139,10 +140,14 @@ class PushWorker:
         payload = publication.payload_for(sent=self._sent, names_sent=self._names_sent)
         if self._want_ack:
             payload += wire.ACK_SUFFIX
+        payload += wire.age_suffix((time.monotonic_ns() - publication.written_ns) // 1000)
         engine = self._leadership.engine
+        engine.stats.bytes_sent["push"] += len(payload)
         try:
             await engine.transport.push(self.address, payload, timeout=engine.rpc_timeout)
+            engine.stats.pushes_sent += 1
         except transport.PeerUnreachable as exc:
+            engine.stats.push_failures += 1
             engine.membership.failed(self.address, now=engine.clock())
             log.debug("push %s to %s failed: %s", version, self.address, exc)
             self._names_sent = b""  # a new stream, maybe a restarted peer: send names again
@@ -207,7 +212,7 @@ class Leadership:
                     await self._campaign()
                     await self._pause(self.timing.retry_interval)
         finally:
-            await asyncio.shield(self._resign("agent stopping"))
+            await asyncio.shield(self._resign("agent stopping", cause="released"))
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -249,7 +254,9 @@ class Leadership:
 
     async def _take_office(self, grant: lease_base.Grant) -> None:
         log.info("won the %s lease as %s at term %d", self.lease.backend, grant.holder,
-                 grant.term)
+                 grant.term, extra={"backend": self.lease.backend, "holder": grant.holder,
+                                    "term": grant.term})
+        self.engine.telemetry.lease_acquired(backend=self.lease.backend, term=grant.term)
         self.term = grant.term
         self.engine.leading_term = grant.term
         await self._digest_round()
@@ -281,10 +288,11 @@ class Leadership:
             self._lease_trouble(exc)
             still = False
         if not still:
-            await self._step_down(f"lease {self.lease.backend} lost at term {self.term}")
+            await self._step_down(f"lease {self.lease.backend} lost at term {self.term}",
+                                  cause="renew-failed")
             return
         if self._check_refusal():
-            await self._resign(self.refusal)
+            await self._resign(self.refusal, cause="released")
             return
         if self.engine.max_term_seen > self.term:
             await self._bump()
@@ -295,26 +303,30 @@ class Leadership:
         try:
             self.term = await self.lease.bump(min_term=self.engine.max_term_seen + 1)
         except errors.LeaseError as exc:
-            await self._step_down(f"could not move term {old} up: {exc}")
+            await self._step_down(f"could not move term {old} up: {exc}", cause="bump-failed")
             return
         self.engine.leading_term = self.term
         self.engine.note_term(self.term)
         self.engine.higher_term.clear()
-        log.warning("moved term %d -> %d above a higher term seen in the cluster", old, self.term)
+        log.warning("moved term %d -> %d above a higher term seen in the cluster", old, self.term,
+                    extra={"old_term": old, "term": self.term})
 
-    async def _step_down(self, reason: str) -> None:
+    async def _step_down(self, reason: str, *, cause: str) -> None:
+        """cause: telemetry.LOSS_REASONS (gossip_agent_lease_losses_total{reason})."""
         if not self.holds_lease:
             return
-        log.warning("stepping down: %s", reason)
+        log.warning("stepping down: %s", reason,
+                    extra={"reason": reason, "cause": cause, "term": self.term})
+        self.engine.telemetry.lease_lost(backend=self.lease.backend, reason=cause)
         self.term = 0
         self.engine.leading_term = 0
         self.engine.higher_term.clear()
         await self._stop_publishing(errors.NotLeader(f"this agent stopped leading: {reason}"))
         self.office_changed.set()
 
-    async def _resign(self, reason: str) -> None:
+    async def _resign(self, reason: str, *, cause: str) -> None:
         held = self.holds_lease
-        await self._step_down(reason)
+        await self._step_down(reason, cause=cause)
         if held:
             try:
                 await self.lease.release()
@@ -418,7 +430,8 @@ class Leadership:
         engine.membership.saw_version(address, now=engine.clock(), version=held)
         engine.note_term(max(ack.max_term_seen, held.term))
         if ack.result == pb.PushAck.STALE:
-            log.warning("peer %s refused a push as stale: it holds %s", address, held)
+            log.warning("peer %s refused a push as stale: it holds %s", address, held,
+                        extra={"peer": address, "held": str(held), "term": self.term})
         elif ack.result == pb.PushAck.NEED_FULL and address in self._workers:
             self._workers[address].resend_full()
         fired, self._ack_event = self._ack_event, asyncio.Event()

@@ -76,10 +76,11 @@ def agent_env(
 @contextlib.asynccontextmanager
 async def running_agents(
     count: int, *, lease_dir: Path | str, per_agent: Mapping[int, Mapping[str, str]] | None = None,
-    **extra: str,
+    ports: list[int] | None = None, **extra: str,
 ) -> AsyncIterator[list[agent_mod.Agent]]:
-    """`count` started agents listing each other in PEERS; all stopped on the way out."""
-    ports = localcluster.free_ports(count)
+    """`count` started agents listing each other in PEERS; all stopped on the way out.
+    `ports`: their gRPC ports, when the caller picked them with others in one batch."""
+    ports = ports or localcluster.free_ports(count)
     agents: list[agent_mod.Agent] = []
     before = asyncio.all_tasks()
     try:

@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from gossip_agent import config
+from gossip_agent.api import probes
 from tests.conftest import require
 from tests.unit import test_docs_and_manifests as docs
 
@@ -70,6 +71,14 @@ LEFT_AT_DEFAULT = {
     "REDIS_SENTINELS": "the redis overlay runs one Redis; set it for a Sentinel deployment",
     "REDIS_SENTINEL_MASTER": "only with REDIS_SENTINELS",
     "REDIS_TIMEOUT": "cluster default",
+    # operating a live agent (issue 7): the DaemonSet sets METRICS_PORT.
+    "LOG_FORMAT": "text reads well in `kubectl logs`; set json for a log collector",
+    "METRICS_HOST": "cluster default: every interface, so Prometheus can scrape the pod",
+    "AIOMONITOR_PORT": "the console is off in a cluster; turn it on to debug one pod",
+    "AIOMONITOR_HOST": "loopback: only `kubectl exec` reaches the console",
+    "AIOMONITOR_WEBUI_PORT": "only with AIOMONITOR_PORT",
+    "AIOMONITOR_CONSOLE_PORT": "only with AIOMONITOR_PORT",
+    "AIOMONITOR_PYTHON_CONSOLE": "a root Python REPL stays off unless an operator asks",
 }
 
 
@@ -186,8 +195,9 @@ def test_the_pod_learns_its_node_and_ip_from_the_downward_api() -> None:
 
 def test_probes_use_separate_grpc_health_services_for_readiness_and_liveness() -> None:
     agent = container(rendered("redis"))
-    assert agent["readinessProbe"]["grpc"] == {"port": 50051, "service": "gossip_agent.v1.Ready"}
-    assert agent["livenessProbe"]["grpc"] == {"port": 50051, "service": "gossip_agent.v1.Live"}
+    assert agent["readinessProbe"]["grpc"] == {"port": 50051, "service": probes.READY}
+    assert agent["livenessProbe"]["grpc"] == {"port": 50051, "service": probes.LIVE}
+    assert probes.READY != probes.LIVE
     assert {"name": "grpc", "containerPort": 50051, "protocol": "TCP"} in agent["ports"]
     requests = agent["resources"]["requests"]
     assert set(requests) == {"cpu", "memory"}
@@ -210,6 +220,18 @@ def test_each_overlays_env_is_a_valid_configuration_with_its_backend(
     assert (cfg.discovery.service, cfg.discovery.service_port) == (
         f"gossip-agent.{NAMESPACE}.svc.cluster.local", 50051)
     assert cfg.dataplane.mode == "bpf"
+
+
+def test_metrics_are_served_where_k8s_monitoring_and_the_annotations_scrape() -> None:
+    objects = rendered("redis")
+    template = one(objects, "DaemonSet")["spec"]["template"]
+    port = config.from_env(pod_env(objects)).observe.metrics_port
+    assert {"name": "metrics", "containerPort": port, "protocol": "TCP"} in container(
+        objects)["ports"]
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+    monitoring = kustomize(K8S / "monitoring")
+    (metrics_port,) = one(monitoring, "Service", "gossip-agent-metrics")["spec"]["ports"]
+    assert metrics_port["targetPort"] == port
 
 
 def test_the_bpffs_overlay_keeps_the_seeds_switch() -> None:
