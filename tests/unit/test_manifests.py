@@ -285,6 +285,7 @@ LEASE = "gossip-agent"  # COORDINATION_LEASE_NAME's default
 CONFIGMAP_RIGHTS = {
     (NAMESPACE, "", "configmaps", "get", CONFIGMAP),
     (NAMESPACE, "", "configmaps", "update", CONFIGMAP),
+    (NAMESPACE, "", "configmaps", "patch", CONFIGMAP),  # the mirror: a merge patch of data
     (NAMESPACE, "", "configmaps", "create", "*"),
 }
 LEASE_RIGHTS = {
