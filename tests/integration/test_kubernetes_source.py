@@ -10,6 +10,7 @@ publishes is checked exactly at every step.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -117,19 +118,26 @@ def source_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("source.kubernetes")]
 
 
+@contextlib.asynccontextmanager
+async def watching(source: kube_source.KubernetesSource) -> AsyncIterator[Published]:
+    """The source's watch() running as the agent runs it; cancelled (as at shutdown) after."""
+    published = Published()
+    task = asyncio.create_task(source.watch(published), name="source.kubernetes.test")
+    try:
+        yield published
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 @pytest_asyncio.fixture
 async def running(
     fake_kube: fakekube.FakeKube, kubeconfig: str, monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[tuple[kube_source.KubernetesSource, Published]]:
     monkeypatch.setenv("KUBECONFIG", kubeconfig)
     source = make_source()
-    published = Published()
-    task = asyncio.create_task(source.watch(published), name="source.kubernetes.test")
-    try:
+    async with watching(source) as published:
         yield source, published
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 def make_source(**overrides: Any) -> kube_source.KubernetesSource:
@@ -229,13 +237,8 @@ async def test_api_errors_are_retried_with_backoff_and_a_403_names_the_verb_and_
     fake_kube.create_object(service("web"))
     fake_kube.fail(status=403, verb="list", resource="endpointslices", times=2)
     fake_kube.fail(status=500, verb="list", resource="services", times=3)
-    source, published = make_source(), Published()
-    task = asyncio.create_task(source.watch(published), name="source.kubernetes.test")
-    try:
+    async with watching(make_source()) as published:
         await published.until({"default/web": 0}, "the list once the API recovers")
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("cannot list endpointslices.discovery.k8s.io in all namespaces: 403 Forbidden"
                in e and 'cannot list resource "endpointslices"' in e for e in errors), errors
@@ -249,10 +252,8 @@ async def test_a_burst_of_changes_is_coalesced(
 ) -> None:
     monkeypatch.setenv("KUBECONFIG", kubeconfig)
     window = 1.0
-    source, published = make_source(coalesce_window=window), Published()
     fake_kube.create_object(service("web"))
-    task = asyncio.create_task(source.watch(published), name="source.kubernetes.test")
-    try:
+    async with watching(make_source(coalesce_window=window)) as published:
         await published.until({"default/web": 0}, "the first list")
         started = time.monotonic()
         for index in range(40):
@@ -263,9 +264,6 @@ async def test_a_burst_of_changes_is_coalesced(
             await asyncio.sleep(0.01)
         burst = time.monotonic() - started
         await published.until({"default/web": 40}, "all forty endpoints")
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
     # Leading edge plus one table per window while the burst lasted, plus the trailing one.
     assert len(published.tables) - 1 <= 2 + int(burst / window), (burst, len(published.tables))
 
@@ -276,10 +274,9 @@ async def test_only_the_leader_watches_and_a_follower_makes_no_api_calls(
     monkeypatch.setenv("KUBECONFIG", kubeconfig)
     fake_kube.create_object(service("web"))
     office = Office(leading=False)
-    source, published = make_source(), Published()
+    source = make_source()
     source.follow(office)
-    task = asyncio.create_task(source.watch(published), name="source.kubernetes.test")
-    try:
+    async with watching(source) as published:
         await asyncio.sleep(0)  # let the source start: following, it must not call the API
         assert source.read() is None
         assert fake_kube.request_count(resource="services") == 0
@@ -296,9 +293,6 @@ async def test_only_the_leader_watches_and_a_follower_makes_no_api_calls(
         await published.until({"default/web": 0, "default/api": 0}, "a fresh list next term")
         assert fake_kube.request_count(verb="list") >= 4  # two kinds, listed in both terms
         assert fake_kube.request_count() > calls
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
     await until(lambda: not source_threads(), "the source's threads to end at cancellation")
 
 
@@ -312,10 +306,5 @@ async def test_namespaces_limit_what_is_watched(
         fake_kube.create_object(service("web", namespace=namespace))
         fake_kube.create_object(endpoint_slice("web-a", "web", {"10.0.0.1": True},
                                                namespace=namespace))
-    source, published = make_source(namespaces=("shop",)), Published()
-    task = asyncio.create_task(source.watch(published), name="source.kubernetes.test")
-    try:
+    async with watching(make_source(namespaces=("shop",))) as published:
         await published.until({"shop/web": 1}, "only the shop namespace")
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
