@@ -284,6 +284,8 @@ class Reflector:
             # headers cannot be cut; it ends at its first event or its timeout, and whatever
             # it still reads is dropped (aborted), so it is not waited for.
             await asyncio.wait((future,), timeout=ABORT_WAIT)
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved: a cut stream's error is expected here
             raise
 
     def _apply(self, watcher: ListWatch, kind: str, obj: dict[str, Any]) -> None:
