@@ -54,7 +54,8 @@ class Metrics:
         self._latency = prometheus_client.Histogram(
             f"{PREFIX}_adoption_latency_seconds",
             "Time from the leader's write of a snapshot to its adoption here (carried on the "
-            "wire as an age each hop adds its monotonic elapsed time to), by path.",
+            "wire as an age each hop adds its monotonic elapsed time to; time in flight between "
+            "hops is not counted), by path.",
             ["via"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self._apply = prometheus_client.Histogram(
             f"{PREFIX}_map_apply_duration_seconds",

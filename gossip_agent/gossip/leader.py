@@ -69,13 +69,16 @@ class Publication:
     without names (names_omitted), and as a delta against the previous publication when the
     keys are unchanged (Snapshot.base). In steady state only the small delta is ever encoded."""
 
-    def __init__(self, snapshot: snapshots.Snapshot, delta: snapshots.Delta | None) -> None:
+    def __init__(
+        self, snapshot: snapshots.Snapshot, delta: snapshots.Delta | None, *, written_ns: int
+    ) -> None:
         self.snapshot = snapshot
         self.version = snapshot.version
         self.names_hash = snapshot.names_hash
         self.base = delta.base if delta is not None else None
         self.delta = wire.delta_to_pb(delta).SerializeToString() if delta is not None else b""
-        self.written_ns = time.monotonic_ns()  # Snapshot.age_us on the wire counts from here
+        # The leader's write (WriteResponse.written_monotonic_ns): Snapshot.age_us counts from it.
+        self.written_ns = written_ns
 
     @functools.cached_property
     def full(self) -> bytes:
@@ -405,7 +408,7 @@ class Leadership:
     def _encode(self, snapshot: snapshots.Snapshot) -> Publication:
         previous, self._previous = self._previous, snapshot
         delta = snapshots.delta_between(previous, snapshot) if previous is not None else None
-        return Publication(snapshot, delta)
+        return Publication(snapshot, delta, written_ns=self._published_ns)
 
     def _ack_sample(self) -> set[str]:
         """ACK_SAMPLE live peers, rotating so every peer is asked now and then."""

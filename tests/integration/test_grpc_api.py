@@ -108,6 +108,17 @@ async def settle(before: set[asyncio.Task[Any]]) -> None:
         await asyncio.wait(pending, timeout=2.0)
 
 
+async def finish_stop(
+    agent: agent_mod.Agent, stopping: asyncio.Task[None] | None, before: set[asyncio.Task[Any]]
+) -> None:
+    """Teardown of a test that may have begun stopping `agent` itself (`stopping`)."""
+    if stopping is None:
+        await agent.stop()
+    elif not stopping.done():
+        await stopping
+    await settle(before)
+
+
 def address(agent: agent_mod.Agent) -> str:
     return f"127.0.0.1:{agent.port}"
 
@@ -692,11 +703,7 @@ async def test_health_turns_not_serving_when_stop_begins_then_the_server_goes(
                 health.Check(health_pb2.HealthCheckRequest(), timeout=RPC_DEADLINE),
                 grpc.StatusCode.UNAVAILABLE)
     finally:
-        if stopping is None:
-            await agent.stop()
-        elif not stopping.done():
-            await stopping
-        await settle(before)
+        await finish_stop(agent, stopping, before)
 
 
 async def test_bpffs_agents_that_see_a_peer_on_another_host_refuse_to_lead(bpf_root: str) -> None:

@@ -9,10 +9,12 @@ tmp_path); ports are picked beforehand.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 import subprocess
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc.aio
@@ -23,17 +25,20 @@ from prometheus_client import parser as prom_parser
 from gossip_agent import agent as agent_mod
 from gossip_agent import config, localcluster
 from gossip_agent.api import probes
+from gossip_agent.v1 import gossip_pb2 as pb
 from tests.conftest import require
 from tests.integration.test_grpc_api import (
     RPC_DEADLINE,
     address,
     agent_env,
+    finish_stop,
     get_state,
     lease_held_by_test,
     poll,
     running_agents,
     set_service,
     settle,
+    state_stub,
     wait_for_leader,
 )
 from tests.unit.test_monitoring_manifests import documented_metrics
@@ -46,12 +51,17 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 GOSSIP_DEADLINE = 6.0
 
 
-def with_metrics(count: int) -> tuple[list[int], list[int], dict[int, dict[str, str]]]:
-    """gRPC ports, metrics ports and the per-agent env, picked in one batch (distinct)."""
+@contextlib.asynccontextmanager
+async def metered_agents(
+    count: int, tmp_path: Path
+) -> AsyncIterator[tuple[list[agent_mod.Agent], list[int]]]:
+    """Running agents with /metrics on, and each one's metrics port (all ports distinct: one
+    batch)."""
     ports = localcluster.free_ports(2 * count)
-    grpc_ports, metrics_ports = ports[:count], ports[count:]
-    env = {i: {"METRICS_PORT": str(port)} for i, port in enumerate(metrics_ports)}
-    return grpc_ports, metrics_ports, env
+    env = {i: {"METRICS_PORT": str(port)} for i, port in enumerate(ports[count:])}
+    async with running_agents(count, lease_dir=tmp_path, per_agent=env,
+                              ports=ports[:count]) as agents:
+        yield agents, ports[count:]
 
 
 async def scrape(port: int) -> str:
@@ -94,8 +104,7 @@ def promtool_check(text: str) -> None:
 async def test_metrics_of_a_cluster_pass_promtool_and_match_what_each_agent_holds(
     tmp_path: Path,
 ) -> None:
-    grpc_ports, ports, env = with_metrics(3)
-    async with running_agents(3, lease_dir=tmp_path, per_agent=env, ports=grpc_ports) as agents:
+    async with metered_agents(3, tmp_path) as (agents, ports):
         leader = await wait_for_leader(agents)
         written = await set_service(address(leader), "10.96.0.10", 3, "default/web")
         followers = [a for a in agents if a is not leader]
@@ -136,6 +145,38 @@ async def test_metrics_of_a_cluster_pass_promtool_and_match_what_each_agent_hold
         parsed = samples(await scrape(ports[agents.index(leader)]))
         assert value(parsed, "gossip_agent_messages_sent_total", kind="push", result="ok") >= 2
         assert value(parsed, "gossip_agent_sent_bytes_total", kind="push") > 0
+    # Stopped: the leader released its lease on the way out, and counted it.
+    assert leader.observer.metrics is not None
+    parsed = samples(leader.observer.metrics.render()[0].decode())
+    assert value(parsed, "gossip_agent_lease_losses_total", backend="bpffs",
+                 reason="released") == 1
+
+
+async def test_adoption_latency_is_the_time_since_the_leaders_write_but_the_wire(
+    tmp_path: Path,
+) -> None:
+    # In-process agents share this host's CLOCK_MONOTONIC, so the real latency of one write is
+    # known: applied_monotonic_ns (GetHistory) - written_monotonic_ns (WriteResponse). The
+    # carried age adds only the time each agent held the snapshot, never the time on the wire.
+    async with metered_agents(2, tmp_path) as (agents, ports):
+        leader = await wait_for_leader(agents)
+        (follower,) = [a for a in agents if a is not leader]
+        port = ports[agents.index(follower)]
+        before = samples(await scrape(port))
+        written = await set_service(address(leader), "10.96.0.20", 1)
+        await poll("the follower to adopt the write",
+                   lambda: _all_hold([follower], written.version.seq), timeout=GOSSIP_DEADLINE)
+        after = samples(await scrape(port))
+        async with state_stub(address(follower)) as stub:
+            history = await stub.GetHistory(pb.GetHistoryRequest(), timeout=RPC_DEADLINE)
+    (event,) = [e for e in history.events if e.version.seq == written.version.seq]
+    real = (event.applied_monotonic_ns - written.written_monotonic_ns) / 1e9
+    name = "gossip_agent_adoption_latency_seconds"
+    counted = (value(after, f"{name}_count", via="push")
+               - value(before, f"{name}_count", via="push"))
+    age = value(after, f"{name}_sum", via="push") - value(before, f"{name}_sum", via="push")
+    assert counted == 1
+    assert 0 < age <= real + 1e-6, f"carried age {age * 1e3:.3f} ms, real {real * 1e3:.3f} ms"
 
 
 async def _all_hold(agents: list[agent_mod.Agent], seq: int) -> bool:
@@ -146,8 +187,7 @@ async def _all_hold(agents: list[agent_mod.Agent], seq: int) -> bool:
 async def test_every_metric_is_documented_in_the_readme_and_every_documented_one_exists(
     tmp_path: Path,
 ) -> None:
-    grpc_ports, ports, env = with_metrics(1)
-    async with running_agents(1, lease_dir=tmp_path, per_agent=env, ports=grpc_ports) as agents:
+    async with metered_agents(1, tmp_path) as (agents, ports):
         await wait_for_leader(agents)
         text = await scrape(ports[0])
     # The names as exposed, from the TYPE lines (counters with _total, the info with _info).
@@ -159,17 +199,22 @@ async def test_every_metric_is_documented_in_the_readme_and_every_documented_one
         f"documented but not exposed: {sorted(documented - exposed)}")
 
 
-async def test_a_metrics_port_in_use_stops_the_start_naming_the_variable(
-    tmp_path: Path,
+@pytest.mark.parametrize("variable", ["METRICS_PORT", "AIOMONITOR_PORT",
+                                      "AIOMONITOR_WEBUI_PORT"])
+async def test_a_metrics_or_console_port_in_use_stops_the_start_naming_the_variable(
+    tmp_path: Path, variable: str,
 ) -> None:
-    ports = localcluster.free_ports(2)
+    ports = localcluster.free_ports(5)
+    taken = {"METRICS_PORT": ports[1], "AIOMONITOR_PORT": ports[2],
+             "AIOMONITOR_WEBUI_PORT": ports[3]}[variable]
     before = asyncio.all_tasks()
-    blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", ports[1])
+    blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", taken)
     agent = agent_mod.Agent(config.from_env(agent_env(
-        node="node-0", port=ports[0], peers=[], lease_dir=tmp_path,
-        METRICS_PORT=str(ports[1]), METRICS_HOST="127.0.0.1")))
+        node="node-0", port=ports[0], peers=[], lease_dir=tmp_path, METRICS_HOST="127.0.0.1",
+        METRICS_PORT=str(ports[1]), AIOMONITOR_PORT=str(ports[2]),
+        AIOMONITOR_WEBUI_PORT=str(ports[3]), AIOMONITOR_CONSOLE_PORT=str(ports[4]))))
     try:
-        with pytest.raises(OSError, match=f"METRICS_PORT {ports[1]}"):
+        with pytest.raises(OSError, match=f"{variable} {taken}"):
             await agent.start()
     finally:
         await agent.stop()
@@ -224,11 +269,7 @@ async def test_a_cold_agent_is_live_but_not_ready_until_it_leads_and_not_ready_a
             watch.cancel()
             await stopping
     finally:
-        if stopping is None:
-            await agent.stop()
-        elif not stopping.done():
-            await stopping
-        await settle(before)
+        await finish_stop(agent, stopping, before)
 
 
 async def _health_is(agent: agent_mod.Agent, service: str, status: int) -> bool:
