@@ -142,8 +142,10 @@ def service_view(service: Mapping[str, Any]) -> Entry | Skip | None:
     if spec.get("type") == "ExternalName":
         return Skip(full_name, "an ExternalName Service has no ClusterIP")
     ips = list(spec.get("clusterIPs") or []) or [spec.get("clusterIP") or ""]
-    if ips[0] in ("None", ""):
+    if ips[0] == "None":
         return Skip(full_name, "headless (clusterIP None): no ClusterIP to match")
+    if ips[0] == "":
+        return Skip(full_name, "no ClusterIP assigned")
     for ip in ips:
         if _is_ipv4(ip):
             return Entry(snapshots.parse_ip(ip), full_name, opt_in)

@@ -19,10 +19,13 @@ OPT_IN = {services.REFERENCE: "deployment/web", services.SCALE_DOWN_TIME: "60"}
 def service(name: str = "web", *, namespace: str = "default", ip: str | list[str] = "10.96.0.10",
             annotations: dict[str, str] | None = None, kind: str = "ClusterIP") -> dict[str, Any]:
     ips = ip if isinstance(ip, list) else [ip]
+    spec: dict[str, Any] = {"type": kind, "clusterIPs": ips}
+    if ips:
+        spec["clusterIP"] = ips[0]
     return {
         "metadata": {"name": name, "namespace": namespace,
                      "annotations": OPT_IN if annotations is None else annotations},
-        "spec": {"type": kind, "clusterIP": ips[0], "clusterIPs": ips},
+        "spec": spec,
     }
 
 
@@ -89,6 +92,7 @@ def test_a_dual_stack_service_with_an_ipv6_primary_uses_its_ipv4_address() -> No
 
 @pytest.mark.parametrize(("svc", "reason"), [
     (service(ip="None"), "headless"),
+    (service(ip=[]), "no ClusterIP assigned"),
     (service(ip="fd00::10"), "no IPv4 ClusterIP"),
     (service(ip="", kind="ExternalName"), "ExternalName"),
     (service(annotations={services.REFERENCE: "deployment/web", services.SCALE_DOWN_TIME: "x"}),
