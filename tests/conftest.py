@@ -103,6 +103,7 @@ def kubeconfig(fake_kube, tmp_path) -> str:  # type: ignore[no-untyped-def]
     return str(fake_kube.write_kubeconfig(str(tmp_path / "kubeconfig")))
 
 
+@pytest.fixture
 def redis_server() -> Iterator[redisserver.RedisServer]:
     """A fresh redis-server on a free loopback port (no persistence), killed by PID after."""
     require(redisserver.available(), "redis-server (Debian package redis-server)")
