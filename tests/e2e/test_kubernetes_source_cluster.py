@@ -8,6 +8,7 @@ pinned SERVICE_LIST directly (bpf(), independently of the agents).
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -96,3 +97,42 @@ async def test_service_changes_on_the_api_reach_every_agents_map_and_a_410_relis
                    lc.pins_hold(agents, {lc.key(other): 2}, (1, 4)),
                    timeout=BOUND, running=agents)
     assert api.request_count(verb="list") == lists + 2  # a relist per kind, by one agent
+
+
+async def test_a_new_leader_takes_over_the_watch_and_no_map_goes_blank(
+    start_cluster: Callable[..., localcluster.LocalCluster],  # noqa: F811
+    clients: lc.Clients,  # noqa: F811
+    api: fakekube.FakeKube, tmp_path: Path,
+) -> None:
+    web = "10.96.6.10"
+    api.create_object(service("web", web))
+    api.create_object(endpoint_slice("web-a", "web", {"10.0.0.1": True}))
+    kubeconfig = api.write_kubeconfig(str(tmp_path / "kubeconfig"))
+    cluster = start_cluster(3, {"SOURCE": "kubernetes", "KUBECONFIG": kubeconfig})
+    await lc.wait_serving(clients, cluster.agents)
+    await lc.until("every map to hold web", lc.pins_hold(cluster.agents, {lc.key(web): 1}, (1, 1)),
+                   timeout=BOUND, running=cluster.agents)
+    leader_address, before = await localcluster.find_leader(cluster.addresses, timeout=BOUND)
+    old = lc.agent_at(cluster, leader_address)
+    survivors = [a for a in cluster.agents if a is not old]
+    lists = api.request_count(verb="list")
+
+    async def survivors_maps() -> dict[str, dict[str, int]]:
+        return {a.node: lc.show(lc.pin_table(a.pin_dir)) for a in survivors}
+
+    # Every survivor's pinned map, sampled through the whole takeover: the new leader starts
+    # from the snapshot it holds, never from an empty table while its first list runs.
+    async with lc.Sampler("e2e.survivor-maps", survivors_maps, interval=0.02) as maps:
+        old.signal(signal.SIGKILL)
+        assert await lc.wait_exit(old, timeout=5) == -signal.SIGKILL
+        _, after = await localcluster.find_leader(
+            [a.address for a in survivors], BOUND)
+        assert after.term > before.term
+        replace_slice(api, endpoint_slice("web-a", "web", {"10.0.0.1": True, "10.0.0.2": True}))
+        await lc.until("the new leader's watch to bring web's second replica to every survivor",
+                       lc.pins_hold(survivors, {lc.key(web): 2}, (after.term, 1)),
+                       timeout=BOUND, running=survivors)
+    tables = [table for _, sample in maps.samples for table in sample.values()]
+    assert len(maps.samples) > 3
+    assert all(table in ({web: 1}, {web: 2}) for table in tables), tables
+    assert api.request_count(verb="list") == lists + 2  # the new leader listed both kinds, once
