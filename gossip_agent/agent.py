@@ -99,6 +99,7 @@ def open_source(cfg: config_mod.Config) -> source_base.Source:
             namespaces=cfg.source.namespaces, watch_timeout=cfg.source.watch_timeout,
             backoff_base=cfg.source.backoff_base, backoff_cap=cfg.source.backoff_cap,
             coalesce_window=cfg.gossip.coalesce_window, max_entries=cfg.dataplane.max_entries,
+            node=cfg.node.name,
         )
     if cfg.source.kind == "file":
         return file_source.FileSource(

@@ -322,6 +322,7 @@ class KubernetesSource:
         backoff_cap: float,
         coalesce_window: float,
         max_entries: int,
+        node: str = "",
         api_factory: Callable[[], kubernetes.client.ApiClient] = new_api_client,
         rng: random.Random | None = None,
     ) -> None:
@@ -330,6 +331,7 @@ class KubernetesSource:
         self.backoff = peers.BackoffPolicy(base=backoff_base, cap=backoff_cap)
         self.coalesce_window = coalesce_window
         self.max_entries = max_entries
+        self.node = node
         self.rng = rng or random.Random()
         self._api_factory = api_factory
         self._api: kubernetes.client.ApiClient | None = None
@@ -365,7 +367,10 @@ class KubernetesSource:
 
     def api(self) -> kubernetes.client.ApiClient:
         if self._api is None:
-            self._api = self._api_factory()  # SourceUnavailable: the reflector backs off
+            api = self._api_factory()  # SourceUnavailable: the reflector backs off
+            # The API server's audit log shows which agent asked, and for what.
+            api.user_agent = f"gossip-agent/{self.node or '-'} source"
+            self._api = api
         return self._api
 
     def blocking(self, call: Callable[..., Any], **kwargs: Any) -> asyncio.Future[Any]:

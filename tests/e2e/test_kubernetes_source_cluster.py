@@ -70,9 +70,14 @@ async def test_service_changes_on_the_api_reach_every_agents_map_and_a_410_relis
     await lc.until("every map to hold the listed services",
                    lc.pins_hold(agents, {lc.key(web): 2, lc.key(other): 0}, (1, 1)),
                    timeout=BOUND, running=agents)
-    # Only the leader lists and watches: one list per kind, not one per agent.
+    # Only the leader lists and watches: one list per kind, not one per agent, all by it.
     assert api.request_count(verb="list", resource="services") == 1
     assert api.request_count(verb="list", resource="endpointslices") == 1
+    _, leader = await localcluster.find_leader(cluster.addresses, timeout=BOUND)
+    source_calls = api.request_count(user_agent=" source")
+    assert source_calls >= 4  # two lists, two watches
+    assert api.request_count(user_agent=f"gossip-agent/{leader.leader_node} source") == (
+        source_calls)
 
     replace_slice(api, endpoint_slice("web-a", "web", {"10.0.0.1": False, "10.0.0.2": False}))
     await lc.until("web scaled to zero everywhere",
@@ -96,7 +101,11 @@ async def test_service_changes_on_the_api_reach_every_agents_map_and_a_410_relis
     await lc.until("the relisted state everywhere",
                    lc.pins_hold(agents, {lc.key(other): 2}, (1, 4)),
                    timeout=BOUND, running=agents)
-    assert api.request_count(verb="list") == lists + 2  # a relist per kind, by one agent
+    # Each kind relists on its own 410 (one may land after the table above was published).
+    await lc.until("a relist of each kind", lambda: (
+        api.request_count(verb="list") >= lists + 2, api.request_count(verb="list")),
+        timeout=BOUND)
+    assert api.request_count(verb="list") == lists + 2  # once per kind, by one agent
 
 
 async def test_a_new_leader_takes_over_the_watch_and_no_map_goes_blank(
@@ -135,4 +144,7 @@ async def test_a_new_leader_takes_over_the_watch_and_no_map_goes_blank(
     tables = [table for _, sample in maps.samples for table in sample.values()]
     assert len(maps.samples) > 3
     assert all(table in ({web: 1}, {web: 2}) for table in tables), tables
+    await lc.until("the new leader's list of each kind", lambda: (
+        api.request_count(verb="list") >= lists + 2, api.request_count(verb="list")),
+        timeout=BOUND)
     assert api.request_count(verb="list") == lists + 2  # the new leader listed both kinds, once
