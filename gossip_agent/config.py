@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from gossip_agent import errors
-from gossip_agent.core import addresses
+from gossip_agent.core import addresses, services
 
 PROFILES = ("cluster", "local")
 BACKENDS = ("bpffs", "redis")
@@ -125,7 +124,7 @@ def _dns_server(value: str) -> str:
 def _namespaces(value: str) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
     for name in names:
-        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", name):
+        if not services.is_dns_label(name):
             raise ValueError(f"{name!r} is not a namespace name (DNS-1123 label)")
     return names
 

@@ -100,7 +100,7 @@ def parse_reference(value: str | None, *, namespace: str) -> tuple[str, str, str
     if kind not in WORKLOAD_KINDS:
         raise errors.AnnotationInvalid(
             f"{REFERENCE}={value!r}: kind {kind!r} is not one of {', '.join(WORKLOAD_KINDS)}")
-    if not _LABEL.fullmatch(workload_namespace):
+    if not is_dns_label(workload_namespace):
         raise errors.AnnotationInvalid(
             f"{REFERENCE}={value!r}: {workload_namespace!r} is not a namespace name")
     if not _is_subdomain(name):
@@ -108,8 +108,13 @@ def parse_reference(value: str | None, *, namespace: str) -> tuple[str, str, str
     return kind, workload_namespace, name
 
 
+def is_dns_label(name: str) -> bool:
+    """A DNS-1123 label, as namespace and Service names must be."""
+    return _LABEL.fullmatch(name) is not None
+
+
 def _is_subdomain(name: str) -> bool:
-    return len(name) <= 253 and all(_LABEL.fullmatch(part) for part in name.split("."))
+    return len(name) <= 253 and all(is_dns_label(part) for part in name.split("."))
 
 
 def parse_scale_down_time(value: str | None) -> int:
