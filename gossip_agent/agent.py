@@ -38,6 +38,7 @@ from gossip_agent.gossip import antientropy, discovery, transport
 from gossip_agent.gossip import engine as engine_mod
 from gossip_agent.gossip import leader as leader_mod
 from gossip_agent.gossip import mirror as mirror_mod
+from gossip_agent.gossip import proof as proof_mod
 from gossip_agent.leases import base as lease_base
 from gossip_agent.scaleup import service as scaleup
 from gossip_agent.security import setup as security_setup
@@ -182,6 +183,7 @@ class Agent:
             rpc_timeout=cfg.gossip.rpc_timeout, rng=self.rng,
             telemetry=self.observer.telemetry,
         )
+        self.engine.proof = proof_mod.TermProof(lease=self.lease, on_refused=self._unproven)
         self.leadership = leader_mod.Leadership(
             engine=self.engine, lease=self.lease, source=self.source,
             timing=leader_mod.Timing(
@@ -222,6 +224,9 @@ class Agent:
                                     self.security.server_credentials())
         self.tasks: list[asyncio.Task[Any]] = []
         self.failed = asyncio.Event()  # a long-running task crashed: the process must exit
+
+    def _unproven(self) -> None:
+        self.engine.stats.rejected["unproven-term"] += 1
 
     async def start(self) -> None:
         self.engine.load()

@@ -72,3 +72,7 @@ class AnnotationInvalid(GossipAgentError):
 
 class SourceUnavailable(GossipAgentError):
     """The source's backing API cannot be reached or refused a call; retried with backoff."""
+
+
+class TermUnproven(GossipAgentError):
+    """A snapshot's term and leader are not what the lease backend records (gossip/proof.py)."""

@@ -170,9 +170,12 @@ class AgentCollector(registry.Collector):
             kind, _, result = key.partition(":")
             received.add_metric([kind, result], count)
         yield received
-        yield _counter("messages_rejected", "Snapshots refused as invalid (bad version, "
-                       "table, hash or size); the sender got INVALID_ARGUMENT.",
-                       ["reason"], [(("invalid",), stats.rejected["invalid"])])
+        yield _counter("messages_rejected", "Messages refused: invalid (bad version, table, "
+                       "hash or size: INVALID_ARGUMENT), cluster (another CLUSTER_ID: "
+                       "FAILED_PRECONDITION), unproven-term (term and leader not in the lease "
+                       "record: FAILED_PRECONDITION).", ["reason"],
+                       [((reason,), stats.rejected[reason])
+                        for reason in ("invalid", "cluster", "unproven-term")])
         yield _counter("messages_sent", "Snapshots sent: leader pushes (ok, failed) and "
                        "snapshots sent inside anti-entropy exchanges.", ["kind", "result"],
                        [(("push", "ok"), stats.pushes_sent),

@@ -58,6 +58,8 @@ def gossip_handler(
                 engine.stats.bytes_received["push"] += len(payload)
                 try:
                     message = wire.parse(pb.Snapshot, payload)
+                    if engine.needs_proof(message):  # a new (term, leader): one lease read
+                        await engine.prove(message, sender=context.peer())
                     ack = engine.handle_push(message)
                 except errors.GossipAgentError as exc:
                     await abort(context, exc)
@@ -67,7 +69,9 @@ def gossip_handler(
     async def push(payload: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> pb.PushAck:
         engine.stats.bytes_received["push"] += len(payload)
         try:
-            return engine.handle_push(wire.parse(pb.Snapshot, payload))
+            message = wire.parse(pb.Snapshot, payload)
+            await engine.prove(message, sender=context.peer())
+            return engine.handle_push(message)
         except errors.GossipAgentError as exc:
             await abort(context, exc)
 
@@ -76,7 +80,10 @@ def gossip_handler(
     ) -> pb.ExchangeReply:
         engine.stats.bytes_received["exchange"] += len(payload)
         try:
-            return engine.handle_exchange(wire.parse(pb.ExchangeRequest, payload))
+            request = wire.parse(pb.ExchangeRequest, payload)
+            if request.HasField("snapshot"):
+                await engine.prove(request.snapshot, sender=context.peer())
+            return engine.handle_exchange(request)
         except errors.GossipAgentError as exc:
             await abort(context, exc)
 

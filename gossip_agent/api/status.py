@@ -16,6 +16,7 @@ CODES: dict[type[errors.GossipAgentError], grpc.StatusCode] = {
     errors.ShuttingDown: grpc.StatusCode.UNAVAILABLE,
     errors.DataPlaneError: grpc.StatusCode.INTERNAL,
     errors.ReportInvalid: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.TermUnproven: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 

@@ -24,6 +24,7 @@ from gossip_agent import errors
 from gossip_agent import telemetry as telemetry_mod
 from gossip_agent.core import diff, peers, snapshots, versions
 from gossip_agent.dataplane import base as dataplane_base
+from gossip_agent.gossip import proof as proof_mod
 from gossip_agent.gossip import transport, wire
 from gossip_agent.v1 import gossip_pb2 as pb
 
@@ -120,6 +121,8 @@ class Engine:
         # A version recovered from the map has no known age (and no snapshot to pass on).
         self._held_age_us = 0
         self._held_at_ns: int | None = None
+        # Terms proven against the lease record (gossip/proof.py); None: believed (simulations).
+        self.proof: proof_mod.TermProof | None = None
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -277,6 +280,28 @@ class Engine:
         """Waits for the next adoption (WatchState)."""
         await self._changed.wait()
 
+    def needs_proof(self, message: pb.Snapshot) -> bool:
+        """Whether a snapshot must be proven before it is judged: one that could be adopted
+        (term not below what is held) under a (term, leader) pair not proven yet."""
+        proof, term = self.proof, message.version.term
+        return (proof is not None and term >= self.held.version.term
+                and not proof.known(term=term, leader=message.leader))
+
+    async def prove(self, message: pb.Snapshot, *, sender: str) -> None:
+        """Raises errors.TermUnproven when the lease record does not show the snapshot's term
+        and leader (one backend read per new pair)."""
+        if self.proof is not None and self.needs_proof(message):
+            await self.proof.check(term=message.version.term, leader=message.leader,
+                                   sender=sender)
+
+    def note_claimed_term(self, term: int) -> None:
+        """A term a peer says it has seen (digest, ack): noted once the record shows one as
+        high, so a made-up term cannot push this agent's next term up to it."""
+        if self.proof is None:
+            self.note_term(term)
+        elif term > self.max_term_seen:
+            self.proof.claimed(term, accept=self.note_term)
+
     def note_term(self, term: int) -> None:
         if term > self.max_term_seen:
             self.max_term_seen = term
@@ -349,7 +374,7 @@ class Engine:
             node=theirs.node, version=wire.version_from_pb(theirs.version),
             boot_id=theirs.boot_id, leader=theirs.leader,
         ))
-        self.note_term(theirs.max_term_seen)
+        self.note_claimed_term(theirs.max_term_seen)
 
     # -- anti-entropy (calling side) ---------------------------------------------------------
 
@@ -362,6 +387,7 @@ class Engine:
             self._learn(reply.digest, address=address)
             if reply.HasField("snapshot"):
                 self.stats.pulls += 1
+                await self.prove(reply.snapshot, sender=address)
                 self.receive(wire.snapshot_from_pb(reply.snapshot), via="pull",
                              age_us=reply.snapshot.age_us)
             elif self._newer_than(reply.digest) and self.held.snapshot is not None:

@@ -435,7 +435,8 @@ class Leadership:
         engine = self.engine
         held = wire.version_from_pb(ack.held)
         engine.membership.saw_version(address, now=engine.clock(), version=held)
-        engine.note_term(max(ack.max_term_seen, held.term))
+        # What a peer says it holds or saw is a claim (gossip/proof.py bounds it).
+        engine.note_claimed_term(max(held.term, ack.max_term_seen))
         if ack.result == pb.PushAck.STALE:
             log.warning("peer %s refused a push as stale: it holds %s", address, held,
                         extra={"peer": address, "held": str(held), "term": self.term})

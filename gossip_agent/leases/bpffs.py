@@ -164,6 +164,14 @@ def _backend_errors(path: str) -> Iterator[None]:
         raise errors.LeaseUnavailable(f"bpffs lease {path}: {exc}") from exc
 
 
+def store_record(lease_dir: str, record: base.LeaseRecord) -> None:
+    """Writes the record as the lock's holder does; the caller must hold the lock (tests that
+    stand in for a leader)."""
+    store, _ = _choose_store(lease_dir)
+    with _backend_errors(store.path):
+        store.write(record)
+
+
 def _choose_store(lease_dir: str) -> tuple[_RecordStore, str]:
     with _backend_errors(lease_dir):
         on_bpffs = bpfsys.is_bpffs(lease_dir)

@@ -32,7 +32,9 @@ from gossip_agent import config, errors, localcluster
 from gossip_agent.core import snapshots, versions
 from gossip_agent.dataplane import bpfsys
 from gossip_agent.gossip import wire
+from gossip_agent.leases import base as lease_base
 from gossip_agent.leases import bpffs
+from gossip_agent.security import setup as security_setup
 from gossip_agent.v1 import gossip_pb2 as pb
 from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc
 from tests.conftest import require
@@ -124,10 +126,15 @@ def address(agent: agent_mod.Agent) -> str:
 
 
 @contextlib.contextmanager
-def lease_held_by_test(lease_dir: Path) -> Iterator[None]:
-    """Holds the agents' lease lock from this test (no record written): nobody can lead."""
+def lease_held_by_test(lease_dir: Path, *, term: int | None = None) -> Iterator[None]:
+    """Holds the agents' lease lock from this test: nobody can lead. `term`: the record also
+    names "test-leader" at that term, so the snapshots the test pushes as that leader are
+    proven (gossip/proof.py); without it no record is written."""
     fd = bpfsys.lock_directory(os.path.join(lease_dir, bpffs.LOCK_DIR))
     assert fd is not None, f"lease lock in {lease_dir} is already held"
+    if term is not None:
+        bpffs.store_record(str(lease_dir), lease_base.LeaseRecord(
+            "test-leader#test", term, time.time()))
     try:
         yield
     finally:
@@ -397,7 +404,7 @@ async def test_write_beyond_map_capacity_is_resource_exhausted_and_changes_nothi
 async def test_pushes_that_break_the_contract_are_refused_and_change_nothing(
     tmp_path: Path,
 ) -> None:
-    with lease_held_by_test(tmp_path):
+    with lease_held_by_test(tmp_path, term=5):
         async with running_agents(1, lease_dir=tmp_path, MAP_MAX_ENTRIES="2",
                                   MAX_MESSAGE_BYTES="4096") as (agent,):
             target = address(agent)
@@ -461,7 +468,7 @@ def _padded(snapshot: pb.Snapshot, size: int) -> bytes:
 async def test_push_stream_refuses_a_malformed_message_with_invalid_argument(
     tmp_path: Path,
 ) -> None:
-    with lease_held_by_test(tmp_path):
+    with lease_held_by_test(tmp_path, term=3):
         async with running_agents(1, lease_dir=tmp_path) as (agent,):
             target = address(agent)
             before = await get_state(target)
@@ -492,7 +499,7 @@ async def test_push_stream_refuses_a_malformed_message_with_invalid_argument(
 async def test_push_adopts_newer_refuses_older_as_stale_and_acks_repeats_as_duplicate(
     tmp_path: Path,
 ) -> None:
-    with lease_held_by_test(tmp_path):
+    with lease_held_by_test(tmp_path, term=4):
         async with running_agents(1, lease_dir=tmp_path) as (agent,):
             target = address(agent)
             newer = snapshot_bytes(4, 2, {ip("10.96.0.5"): 5}, names={ip("10.96.0.5"): "a/b"})
@@ -523,7 +530,7 @@ async def test_push_adopts_newer_refuses_older_as_stale_and_acks_repeats_as_dupl
 async def test_watch_state_streams_the_current_version_then_each_adopted_one(
     tmp_path: Path,
 ) -> None:
-    with lease_held_by_test(tmp_path):
+    with lease_held_by_test(tmp_path, term=2):
         async with running_agents(1, lease_dir=tmp_path) as (agent,):
             target = address(agent)
             await push_raw(target, snapshot_bytes(2, 1, {ip("10.96.0.1"): 1}))
@@ -643,7 +650,9 @@ async def test_cluster_on_pinned_bpf_maps_serves_writes_from_its_maps(bpf_root: 
                 written.version.term, written.version.seq)
         async with state_stub(address(leader)) as stub:
             lease = await stub.GetLeader(pb.GetLeaderRequest(), timeout=RPC_DEADLINE)
-        assert lease.backend == "bpffs" and lease.is_self and lease.note == ""
+        # No lease warning on real bpffs; only the plaintext announcement (no TLS here).
+        assert lease.backend == "bpffs" and lease.is_self
+        assert lease.note == security_setup.PLAINTEXT_NOTE
 
 
 # -- 7. exclusivity -----------------------------------------------------------------------------

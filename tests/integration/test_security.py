@@ -8,7 +8,6 @@ another CA, an expired certificate). Clients are real grpc channels, grpcurl and
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from gossip_agent.testing import certs
 from gossip_agent.v1 import gossip_pb2 as pb
 from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc
 from tests.conftest import require
+from tests.integration.conftest import Pki
 from tests.integration.test_grpc_api import (
     CONVERGE_DEADLINE,
     ELECTION_DEADLINE,
@@ -38,32 +38,6 @@ pytestmark = pytest.mark.integration
 # Client channels re-read their files at most once per tls.CHECK_INTERVAL (1 s), the server at
 # every handshake; a rotation is live everywhere within about 2 s: 3x plus the usual margin.
 ROTATION_DEADLINE = 10.0
-
-
-@dataclasses.dataclass
-class Pki:
-    directory: Path
-    ca: certs.Authority
-    other: certs.Authority
-
-    def factory(self, leaf: certs.Issued, *, ca: Path | None = None) -> tls.ChannelFactory:
-        return tls.ChannelFactory(tls.TlsFiles(cert=str(leaf.cert), key=str(leaf.key),
-                                               ca=str(ca or self.ca.cert)))
-
-    def agent_env(self, count: int) -> dict[int, dict[str, str]]:
-        return {i: certs.tls_env(ca=self.ca, leaf=self.ca.issue(self.directory, f"node-{i}"))
-                for i in range(count)}
-
-    @property
-    def admin(self) -> tls.ChannelFactory:
-        return self.factory(self.ca.issue(self.directory, "gossip-agent-admin", dns=()))
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> Pki:
-    directory = tmp_path / "pki"
-    return Pki(directory, certs.authority(directory),
-               certs.authority(directory / "other", "other-ca"))
 
 
 async def get_state(factory: tls.ChannelFactory, target: str) -> pb.GetStateResponse:

@@ -1,0 +1,123 @@
+"""Terms are proven, not believed: a snapshot's (term, leader) must be what the lease backend
+records before any agent adopts it.
+
+Every backend stores the leader's effective term next to its holder in the same atomic step
+that grants or bumps the lease (the bpffs pinned record, the Redis leader_record hash), so a
+legitimate leader's snapshots always find their pair there before they exist. The first time
+an agent meets a new (term, leader) pair it reads the record once (Lease.read); a match is
+remembered (the hot path then costs one dict lookup), a mismatch is refused with
+errors.TermUnproven, remembered too, counted (Stats.rejected["unproven-term"]) and logged once
+per sender. Terms that arrive without a snapshot (a digest's or an ack's max_term_seen, which
+make a leader move its next term above them) are believed up to CLAIM_SLACK above the highest
+term the record has shown, and beyond that only once a background read of the record shows
+them. The slack keeps the design's recovery from a counter that restarted (Redis FLUSHALL, a
+recreated ConfigMap: the peers' terms are above the record, and the leader must move above
+them); it bounds what a lying member can do to the epoch: each leadership step moves it at
+most CLAIM_SLACK up, against 2^63 of room.
+
+What this stops: a member with a valid certificate that is not the leader, or a replayed or
+forged message, pushing a snapshot with a made-up term (say 2^62) that every agent would
+adopt and never leave. What remains trusted: whoever can write the lease backend (Redis
+credentials, the bpffs directory, the Kubernetes object) can appoint a leader; a snapshot's
+content is the leader's word (it is not signed), so a member that impersonates the current
+leader's name in the current term is caught only as a CONFLICT (different content, same
+version), not prevented.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Callable
+
+from gossip_agent import errors
+from gossip_agent.leases import base as lease_base
+
+log = logging.getLogger("gossip_agent.gossip")
+
+# Pairs remembered either way: a cluster changes term rarely; a flood of made-up terms costs
+# one backend read each and evicts the oldest refusal, never a proof in use.
+MAX_REMEMBERED = 256
+# How far above the record a peer's bare claim of a term is believed (see above): far more
+# terms than a cluster's backend could lose in a restart, a negligible part of 2^63.
+CLAIM_SLACK = 1 << 20
+
+
+class TermProof:
+    def __init__(self, *, lease: lease_base.Lease,
+                 on_refused: Callable[[], None] = lambda: None) -> None:
+        self.lease = lease
+        self.on_refused = on_refused
+        self.highest = 0  # the highest term the record has shown
+        self._proven: collections.OrderedDict[tuple[int, str], str] = collections.OrderedDict()
+        self._refused: collections.OrderedDict[tuple[int, str], str] = collections.OrderedDict()
+        self._reported: set[str] = set()
+        self.pending_claim: asyncio.Task[None] | None = None
+
+    def known(self, *, term: int, leader: str) -> bool:
+        """The no-I/O fast path: True when this pair was proven before."""
+        return (term, leader) in self._proven
+
+    async def check(self, *, term: int, leader: str, sender: str) -> None:
+        """Returns when the record shows `leader` at `term`; raises TermUnproven otherwise."""
+        pair = (term, leader)
+        if pair in self._proven:
+            return
+        reason = self._refused.get(pair)
+        if reason is None:
+            record = await self.lease.read()  # LeaseUnavailable: refused this time, retried later
+            reason = self._judge(pair, record)
+        if reason:
+            self._refuse(pair, reason, sender=sender)
+
+    def _judge(self, pair: tuple[int, str], record: lease_base.LeaseRecord | None) -> str:
+        term, leader = pair
+        if record is not None:
+            self.highest = max(self.highest, record.term)
+            if record.term == term and record.holder and record.node == leader:
+                _remember(self._proven, pair, "")
+                return ""
+        shown = (f"term {record.term} held by {record.node or 'nobody'}" if record is not None
+                 else "no record")
+        reason = (f"term {term} of leader {leader or '?'} is not proven by the "
+                  f"{self.lease.backend} lease record ({shown}); not adopted")
+        _remember(self._refused, pair, reason)
+        return reason
+
+    def _refuse(self, pair: tuple[int, str], reason: str, *, sender: str) -> None:
+        self.on_refused()
+        host = sender.rpartition(":")[0] or sender  # "ipv4:10.0.0.7:43122": one per host
+        if host not in self._reported and len(self._reported) < MAX_REMEMBERED:
+            self._reported.add(host)
+            log.error("refused a snapshot from %s: %s", sender, reason,
+                      extra={"peer": sender, "term": pair[0], "leader": pair[1]})
+        raise errors.TermUnproven(reason)
+
+    def claimed(self, term: int, *, accept: Callable[[int], None]) -> None:
+        """A bare term from a digest or an ack: accept(term) now when the record has shown
+        one at least as high, else after one background read that shows it."""
+        if term <= self.highest + CLAIM_SLACK:
+            accept(term)
+            return
+        if self.pending_claim is not None and not self.pending_claim.done():
+            return  # one read at a time; the next digest asks again
+        self.pending_claim = asyncio.get_running_loop().create_task(
+            self._check_claim(term, accept), name="gossip.prove-term")
+
+    async def _check_claim(self, term: int, accept: Callable[[int], None]) -> None:
+        try:
+            record = await self.lease.read()
+        except errors.LeaseUnavailable:
+            return
+        if record is not None:
+            self.highest = max(self.highest, record.term)
+        if term <= self.highest:
+            accept(term)
+
+
+def _remember(table: collections.OrderedDict[tuple[int, str], str],
+              pair: tuple[int, str], value: str) -> None:
+    table[pair] = value
+    while len(table) > MAX_REMEMBERED:
+        table.popitem(last=False)
