@@ -12,6 +12,10 @@ CLOCK_MONOTONIC, so the difference is exact.
 Prints p50 / p99 / max per N as a table, or with --json one JSON line: a list of objects with
 nodes, p50_ms, p99_ms, max_ms (and changes, entries).
 
+--mtls measures every N twice per run, with mutual TLS off and on (a fresh CA, a certificate
+per agent, the admin certificate for the benchmark's own calls), --runs times alternating,
+and prints the medians and the ratio on/off of the p50 (the goal: under 1.2).
+
 --failover measures leader failover instead (tools/failover.py): SIGKILL of the leader -> every
 survivor holds a snapshot of the new term, median and max over --kills rounds per --backend.
 """
@@ -29,10 +33,10 @@ import tempfile
 import time
 
 import failover  # tools/failover.py, next to this script
-import grpc.aio
 import mapbench  # tools/ is on sys.path when this file runs as a script
 
 from gossip_agent import localcluster
+from gossip_agent.security import tls
 from gossip_agent.v1 import gossip_pb2 as pb
 from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc
 
@@ -47,11 +51,13 @@ def ip_of(index: int) -> str:
     return ".".join(str((value >> shift) & 0xFF) for shift in (24, 16, 8, 0))
 
 
-async def histories(addresses: list[str]) -> list[list[tuple[tuple[int, int], int]]]:
+async def histories(
+    addresses: list[str], channels: tls.ChannelFactory
+) -> list[list[tuple[tuple[int, int], int]]]:
     """Each agent's recent adoptions as ((term, seq), applied_monotonic_ns)."""
 
     async def one(address: str) -> list[tuple[tuple[int, int], int]]:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with channels.open(address, []) as channel:
             reply = await pb_grpc.StateStub(channel).GetHistory(pb.GetHistoryRequest(), timeout=10)
         return [((e.version.term, e.version.seq), e.applied_monotonic_ns) for e in reply.events]
 
@@ -97,15 +103,16 @@ async def fill_table(stub: pb_grpc.StateStub) -> None:
 async def measure(
     cluster: localcluster.LocalCluster, changes: int, gap: float
 ) -> list[float]:
-    addresses = cluster.addresses
+    addresses, channels = cluster.addresses, cluster.client
     await localcluster.wait_all(addresses, what="every agent to serve", timeout=120,
-                                check=lambda s: True)
-    leader, _ = await localcluster.find_leader(addresses, timeout=60)
-    async with grpc.aio.insecure_channel(leader) as channel:
+                                check=lambda s: True, channels=channels)
+    leader, _ = await localcluster.find_leader(addresses, timeout=60, channels=channels)
+    async with channels.open(leader, []) as channel:
         stub = pb_grpc.StateStub(channel)
         await fill_table(stub)
         await localcluster.wait_all(addresses, what="the full table everywhere", timeout=120,
-                                    check=lambda s: len(s.entries) == TABLE_ENTRIES)
+                                    check=lambda s: len(s.entries) == TABLE_ENTRIES,
+                                    channels=channels)
         latencies: list[float] = []
         written: list[tuple[tuple[int, int], int]] = []
         for change in range(changes):
@@ -117,33 +124,63 @@ async def measure(
             # Agents keep their last 256 adoptions: collect before they roll over.
             if len(written) == HISTORY_BATCH or change == changes - 1:
                 await asyncio.sleep(SETTLE_SECONDS)
-                latencies += latencies_of(written, await histories(addresses))
+                latencies += latencies_of(written, await histories(addresses, channels))
                 written = []
     return latencies
 
 
-def run_size(nodes: int, changes: int, gap: float, root: str) -> dict[str, object]:
+def run_size(
+    nodes: int, changes: int, gap: float, root: str, *, mtls: bool = False
+) -> dict[str, object]:
     log_dir = tempfile.mkdtemp(prefix=f"gossip-bench-{nodes}-")
     shutil.rmtree(root, ignore_errors=True)  # fresh maps: every size starts from the same state
     cluster = localcluster.LocalCluster(
-        nodes, root=root, log_dir=log_dir, extra_env={"LOG_LEVEL": "warning"})
+        nodes, root=root, log_dir=log_dir, extra_env={"LOG_LEVEL": "warning"}, mtls=mtls)
     started = time.monotonic()
     cluster.start()
     try:
         latencies = asyncio.run(measure(cluster, changes, gap))
     finally:
         cluster.stop()
-    print(f"N={nodes}: {changes} changes in {time.monotonic() - started:.1f}s (logs {log_dir})",
-          file=sys.stderr)
+    print(f"N={nodes}{' mTLS' if mtls else ''}: {changes} changes in "
+          f"{time.monotonic() - started:.1f}s (logs {log_dir})", file=sys.stderr)
     shutil.rmtree(log_dir, ignore_errors=True)
     return {
         "nodes": nodes,
+        "mtls": mtls,
         "changes": changes,
         "entries": TABLE_ENTRIES,
         "p50_ms": round(statistics.median(latencies), 2),
         "p99_ms": round(percentile(latencies, 0.99), 2),
         "max_ms": round(max(latencies), 2),
     }
+
+
+def mtls_main(args: argparse.Namespace, root: str) -> int:
+    """Each N with mTLS off then on, --runs times; medians of the runs' p50 and p99."""
+    rows = []
+    for nodes in args.nodes or [8, 32]:
+        runs: dict[bool, list[dict[str, object]]] = {False: [], True: []}
+        for _ in range(args.runs):
+            for mtls in (False, True):
+                runs[mtls].append(run_size(nodes, args.changes, args.gap, root, mtls=mtls))
+        row: dict[str, object] = {"nodes": nodes, "runs": args.runs, "changes": args.changes}
+        for mtls, name in ((False, "plain"), (True, "mtls")):
+            for key in ("p50_ms", "p99_ms"):
+                row[f"{name}_{key}"] = round(statistics.median(
+                    float(str(r[key])) for r in runs[mtls]), 2)
+        row["ratio_p50"] = round(float(str(row["mtls_p50_ms"])) /
+                                 float(str(row["plain_p50_ms"])), 3)
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'nodes':>5} {'runs':>4} {'plain p50':>9} {'mTLS p50':>9} {'plain p99':>9} "
+          f"{'mTLS p99':>9} {'ratio p50':>9}")
+    for r in rows:
+        print(f"{r['nodes']:>5} {r['runs']:>4} {r['plain_p50_ms']:>9} {r['mtls_p50_ms']:>9} "
+              f"{r['plain_p99_ms']:>9} {r['mtls_p99_ms']:>9} {r['ratio_p50']:>9}")
+    return 0
 
 
 def failover_main(args: argparse.Namespace) -> int:
@@ -176,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="run the map-write benchmark instead (tools/mapbench.py)")
     parser.add_argument("--map-runs", type=int, default=1000,
                         help="applications per case for --map")
+    parser.add_argument("--mtls", action="store_true",
+                        help="each N with mutual TLS off and on; prints the ratio (default N: "
+                             "8 and 32)")
+    parser.add_argument("--runs", type=int, default=3, help="--mtls: runs per N and mode")
     args = parser.parse_args(argv)
     if args.map:
         return mapbench.report(runs=args.map_runs, as_json=args.json)
@@ -185,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     # A root of this run's own (pid): two benchmarks at once must not wipe each other's maps.
     root = (localcluster.BPFFS_ROOT + f"-bench-{os.getpid()}" if localcluster.bpffs_mounted()
             and os.geteuid() == 0 else tempfile.mkdtemp(prefix="gossip-bench-"))
+    if args.mtls:
+        code = mtls_main(args, root)
+        shutil.rmtree(root, ignore_errors=True)
+        return code
     results = [run_size(n, args.changes, args.gap, root) for n in sizes]
     shutil.rmtree(root, ignore_errors=True)
     if args.json:
