@@ -23,9 +23,8 @@ import sys
 import tempfile
 import time
 
-import grpc.aio
-
 from gossip_agent import localcluster
+from gossip_agent.security import tls
 from gossip_agent.v1 import gossip_pb2 as pb
 
 CHECK_IP = "10.96.0.10"
@@ -39,6 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--root", default="", help="pin/lease root (default: bpffs or tmp)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds for --check")
     parser.add_argument("--log-dir", default="", help="agent logs (default: a temp dir)")
+    parser.add_argument("--mtls", action="store_true",
+                        help="mutual TLS: a fresh CA and certificates under the log dir")
     args = parser.parse_args(argv)
     if not 1 <= args.nodes <= 64:
         parser.error("--nodes must be between 1 and 64")
@@ -65,9 +66,11 @@ def source_env(args: argparse.Namespace, log_dir: str) -> dict[str, str]:
     return {"SOURCE": "file", "SOURCE_FILE": path}
 
 
-async def watch_applied(address: str, version: pb.Version, into: dict[str, int]) -> None:
+async def watch_applied(
+    address: str, version: pb.Version, into: dict[str, int], channels: tls.ChannelFactory
+) -> None:
     """Records when `address` applied `version` (or newer), from its own WatchState stream."""
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with channels.open(address, []) as channel:
         stream = channel.unary_stream(
             "/gossip_agent.v1.State/WatchState",
             request_serializer=pb.WatchStateRequest.SerializeToString,
@@ -82,24 +85,25 @@ async def watch_applied(address: str, version: pb.Version, into: dict[str, int])
 async def check(cluster: localcluster.LocalCluster, timeout: float) -> dict[str, object]:
     """Makes one change through the leader and waits until every agent's map holds it."""
     started = time.monotonic()
+    channels = cluster.client
     await localcluster.wait_all(cluster.addresses, what="every agent to serve", timeout=timeout,
-                                check=lambda s: True)
-    leader, info = await localcluster.find_leader(cluster.addresses, timeout)
+                                check=lambda s: True, channels=channels)
+    leader, info = await localcluster.find_leader(cluster.addresses, timeout, channels=channels)
     replicas = random.randint(1, 1000)
     reply = await localcluster.call(leader, "SetService", pb.SetServiceRequest(
-        ip=CHECK_IP, replicas=replicas, name="default/check"), timeout=10)
+        ip=CHECK_IP, replicas=replicas, name="default/check"), timeout=10, channels=channels)
     assert isinstance(reply, pb.WriteResponse)
     applied: dict[str, int] = {}
     remaining = max(1.0, timeout - (time.monotonic() - started))
     converged = True
     try:
         async with asyncio.timeout(remaining):
-            await asyncio.gather(*(watch_applied(a, reply.version, applied)
+            await asyncio.gather(*(watch_applied(a, reply.version, applied, channels)
                                    for a in cluster.addresses))
             await localcluster.wait_all(
                 cluster.addresses, what="every map to hold the change", timeout=remaining,
                 check=lambda s: any(e.ip == CHECK_IP and e.replicas == replicas
-                                    for e in s.entries),
+                                    for e in s.entries), channels=channels,
             )
     except TimeoutError:
         converged = False
@@ -111,12 +115,14 @@ async def check(cluster: localcluster.LocalCluster, timeout: float) -> dict[str,
         "leader": reply.leader,
         "term": reply.version.term,
         "agents": cluster.addresses,
+        "mtls": cluster.client.secure,
     }
 
 
 async def live_view(cluster: localcluster.LocalCluster) -> None:
     while True:
-        rows = await localcluster.states(cluster.addresses, timeout=1.0)
+        rows = await localcluster.states(cluster.addresses, timeout=1.0,
+                                         channels=cluster.client)
         lines = [f"{'NODE':10} {'ADDRESS':18} {'VERSION':>9} {'LEADER':10} {'ENTRIES':>7} PLANE"]
         for agent, state in zip(cluster.agents, rows, strict=True):
             if state is None:
@@ -136,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = args.log_dir or tempfile.mkdtemp(prefix="gossip-agent-logs-")
     root = choose_root(args)
     cluster = localcluster.LocalCluster(
-        args.nodes, root=root, log_dir=log_dir, extra_env=source_env(args, log_dir))
+        args.nodes, root=root, log_dir=log_dir, extra_env=source_env(args, log_dir),
+        mtls=args.mtls)
     print(f"starting {args.nodes} agents; logs in {log_dir}", file=sys.stderr)
     for agent in cluster.agents:
         print(f"  {agent.node}: grpc {agent.address}  metrics http://127.0.0.1:"

@@ -597,12 +597,13 @@ async def test_sigterm_of_a_follower_exits_0_promptly_and_leaves_its_maps_pinned
     assert bpftool_table(table_path) == expected
 
 
+@pytest.mark.parametrize("mtls", [False, True], ids=["plaintext", "mtls"])
 def test_local_cluster_check_prints_a_converged_json_summary_last(
-    e2e_root: str, tmp_path: Path
+    e2e_root: str, tmp_path: Path, mtls: bool
 ) -> None:
     command = [sys.executable, str(REPO / "tools" / "local_cluster.py"), "--nodes", "3",
                "--check", "--root", e2e_root, "--log-dir", str(tmp_path / "tool-logs"),
-               "--timeout", "40"]
+               "--timeout", "40", *(["--mtls"] if mtls else [])]
     tool = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
@@ -623,6 +624,7 @@ def test_local_cluster_check_prints_a_converged_json_summary_last(
     assert {"nodes", "converged", "convergence_ms", "leader", "term", "agents"} <= summary.keys()
     assert summary["nodes"] == 3
     assert summary["converged"] is True
+    assert summary["mtls"] is mtls
     ms = summary["convergence_ms"]
     assert isinstance(ms, int | float) and not isinstance(ms, bool)
     assert math.isfinite(ms) and ms >= 0
