@@ -60,6 +60,13 @@ def _parser() -> argparse.ArgumentParser:
         "detach", help="remove this agent's XDP program (this network namespace) and maps")
     detach.add_argument("--bpf-pin-dir", dest="BPF_PIN_DIR", metavar="PATH",
                         help="the agent's pin directory (env BPF_PIN_DIR)")
+    epoch = commands.add_parser(
+        "epoch", help="show the lease record's term, or move it up under the lease "
+        "(same environment as `run`: COORDINATION_BACKEND, REDIS_URL, BPF_LEASE_DIR...)")
+    epoch.add_argument("action", choices=("show", "reset"))
+    epoch.add_argument("--to", type=int, default=0, metavar="TERM",
+                       help="reset: the term to record (>= the current one, e.g. the highest "
+                            "max_term_seen the agents report)")
     env = commands.add_parser("env", help="list every environment variable")
     env.add_argument("--markdown", action="store_true", help="as the README's table")
     return parser
@@ -97,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _env(args)
     if args.command == "detach":
         return _detach(args)
+    if args.command == "epoch":
+        return _epoch(args)
     return _query(args)
 
 
@@ -148,6 +157,45 @@ def _detach(args: argparse.Namespace) -> int:
         print(f"gossip-agent: could not detach {line}; the pins were kept", file=sys.stderr)
     print(f"removed: {', '.join(done.removed) or 'no pin'}")
     return 1 if done.failed else 0
+
+
+def _epoch(args: argparse.Namespace) -> int:
+    env = {**os.environ, "NODE_NAME": f"epoch-operator-{socket.gethostname()}"}
+    try:
+        cfg = config_mod.from_env(env, hostname=socket.gethostname())
+    except errors.ConfigError as exc:
+        print(f"gossip-agent: {exc}", file=sys.stderr)
+        return 2
+    if args.action == "reset" and args.to < 1:
+        print("gossip-agent: epoch reset needs --to TERM (>= 1)", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_epoch_call(cfg, args))
+    except errors.GossipAgentError as exc:
+        print(f"gossip-agent: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _epoch_call(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    from gossip_agent import agent  # the backends, as the agent opens them
+    from gossip_agent.leases import epoch
+
+    lease = agent.open_lease(cfg)
+    try:
+        if args.action == "reset":
+            done = await epoch.reset(lease, term=args.to)
+            print(f"term epoch moved from {done.previous} to {done.term} "
+                  f"({lease.backend} at {agent.lease_location(cfg)}); the lease is free")
+            return 0
+        record = await lease.read()
+    finally:
+        await lease.close()
+    if record is None:
+        print(f"no lease record yet ({lease.backend} at {agent.lease_location(cfg)})")
+    else:
+        print(f"term {record.term}, held by {record.holder or 'nobody'} "
+              f"({lease.backend} at {agent.lease_location(cfg)})")
+    return 0
 
 
 def _env(args: argparse.Namespace) -> int:
