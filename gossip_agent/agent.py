@@ -19,6 +19,7 @@ import random
 import signal
 from typing import Any
 
+import grpc.aio
 from grpc_health.v1 import health
 
 from gossip_agent import config as config_mod
@@ -222,6 +223,12 @@ class Agent:
         )
         self.port = server_mod.bind(self.server, cfg.node.listen_addr,
                                     self.security.server_credentials())
+        self.health_server: grpc.aio.Server | None = None  # HEALTH_PORT: probes, plaintext
+        if cfg.security.health_port:
+            self.health_server = server_mod.build_health_only(self.health)
+            host, _ = config_mod.parse_hostport(cfg.node.listen_addr)
+            server_mod.bind(self.health_server,
+                            config_mod.join_hostport(host, cfg.security.health_port))
         self.tasks: list[asyncio.Task[Any]] = []
         self.failed = asyncio.Event()  # a long-running task crashed: the process must exit
 
@@ -232,6 +239,8 @@ class Agent:
         self.engine.load()
         self.membership.set_discovered(peers.STATIC, self.cfg.discovery.peers)
         await self.server.start()
+        if self.health_server is not None:
+            await self.health_server.start()
         await server_mod.set_health(self.health, serving=True, names=(
             "", server_mod.GOSSIP_SERVICE, server_mod.STATE_SERVICE, server_mod.LEASE_HEALTH,
             probes.LIVE))
@@ -315,6 +324,8 @@ class Agent:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.server.stop(SHUTDOWN_GRACE_SECONDS)
+        if self.health_server is not None:
+            await self.health_server.stop(None)
         await self.transport.close()
         await self.lease.close()
         await self.observer.stop()

@@ -360,6 +360,11 @@ VARIABLES: tuple[Variable, ...] = (
              "Sent on every gossip call; calls from another cluster id are refused "
              "(FAILED_PRECONDITION) and counted, so clusters sharing a network, a Redis or a "
              "Service name never mix state.", _cluster_id),
+    Variable("HEALTH_PORT", "port", _default("0"),
+             "A second port, plaintext, serving only grpc.health.v1 on LISTEN_ADDR's host: "
+             "Kubernetes' gRPC probes cannot present a client certificate. 0 = off (health is "
+             "on the main port too). k8s/ sets 50052 since its agents run mutual TLS.",
+             _int_range(0, 65535)),
     Variable("ADMIN_IDENTITIES", "names,...", _default("gossip-agent-admin"),
              "Client certificate subject CNs or SANs allowed to call SetService and "
              "DeleteService when TLS is on (reads stay open to any certificate of TLS_CA).",
@@ -464,6 +469,7 @@ class SecurityConfig:
     server_name: str = "gossip-agent"
     cluster_id: str = ""
     admins: frozenset[str] = frozenset({"gossip-agent-admin"})
+    health_port: int = 0  # plaintext grpc.health.v1 only; 0 = off
 
     @property
     def tls(self) -> bool:
@@ -676,6 +682,7 @@ def _security(values: Mapping[str, Any]) -> SecurityConfig:
         tls_ca=values["TLS_CA"] or "", server_name=values["TLS_SERVER_NAME"] or "gossip-agent",
         cluster_id=values["CLUSTER_ID"] or "",
         admins=values["ADMIN_IDENTITIES"] or frozenset(),
+        health_port=values["HEALTH_PORT"] or 0,
     )
 
 

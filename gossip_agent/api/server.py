@@ -139,6 +139,14 @@ def build(
     return server
 
 
+def build_health_only(health_servicer: HealthServicer) -> grpc.aio.Server:
+    """A plaintext server with grpc.health.v1 alone (HEALTH_PORT): Kubernetes' gRPC probes
+    cannot do mutual TLS, and health says nothing an outsider could misuse."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    return server
+
+
 def bind(
     server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None = None
 ) -> int:

@@ -16,8 +16,10 @@ from pathlib import Path
 import grpc
 import grpc.aio
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gossip_agent import localcluster
+from gossip_agent.api import probes
 from gossip_agent.security import cluster, identity, tls
 from gossip_agent.testing import certs
 from gossip_agent.v1 import gossip_pb2 as pb
@@ -77,10 +79,21 @@ async def refused_at_handshake(factory: tls.ChannelFactory, target: str) -> str:
 async def test_mtls_cluster_converges_and_refuses_clients_without_a_valid_certificate(
     pki: Pki, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    async with running_agents(3, lease_dir=tmp_path, per_agent=pki.agent_env(3)) as agents:
+    env = pki.agent_env(3)
+    health_port = localcluster.free_ports(1)[0]
+    env[1]["HEALTH_PORT"] = str(health_port)
+    async with running_agents(3, lease_dir=tmp_path, per_agent=env) as agents:
         addresses = [address(a) for a in agents]
         admin = pki.admin
         await localcluster.find_leader(addresses, ELECTION_DEADLINE, channels=admin)
+        # Kubernetes' gRPC probes speak plaintext: HEALTH_PORT serves them grpc.health.v1 only.
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{health_port}") as channel:
+            health = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=probes.LIVE), timeout=2.0)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as unimplemented:
+                await pb_grpc.StateStub(channel).GetState(pb.GetStateRequest(), timeout=2.0)
+            assert unimplemented.value.code() == grpc.StatusCode.UNIMPLEMENTED
         await set_service(admin, addresses[0], "10.0.0.1", 2)
         await converged(addresses, admin, "10.0.0.1", 2)
         target = addresses[1]

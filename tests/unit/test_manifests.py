@@ -68,6 +68,8 @@ LEFT_AT_DEFAULT = {
     "MAP_MAX_ENTRIES": "must equal the XDP program's map size: 1024 unless it was rebuilt",
     "SOURCE_FILE": "SOURCE=kubernetes in k8s/",
     "SOURCE_POLL_INTERVAL": "SOURCE=file only",
+    "TLS_SERVER_NAME": "gossip-agent, the name k8s/tls's certificate carries",
+    "ADMIN_IDENTITIES": "gossip-agent-admin, the CN of k8s/tls's admin certificate",
     "SOURCE_WATCH_TIMEOUT": "cluster default (300 s)",
     "SOURCE_BACKOFF_BASE": "cluster default",
     "SOURCE_BACKOFF_CAP": "cluster default",
@@ -182,7 +184,7 @@ def test_the_pod_runs_with_bpf_capabilities_not_privileged_and_off_the_host_netw
     assert security["allowPrivilegeEscalation"] is False
     assert security["capabilities"] == {"drop": ["ALL"], "add": ["BPF", "SYS_RESOURCE"]}
     mounts = {m["name"]: m for m in agent["volumeMounts"]}
-    volumes = {v["name"]: v["hostPath"] for v in pod["volumes"]}
+    volumes = {v["name"]: v.get("hostPath") for v in pod["volumes"]}
     assert mounts["bpffs"]["mountPath"] == "/sys/fs/bpf"
     # Bidirectional propagation is allowed only in privileged containers.
     assert mounts["bpffs"]["mountPropagation"] == "HostToContainer"
@@ -193,6 +195,28 @@ def test_the_pod_runs_with_bpf_capabilities_not_privileged_and_off_the_host_netw
     assert pod_env(objects)["BPF_PIN_DIR"].startswith("/sys/fs/bpf/")
 
 
+def test_the_tls_secret_is_mounted_whole_read_only_where_the_tls_variables_point() -> None:
+    """Whole-directory mount (no subPath): the kubelet's Secret updates reach the agent, which
+    reloads them (rotation without restart); k8s/tls's certificate writes that Secret."""
+    objects = rendered("redis")
+    pod = one(objects, "DaemonSet")["spec"]["template"]["spec"]
+    (mount,) = [m for m in container(objects)["volumeMounts"] if m["name"] == "tls"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+    assert mount == {"name": "tls", "mountPath": "/etc/gossip-agent/tls", "readOnly": True}
+    assert volume["secret"]["secretName"] == "gossip-agent-tls"
+    env = pod_env(objects)
+    assert {env[v] for v in ("TLS_CERT", "TLS_KEY", "TLS_CA")} == {
+        f"/etc/gossip-agent/tls/{name}" for name in ("tls.crt", "tls.key", "ca.crt")}
+    certificates = {c["metadata"]["name"]: c for c in kustomize(K8S / "tls")
+                    if c["kind"] == "Certificate"}
+    agents = certificates["gossip-agent-tls"]["spec"]
+    assert agents["secretName"] == "gossip-agent-tls"
+    assert config.from_env(env).security.server_name in agents["dnsNames"]
+    admin = certificates["gossip-agent-admin"]["spec"]
+    assert admin["commonName"] in config.from_env(env).security.admins
+    assert "dnsNames" not in admin  # an admin is not a member
+
+
 def test_the_pod_learns_its_node_and_ip_from_the_downward_api() -> None:
     entries = {e["name"]: e for e in container(rendered("lease"))["env"]}
     assert entries["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
@@ -201,8 +225,11 @@ def test_the_pod_learns_its_node_and_ip_from_the_downward_api() -> None:
 
 def test_probes_use_separate_grpc_health_services_for_readiness_and_liveness() -> None:
     agent = container(rendered("redis"))
-    assert agent["readinessProbe"]["grpc"] == {"port": 50051, "service": probes.READY}
-    assert agent["livenessProbe"]["grpc"] == {"port": 50051, "service": probes.LIVE}
+    # The probes' own plaintext port (HEALTH_PORT): the kubelet cannot do mutual TLS.
+    env = {e["name"]: e.get("value") for e in agent["env"]}
+    assert env["HEALTH_PORT"] == "50052" and env["TLS_CERT"]
+    assert agent["readinessProbe"]["grpc"] == {"port": 50052, "service": probes.READY}
+    assert agent["livenessProbe"]["grpc"] == {"port": 50052, "service": probes.LIVE}
     assert probes.READY != probes.LIVE
     assert {"name": "grpc", "containerPort": 50051, "protocol": "TCP"} in agent["ports"]
     requests = agent["resources"]["requests"]
