@@ -27,6 +27,13 @@ if _version_not_supported:
 
 class GossipStub:
     """Agent-to-agent calls. Not for operators: use State.
+
+    Every call carries the metadata `x-gossip-agent-cluster: <CLUSTER_ID>` (on a stream, once when
+    it opens). A call whose value is not the callee's CLUSTER_ID ends with FAILED_PRECONDITION
+    naming both ids, before any handler runs; do not retry: the caller belongs to another cluster.
+    A snapshot (pushed, or inside an ExchangeRequest) whose (term, leader) the lease backend's
+    record does not show ends with FAILED_PRECONDITION and is never adopted (gossip/proof.py);
+    the sender must not retry it.
     """
 
     def __init__(self, channel):
@@ -59,6 +66,13 @@ class GossipStub:
 
 class GossipServicer:
     """Agent-to-agent calls. Not for operators: use State.
+
+    Every call carries the metadata `x-gossip-agent-cluster: <CLUSTER_ID>` (on a stream, once when
+    it opens). A call whose value is not the callee's CLUSTER_ID ends with FAILED_PRECONDITION
+    naming both ids, before any handler runs; do not retry: the caller belongs to another cluster.
+    A snapshot (pushed, or inside an ExchangeRequest) whose (term, leader) the lease backend's
+    record does not show ends with FAILED_PRECONDITION and is never adopted (gossip/proof.py);
+    the sender must not retry it.
     """
 
     def PushStream(self, request_iterator, context):
@@ -136,6 +150,13 @@ def add_GossipServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Gossip:
     """Agent-to-agent calls. Not for operators: use State.
+
+    Every call carries the metadata `x-gossip-agent-cluster: <CLUSTER_ID>` (on a stream, once when
+    it opens). A call whose value is not the callee's CLUSTER_ID ends with FAILED_PRECONDITION
+    naming both ids, before any handler runs; do not retry: the caller belongs to another cluster.
+    A snapshot (pushed, or inside an ExchangeRequest) whose (term, leader) the lease backend's
+    record does not show ends with FAILED_PRECONDITION and is never adopted (gossip/proof.py);
+    the sender must not retry it.
     """
 
     @staticmethod
@@ -345,8 +366,10 @@ class StateServicer:
         """Set one service's replicas (SOURCE=api). On a follower the call is forwarded to the leader;
         with no leader elected it fails with UNAVAILABLE (retry), and FAILED_PRECONDITION when the
         leader's source is not "api". INVALID_ARGUMENT for a bad IP or name; RESOURCE_EXHAUSTED
-        when the map is full. Returns once the snapshot carrying the write is adopted by the leader
-        and acknowledged by at least one peer when there are any. Idempotent: safe to retry.
+        when the map is full. PERMISSION_DENIED (nothing changes, do not retry) under mutual TLS
+        when the caller's certificate names no ADMIN_IDENTITIES entry; a follower forwards the
+        caller's admin name, not its own. Returns once the snapshot carrying the write is adopted
+        by the leader and acknowledged by at least one peer when there are any. Idempotent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
