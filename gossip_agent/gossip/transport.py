@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import Callable
 from typing import Protocol
 
@@ -25,6 +26,8 @@ import grpc.aio
 
 from gossip_agent.security import tls
 from gossip_agent.v1 import gossip_pb2 as pb
+
+log = logging.getLogger("gossip_agent.tls")
 
 PUSH_STREAM = "/gossip_agent.v1.Gossip/PushStream"
 EXCHANGE = "/gossip_agent.v1.Gossip/Exchange"
@@ -109,6 +112,7 @@ class GrpcTransport:
         self._streams: dict[str, _PushStream] = {}
         self._on_ack: AckHandler = _ignore_ack
         self._closing: set[asyncio.Task[None]] = set()
+        self._tls_failed: set[str] = set()  # peers whose handshake failure was logged
 
     def set_ack_handler(self, handler: AckHandler) -> None:
         self._on_ack = handler
@@ -177,6 +181,17 @@ class GrpcTransport:
             self._drop_stream(address)
             raise detail from exc
 
+    def _note_handshake_failure(self, address: str, exc: grpc.aio.AioRpcError) -> None:
+        """Logs, once per peer, a TLS handshake that failed (grpc's core logs the server side
+        of a refusal without the peer's address; this names it from the calling side)."""
+        details = str(exc.details() or "")
+        if (self.factory.secure and exc.code() == grpc.StatusCode.UNAVAILABLE
+                and "handshake" in details.lower() and address not in self._tls_failed):
+            self._tls_failed.add(address)
+            log.warning("TLS handshake with peer %s failed (a certificate this agent's CA did "
+                        "not sign, expired, or plaintext there?): %s", address, details,
+                        extra={"peer": address})
+
     def _drop_stream(self, address: str) -> None:
         stream = self._streams.pop(address, None)
         if stream is not None:
@@ -195,6 +210,7 @@ class GrpcTransport:
         try:
             reply = await method(request, timeout=timeout, metadata=self.metadata)
         except grpc.aio.AioRpcError as exc:
+            self._note_handshake_failure(address, exc)
             raise _unreachable(address, exc) from exc
         assert isinstance(reply, pb.ExchangeReply)
         return reply

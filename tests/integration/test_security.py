@@ -8,6 +8,7 @@ another CA, an expired certificate). Clients are real grpc channels, grpcurl and
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gossip_agent import localcluster
 from gossip_agent.api import probes
+from gossip_agent.core import snapshots
 from gossip_agent.security import cluster, identity, tls
 from gossip_agent.testing import certs
 from gossip_agent.v1 import gossip_pb2 as pb
@@ -77,12 +79,20 @@ async def refused_at_handshake(factory: tls.ChannelFactory, target: str) -> str:
 
 
 async def test_mtls_cluster_converges_and_refuses_clients_without_a_valid_certificate(
-    pki: Pki, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    pki: Pki, tmp_path: Path, capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    env = pki.agent_env(3)
+    env = pki.agent_env(4)
     health_port = localcluster.free_ports(1)[0]
     env[1]["HEALTH_PORT"] = str(health_port)
-    async with running_agents(3, lease_dir=tmp_path, per_agent=env) as agents:
+    # node-3 is a stranger among the peers: its certificate comes from another CA.
+    stranger = pki.other.issue(pki.directory / "other", "node-3")
+    env[3] = {**certs.tls_env(ca=pki.other, leaf=stranger),
+              "BPF_LEASE_DIR": str(tmp_path / "stranger")}
+    (tmp_path / "stranger").mkdir()
+    caplog.set_level(logging.WARNING, logger="gossip_agent.tls")
+    async with running_agents(4, lease_dir=tmp_path, per_agent=env) as all_agents:
+        agents = all_agents[:3]
         addresses = [address(a) for a in agents]
         admin = pki.admin
         await localcluster.find_leader(addresses, ELECTION_DEADLINE, channels=admin)
@@ -112,6 +122,14 @@ async def test_mtls_cluster_converges_and_refuses_clients_without_a_valid_certif
         reply = await localcluster.call(target, "GetLeader", pb.GetLeaderRequest(),
                                         channels=admin)
         assert isinstance(reply, pb.GetLeaderResponse) and "plaintext" not in reply.note
+        # The stranger never joined: it holds nothing of the members', and the members named
+        # it when their calls to it failed at the handshake.
+        outsider = all_agents[3]
+        assert outsider.engine.held.snapshot is None or "10.0.0.2" not in {
+            snapshots.format_ip(k) for k in outsider.engine.table}
+        named = [r.getMessage() for r in caplog.records
+                 if f"TLS handshake with peer {address(outsider)} failed" in r.getMessage()]
+        assert named, "no member logged the refused handshake naming the stranger"
 
 
 async def test_set_service_without_admin_identity_is_permission_denied_and_changes_nothing(
