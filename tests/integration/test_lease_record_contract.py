@@ -1,0 +1,73 @@
+"""The contract term proofs rest on (gossip/proof.py), for every lease backend: the record
+read() returns names the holder at the EFFECTIVE term of its grant and of each bump, not the
+backend's raw counter. A backend that broke it would have every snapshot refused as unproven.
+(When a backend is added, add it to BACKENDS.)"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from gossip_agent import localredis as redisserver
+from gossip_agent.leases import base, bpffs, memory
+from gossip_agent.leases import redis as redis_lease
+
+pytestmark = pytest.mark.integration
+
+BACKENDS = ("memory", "bpffs", "redis")
+Make = Callable[[str], base.Lease]
+
+
+@pytest_asyncio.fixture(params=BACKENDS)
+async def make_lease(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Make]:
+    made: list[base.Lease] = []
+    store = memory.MemoryLeaseStore()
+    server: redisserver.RedisServer | None = None
+    if request.param == "redis":
+        server = request.getfixturevalue("redis_server")
+
+    def make(node: str) -> base.Lease:
+        lease: base.Lease
+        if request.param == "memory":
+            lease = memory.MemoryLease(store, node=node)
+        elif request.param == "bpffs":
+            lease = bpffs.BpffsLease(lease_dir=str(tmp_path), node=node)
+        else:
+            assert server is not None
+            lease = redis_lease.RedisLease(settings=redis_lease.Settings(
+                url=server.url, key_prefix="contract:", ttl=5.0, renew_deadline=3.0,
+                timeout=1.0, retry_base=0.05, retry_cap=1.0), node=node)
+        made.append(lease)
+        return lease
+
+    try:
+        yield make
+    finally:
+        for lease in made:
+            await lease.close()
+
+
+async def test_the_record_shows_the_holder_at_the_effective_term_of_grant_and_bump(
+    make_lease: Make,
+) -> None:
+    leader = make_lease("node-a")
+    grant = await leader.try_acquire(min_term=50)  # above the counter: min_term wins
+    assert grant is not None and grant.term == 50
+    record = await leader.read()
+    assert record is not None and (record.node, record.term) == ("node-a", 50)
+    assert await leader.bump(min_term=80) == 80
+    record = await leader.read()
+    assert record is not None and (record.node, record.term) == ("node-a", 80)
+    await leader.release()
+    record = await leader.read()
+    assert record is not None and (record.holder, record.term) == ("", 80)
+    follower = make_lease("node-b")
+    grant = await follower.try_acquire(min_term=1)
+    assert grant is not None and grant.term == 81  # above the recorded term, never below
+    record = await follower.read()
+    assert record is not None and (record.node, record.term) == ("node-b", 81)
