@@ -245,6 +245,8 @@ class Agent:
             "", server_mod.GOSSIP_SERVICE, server_mod.STATE_SERVICE, server_mod.LEASE_HEALTH,
             probes.LIVE))
         await server_mod.set_health(self.health, serving=False, names=(probes.READY,))
+        await server_mod.set_health(self.health, serving=self.security.files is not None,
+                                    names=(server_mod.TLS_HEALTH,))
         await self.observer.start(leadership=self.leadership, scale_events=self.scale_events,
                                   enforcer=self.enforcer)
         await self._first_discovery()

@@ -36,6 +36,9 @@ DATAPLANE_SERVICE = "gossip_agent.v1.DataPlane"
 # A health service name of its own: NOT_SERVING while this agent refuses to lead (e.g. bpffs
 # with peers on other hosts), so probes and operators see it; the reason is in GetLeader.
 LEASE_HEALTH = "gossip_agent.v1.Lease"
+# SERVING when the port runs mutual TLS, NOT_SERVING when plaintext (security/setup.py): the
+# plaintext announcement where probes and monitoring look.
+TLS_HEALTH = "gossip_agent.v1.Tls"
 # grpc_health.v1.HealthServicer: the package ships no type information for it.
 HealthServicer = Any
 

@@ -20,7 +20,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gossip_agent import localcluster
-from gossip_agent.api import probes
+from gossip_agent.api import probes, server
 from gossip_agent.core import snapshots
 from gossip_agent.security import cluster, identity, tls
 from gossip_agent.testing import certs
@@ -101,6 +101,9 @@ async def test_mtls_cluster_converges_and_refuses_clients_without_a_valid_certif
             health = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=probes.LIVE), timeout=2.0)
             assert health.status == health_pb2.HealthCheckResponse.SERVING
+            tls_on = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=server.TLS_HEALTH), timeout=2.0)
+            assert tls_on.status == health_pb2.HealthCheckResponse.SERVING
             with pytest.raises(grpc.aio.AioRpcError) as unimplemented:
                 await pb_grpc.StateStub(channel).GetState(pb.GetStateRequest(), timeout=2.0)
             assert unimplemented.value.code() == grpc.StatusCode.UNIMPLEMENTED
@@ -231,6 +234,10 @@ async def test_gossip_from_another_cluster_is_refused_counted_and_never_mixed(
         plain = tls.ChannelFactory(None)
         leader_address, leader = await localcluster.find_leader(blue, ELECTION_DEADLINE)
         assert "plaintext" in leader.note  # announced when TLS is off
+        async with grpc.aio.insecure_channel(blue[0]) as channel:
+            tls_off = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=server.TLS_HEALTH), timeout=2.0)
+        assert tls_off.status == health_pb2.HealthCheckResponse.NOT_SERVING  # and in health
         await set_service(plain, leader_address, "10.0.2.1", 4)
         await converged(blue, plain, "10.0.2.1", 4)
 
