@@ -25,6 +25,7 @@ from gossip_agent import errors
 from gossip_agent.api import server as server_mod
 from gossip_agent.api import state as state_mod
 from gossip_agent.api import streams as streams_mod
+from gossip_agent.core import beats as beats_mod
 from gossip_agent.core import peers
 from gossip_agent.dataplane import base as dataplane_base
 from gossip_agent.dataplane import memory as memory_dataplane
@@ -65,7 +66,18 @@ def open_dataplane(cfg: config_mod.DataPlaneConfig) -> dataplane_base.DataPlane:
     return bpfmap.open_pinned(pin_dir=cfg.pin_dir, max_entries=cfg.max_entries)
 
 
-def open_lease(cfg: config_mod.Config) -> lease_base.Lease:
+def open_lease(cfg: config_mod.Config, *, beats: beats_mod.BeatBoard | None = None
+               ) -> lease_base.Lease:
+    if cfg.lease.backend in config_mod.KUBE_BACKENDS:
+        from gossip_agent.leases import kube  # the kubernetes client only when it is used
+
+        name = cfg.lease.configmap if cfg.lease.backend == "configmap" else cfg.lease.lease_name
+        return kube.open_lease(
+            kind=cfg.lease.backend, namespace=cfg.lease.namespace, name=name,
+            node=cfg.node.name, beats=beats or beats_mod.BeatBoard(), timing=kube.KubeTiming(
+                duration=cfg.lease.duration, renew_deadline=cfg.lease.renew_deadline,
+                retry_interval=cfg.lease.retry_interval,
+                renew_interval=cfg.lease.renew_interval))
     from gossip_agent.leases import bpffs
 
     lease = bpffs.BpffsLease(lease_dir=cfg.lease.lease_dir, node=cfg.node.name)
@@ -97,7 +109,8 @@ class Agent:
             raise
 
     def _build(self, cfg: config_mod.Config) -> None:
-        self.lease = open_lease(cfg)
+        self.beats = beats_mod.BeatBoard()  # lease heartbeats in gossip (Kubernetes backends)
+        self.lease = open_lease(cfg, beats=self.beats)
         self.source = open_source(cfg)
         self.transport = transport.GrpcTransport(
             max_message_bytes=cfg.gossip.max_message_bytes, reconnect_cap=cfg.gossip.backoff_cap)
@@ -109,7 +122,7 @@ class Agent:
         self.engine = engine_mod.Engine(
             node=cfg.node.name, address=cfg.node.advertise_addr, boot_id=read_boot_id(),
             dataplane=self.dataplane, transport=self.transport, membership=self.membership,
-            rpc_timeout=cfg.gossip.rpc_timeout, rng=self.rng,
+            rpc_timeout=cfg.gossip.rpc_timeout, rng=self.rng, beats=self.beats,
         )
         self.leadership = leader_mod.Leadership(
             engine=self.engine, lease=self.lease, source=self.source,
@@ -149,6 +162,8 @@ class Agent:
         self._spawn(self.source.watch(self.leadership.source_changed),
                     f"source.{self.source.kind}")
         self._spawn(self._watch_refusal(), "lease.refusal-health")
+        if self.cfg.lease.backend in config_mod.KUBE_BACKENDS:
+            self._spawn(self._mirror(), "lease.mirror")
         if self.cfg.discovery.service:
             self._spawn(discovery.run_dns_discovery(
                 membership=self.membership, name=self.cfg.discovery.service,
@@ -187,6 +202,24 @@ class Agent:
             log.error("task %s crashed; stopping the agent", task.get_name(),
                       exc_info=task.exception())
             self.failed.set()
+
+    async def _mirror(self) -> None:
+        """The leader's SERVICE_LIST into COORDINATION_CONFIGMAP for kubectl (leases/kube)."""
+        from gossip_agent.leases import kube
+
+        assert isinstance(self.lease, kube.KubeLease)
+        mirror = kube.ConfigMapMirror(
+            api=self.lease.api, namespace=self.lease.namespace, name=self.cfg.lease.configmap,
+            interval=self.cfg.lease.mirror_interval, timeout=self.cfg.lease.renew_deadline)
+
+        def state() -> kube.MirrorState | None:
+            held = self.engine.held
+            if held.version.term == 0:
+                return None
+            return kube.MirrorState(f"{held.version.term}.{held.version.seq}",
+                                    self.engine.leader_node, dict(self.engine.table))
+
+        await mirror.run(leading=lambda: self.leadership.leading, state=state)
 
     async def _watch_refusal(self) -> None:
         """Mirrors the refusal to lead into health (gossip_agent.v1.Lease) and the log."""

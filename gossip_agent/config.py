@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,8 +22,9 @@ from gossip_agent import errors
 from gossip_agent.core import addresses
 
 PROFILES = ("cluster", "local")
-BACKENDS = ("bpffs",)
-PLANNED_BACKENDS = ("redis", "configmap", "lease")
+KUBE_BACKENDS = ("configmap", "lease")  # leases/kube.py
+BACKENDS = ("bpffs", *KUBE_BACKENDS)
+PLANNED_BACKENDS = ("redis",)
 SOURCES = ("api", "file")
 DATAPLANES = ("bpf", "memory", "auto")
 
@@ -121,6 +123,15 @@ def _dns_server(value: str) -> str:
     return value.strip()
 
 
+def _k8s_name(value: str) -> str:
+    """A DNS-1123 subdomain, as Kubernetes requires of object and namespace names."""
+    text = value.strip()
+    if len(text) > 253 or not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", text):
+        raise ValueError("must be a Kubernetes name: lower-case letters, digits, '-' and '.', "
+                         "starting and ending with a letter or digit, at most 253 characters")
+    return text
+
+
 def _path(value: str) -> str:
     text = value.strip()
     if not text.startswith("/"):
@@ -181,7 +192,9 @@ VARIABLES: tuple[Variable, ...] = (
              _int_range(4096, 64 * 1024 * 1024)),
     Variable("COORDINATION_BACKEND", "-", _default("bpffs"),
              "Leader lease backend. bpffs: flock under BPF_LEASE_DIR, spans one host only. "
-             "(redis, configmap and lease are planned.)", _text),
+             "configmap / lease: client-go's leader-election record on the ConfigMap "
+             "COORDINATION_CONFIGMAP / the Lease COORDINATION_LEASE_NAME. (redis is planned.)",
+             _text),
     Variable("USE_BPF_FS_COORDINATION", "bool", _default(""),
              "The seed's switch: true is an alias for COORDINATION_BACKEND=bpffs.", _bool),
     Variable("BPF_PIN_DIR", "path", _default("/sys/fs/bpf/gossip-agent"),
@@ -196,6 +209,29 @@ VARIABLES: tuple[Variable, ...] = (
              _seconds(0.01, 60)),
     Variable("LEASE_RENEW_INTERVAL", "seconds", _default("1", "0.5"),
              "How often the leader proves it still holds the lease.", _seconds(0.01, 60)),
+    Variable("COORDINATION_NAMESPACE", "-", _default(""),
+             "Namespace of the configmap/lease backends' objects (the seed's variable). "
+             "Default: the pod's own namespace (service account), else the kubeconfig "
+             "context's, else default.", _k8s_name),
+    Variable("COORDINATION_CONFIGMAP", "-", _default("ebpf-service-list"),
+             "ConfigMap holding the leader record (configmap backend) and, with either "
+             "Kubernetes backend, the leader's mirror of SERVICE_LIST for kubectl (the "
+             "seed's name).", _k8s_name),
+    Variable("COORDINATION_LEASE_NAME", "-", _default("gossip-agent"),
+             "coordination.k8s.io/v1 Lease holding the leader record (lease backend).",
+             _k8s_name),
+    Variable("LEASE_DURATION", "seconds", _default("15", "4"),
+             "Kubernetes backends: how long a follower waits, from when it last saw the record "
+             "change, before taking over (client-go's LeaseDuration, default 15). Failover "
+             "after a leader dies takes about this long.", _int_range(1, 3600)),
+    Variable("LEASE_RENEW_DEADLINE", "seconds", _default("10", "3"),
+             "Kubernetes backends: a leader that has not renewed for this long steps down "
+             "(client-go's RenewDeadline, default 10). Must be < LEASE_DURATION and > 1.2 x "
+             "LEASE_RETRY_INTERVAL and LEASE_RENEW_INTERVAL.", _seconds(0.1, 3600)),
+    Variable("COORDINATION_MIRROR_INTERVAL", "seconds", _default("1", "0.2"),
+             "Kubernetes backends: at most one write of the leader's SERVICE_LIST into "
+             "COORDINATION_CONFIGMAP's data per this period (a view for kubectl).",
+             _seconds(0.05, 3600)),
     Variable("MAP_MAX_ENTRIES", "entries", _default("1024"),
              "SERVICE_LIST capacity (the XDP program's map size). Larger snapshots are refused.",
              _int_range(1, 1 << 20)),
@@ -249,6 +285,13 @@ class LeaseConfig:
     lease_dir: str
     retry_interval: float
     renew_interval: float
+    # Kubernetes backends (configmap, lease): see VARIABLES.
+    namespace: str = ""
+    configmap: str = "ebpf-service-list"
+    lease_name: str = "gossip-agent"
+    duration: int = 15
+    renew_deadline: float = 10.0
+    mirror_interval: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -361,6 +404,21 @@ def _check_backoff(values: Mapping[str, Any], problems: list[str]) -> None:
         problems.append(f"PEER_BACKOFF_CAP={cap:g} must be >= PEER_BACKOFF_BASE={base:g}")
 
 
+def _check_kube_timing(backend: str, values: Mapping[str, Any], problems: list[str]) -> None:
+    """client-go's rule: LeaseDuration > RenewDeadline > 1.2 x RetryPeriod (jitter); the leader
+    must also get a renewal attempt in before its deadline."""
+    duration, deadline = values["LEASE_DURATION"], values["LEASE_RENEW_DEADLINE"]
+    retry, renew = values["LEASE_RETRY_INTERVAL"], values["LEASE_RENEW_INTERVAL"]
+    if backend not in KUBE_BACKENDS or None in (duration, deadline, retry, renew):
+        return
+    if not duration > deadline:
+        problems.append(f"LEASE_RENEW_DEADLINE={deadline:g} must be < LEASE_DURATION="
+                        f"{duration} (client-go's rule)")
+    if not deadline > 1.2 * max(retry, renew):
+        problems.append(f"LEASE_RENEW_DEADLINE={deadline:g} must be > 1.2 x "
+                        f"max(LEASE_RETRY_INTERVAL, LEASE_RENEW_INTERVAL)={max(retry, renew):g}")
+
+
 def from_env(env: Mapping[str, str], *, hostname: str = "localhost") -> Config:
     """The validated configuration, or ConfigError listing every bad variable."""
     problems: list[str] = []
@@ -370,6 +428,7 @@ def from_env(env: Mapping[str, str], *, hostname: str = "localhost") -> Config:
     service, service_port = _service(values, problems)
     _check_source(values, problems)
     _check_backoff(values, problems)
+    _check_kube_timing(backend, values, problems)
     if problems:
         raise errors.ConfigError(problems)
     pin_dir = values["BPF_PIN_DIR"]
@@ -388,7 +447,11 @@ def from_env(env: Mapping[str, str], *, hostname: str = "localhost") -> Config:
         ),
         lease=LeaseConfig(
             backend, values["BPF_LEASE_DIR"] or pin_dir, values["LEASE_RETRY_INTERVAL"],
-            values["LEASE_RENEW_INTERVAL"],
+            values["LEASE_RENEW_INTERVAL"], namespace=values["COORDINATION_NAMESPACE"] or "",
+            configmap=values["COORDINATION_CONFIGMAP"], lease_name=values[
+                "COORDINATION_LEASE_NAME"], duration=values["LEASE_DURATION"],
+            renew_deadline=values["LEASE_RENEW_DEADLINE"],
+            mirror_interval=values["COORDINATION_MIRROR_INTERVAL"],
         ),
         dataplane=DataPlaneConfig(values["DATAPLANE"], pin_dir, values["MAP_MAX_ENTRIES"]),
         source=SourceConfig(values["SOURCE"], values["SOURCE_FILE"] or "",

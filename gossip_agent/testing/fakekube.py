@@ -166,6 +166,14 @@ def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _micro_time(text: str) -> str:
+    try:
+        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ApiError(400, "BadRequest", f"invalid MicroTime {text!r}") from exc
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 @dataclasses.dataclass(frozen=True)
 class Event:
     rv: int
@@ -520,6 +528,11 @@ class FakeKube:
     def _defaults(self, kind: Kind, obj: JSON, old: JSON) -> None:
         """What the API server's defaulting and the controllers would fill in."""
         meta = obj["metadata"]
+        if kind.plural == "leases":  # the server re-encodes MicroTime: RFC3339, 6 digits, Z
+            spec = obj.setdefault("spec", {})
+            for field in ("acquireTime", "renewTime"):
+                if spec.get(field):
+                    spec[field] = _micro_time(spec[field])
         if kind.plural == "services":
             spec = obj.setdefault("spec", {})
             spec.setdefault("type", "ClusterIP")

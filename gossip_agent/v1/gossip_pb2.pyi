@@ -42,7 +42,7 @@ class Snapshot(_message.Message):
     def __init__(self, version: _Optional[_Union[Version, _Mapping]] = ..., leader: _Optional[str] = ..., leader_address: _Optional[str] = ..., table: _Optional[bytes] = ..., names: _Optional[_Iterable[str]] = ..., content_hash: _Optional[bytes] = ..., age_us: _Optional[int] = ..., ack: _Optional[bool] = ..., names_hash: _Optional[bytes] = ..., names_omitted: _Optional[bool] = ..., base: _Optional[_Union[Version, _Mapping]] = ...) -> None: ...
 
 class Digest(_message.Message):
-    __slots__ = ("node", "address", "version", "content_hash", "complete", "max_term_seen", "boot_id", "peers", "leader")
+    __slots__ = ("node", "address", "version", "content_hash", "complete", "max_term_seen", "boot_id", "peers", "leader", "beat_holder", "beat_term", "beat_seq", "beat_stamp")
     NODE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,10 @@ class Digest(_message.Message):
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     PEERS_FIELD_NUMBER: _ClassVar[int]
     LEADER_FIELD_NUMBER: _ClassVar[int]
+    BEAT_HOLDER_FIELD_NUMBER: _ClassVar[int]
+    BEAT_TERM_FIELD_NUMBER: _ClassVar[int]
+    BEAT_SEQ_FIELD_NUMBER: _ClassVar[int]
+    BEAT_STAMP_FIELD_NUMBER: _ClassVar[int]
     node: str
     address: str
     version: Version
@@ -61,7 +65,11 @@ class Digest(_message.Message):
     boot_id: str
     peers: _containers.RepeatedScalarFieldContainer[str]
     leader: bool
-    def __init__(self, node: _Optional[str] = ..., address: _Optional[str] = ..., version: _Optional[_Union[Version, _Mapping]] = ..., content_hash: _Optional[bytes] = ..., complete: _Optional[bool] = ..., max_term_seen: _Optional[int] = ..., boot_id: _Optional[str] = ..., peers: _Optional[_Iterable[str]] = ..., leader: _Optional[bool] = ...) -> None: ...
+    beat_holder: str
+    beat_term: int
+    beat_seq: int
+    beat_stamp: str
+    def __init__(self, node: _Optional[str] = ..., address: _Optional[str] = ..., version: _Optional[_Union[Version, _Mapping]] = ..., content_hash: _Optional[bytes] = ..., complete: _Optional[bool] = ..., max_term_seen: _Optional[int] = ..., boot_id: _Optional[str] = ..., peers: _Optional[_Iterable[str]] = ..., leader: _Optional[bool] = ..., beat_holder: _Optional[str] = ..., beat_term: _Optional[int] = ..., beat_seq: _Optional[int] = ..., beat_stamp: _Optional[str] = ...) -> None: ...
 
 class ExchangeRequest(_message.Message):
     __slots__ = ("digest", "snapshot")

@@ -250,3 +250,34 @@ def test_unknown_variables_are_ignored() -> None:
 def test_markdown_table_has_one_row_per_variable() -> None:
     rows = config.markdown_table().splitlines()[2:]
     assert [row.split("`")[1] for row in rows] == [v.name for v in config.VARIABLES]
+
+
+# -- Kubernetes backends (issue 6) --------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", config.KUBE_BACKENDS)
+def test_kubernetes_backends_are_accepted_with_client_go_default_timing(backend: str) -> None:
+    cfg = config.from_env({**CLUSTER_ENV, "COORDINATION_BACKEND": backend})
+    assert cfg.lease.backend == backend
+    assert (cfg.lease.duration, cfg.lease.renew_deadline) == (15, 10.0)
+    assert cfg.lease.configmap == "ebpf-service-list" and cfg.lease.namespace == ""
+
+
+def test_kubernetes_names_are_validated_naming_the_variable() -> None:
+    problems = problems_of({**CLUSTER_ENV, "COORDINATION_BACKEND": "configmap",
+                            "COORDINATION_CONFIGMAP": "Bad_Name",
+                            "COORDINATION_NAMESPACE": "-x"})
+    assert any(p.startswith("COORDINATION_CONFIGMAP=") for p in problems), problems
+    assert any(p.startswith("COORDINATION_NAMESPACE=") for p in problems), problems
+
+
+@pytest.mark.parametrize(("duration", "deadline", "retry", "expected"), [
+    ("10", "10", "0.5", "LEASE_RENEW_DEADLINE=10 must be < LEASE_DURATION=10"),
+    ("15", "1", "1", "LEASE_RENEW_DEADLINE=1 must be > 1.2 x"),
+])
+def test_client_go_timing_rule_is_enforced_for_kubernetes_backends(
+        duration: str, deadline: str, retry: str, expected: str) -> None:
+    env = {**CLUSTER_ENV, "LEASE_DURATION": duration, "LEASE_RENEW_DEADLINE": deadline,
+           "LEASE_RETRY_INTERVAL": retry}
+    problems = problems_of({**env, "COORDINATION_BACKEND": "lease"})
+    assert any(expected in p for p in problems), problems
+    assert config.from_env(env).lease.backend == "bpffs"  # bpffs does not use these timers
