@@ -214,18 +214,22 @@ def default_namespace(configured: str) -> str:
 
 def api_client(*, node: str) -> k8s.ApiClient:
     """In a pod: the service account (in-cluster config); elsewhere: KUBECONFIG, as kubectl."""
+    configuration = k8s.Configuration()
     try:
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
-            configuration = k8s.Configuration()
             k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
                 client_configuration=configuration)
-            api = k8s.ApiClient(configuration)
         else:
-            api = k8s_config.new_client_from_config()  # type: ignore[no-untyped-call]
+            k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration)
     except (k8s_config.ConfigException, OSError) as exc:
         raise errors.LeaseUnavailable(
             f"no Kubernetes API configuration (in-cluster service account or KUBECONFIG): {exc}"
         ) from exc
+    # No retries inside urllib3: the election loop retries on its own clock, and a renewal
+    # must fail fast enough to be judged against LEASE_RENEW_DEADLINE.
+    configuration.retries = 0
+    api = k8s.ApiClient(configuration)
     api.user_agent = f"gossip-agent/{node}"  # the API server's audit log shows who asked
     return api
 
