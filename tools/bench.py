@@ -11,6 +11,8 @@ CLOCK_MONOTONIC, so the difference is exact.
 
 Prints p50 / p99 / max per N as a table, or with --json one JSON line: a list of objects with
 nodes, p50_ms, p99_ms, max_ms (and changes, entries).
+
+`tools/bench.py kube ...` measures the configmap backend instead (tools/bench_kube.py).
 """
 
 from __future__ import annotations
@@ -142,6 +144,11 @@ def run_size(nodes: int, changes: int, gap: float, root: str) -> dict[str, objec
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["kube"]:  # the Kubernetes backends' failover and API load (bench_kube.py)
+        import bench_kube
+
+        return bench_kube.main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, action="append",
                         help="cluster size; repeat for several (default 8, 16, 32)")
