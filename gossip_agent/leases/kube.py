@@ -60,6 +60,7 @@ log = logging.getLogger("gossip_agent.lease")
 
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 T = TypeVar("T")
+READ_TIMEOUT = 2.0  # seconds, for read() (operators' GetLeader), not for the election
 
 
 @dataclasses.dataclass(frozen=True)
@@ -463,8 +464,9 @@ class KubeLease:
                         self.where, exc)
 
     async def read(self) -> base.LeaseRecord | None:
+        # GetLeader calls this: answer fast when the API is slow (it then shows gossip's view).
         stored = await self._call("get", lambda t: self.lock.read(timeout=t),
-                                  timeout=self.timing.renew_deadline)
+                                  timeout=min(self.timing.renew_deadline, READ_TIMEOUT))
         if stored is None or stored.record is None:
             return None
         record = stored.record

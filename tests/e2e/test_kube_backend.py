@@ -58,8 +58,8 @@ def kube_cluster(fake_kube: fakekube.FakeKube, kubeconfig: str,
                  ) -> Iterator[Callable[..., localcluster.LocalCluster]]:
     # fake_kube first: set up before the agents, so it is torn down after they stopped
     # (their release at shutdown reaches it).
-    def start(nodes: int = 3) -> localcluster.LocalCluster:
-        return start_cluster(nodes, {"COORDINATION_BACKEND": "configmap",
+    def start(nodes: int = 3, backend: str = "configmap") -> localcluster.LocalCluster:
+        return start_cluster(nodes, {"COORDINATION_BACKEND": backend,
                                      "KUBECONFIG": kubeconfig,
                                      "COORDINATION_NAMESPACE": "default"})
     yield start
@@ -73,9 +73,10 @@ def record(fake: fakekube.FakeKube) -> dict[str, Any] | None:
     return json.loads(text) if text else None
 
 
-async def leaders(channels: Clients, agents: Sequence[Agent]) -> dict[str, int]:
+async def leaders(channels: Clients, agents: Sequence[Agent], timeout: float = 1.0
+                  ) -> dict[str, int]:
     """node -> term, for every agent that says it leads now."""
-    replies = await asyncio.gather(*(channels.get_leader(a.address) for a in agents))
+    replies = await asyncio.gather(*(channels.get_leader(a.address, timeout) for a in agents))
     return {a.node: r.term for a, r in zip(agents, replies, strict=True)
             if r is not None and r.is_self}
 
@@ -90,8 +91,9 @@ def one_leader(channels: Clients, agents: Sequence[Agent], *, above: int = 0
 
 
 async def start_with_a_change(start: Callable[..., localcluster.LocalCluster],
-                              channels: Clients) -> tuple[localcluster.LocalCluster, str, int]:
-    cluster = start()
+                              channels: Clients, backend: str = "configmap"
+                              ) -> tuple[localcluster.LocalCluster, str, int]:
+    cluster = start(backend=backend)
     await wait_serving(channels, cluster.agents, timeout=60)
     seen = await until("one leader", one_leader(channels, cluster.agents), timeout=30)
     (node, term), = seen.items()
@@ -155,11 +157,12 @@ async def test_stale_update_409_keeps_every_candidate_from_leading(
     assert min(seen.values()) > term
 
 
+@pytest.mark.parametrize("backend", ["configmap", "lease"])
 async def test_sigkill_of_the_leader_elects_a_survivor_within_the_lease_duration(
     kube_cluster: Callable[..., localcluster.LocalCluster], clients: Clients,  # noqa: F811
-    fake_kube: fakekube.FakeKube,
+    fake_kube: fakekube.FakeKube, backend: str,
 ) -> None:
-    cluster, address, term = await start_with_a_change(kube_cluster, clients)
+    cluster, address, term = await start_with_a_change(kube_cluster, clients, backend)
     leader = next(a for a in cluster.agents if a.address == address)
     survivors = [a for a in cluster.agents if a is not leader]
     leader.signal(9)
@@ -167,7 +170,7 @@ async def test_sigkill_of_the_leader_elects_a_survivor_within_the_lease_duration
     seen = await until("a survivor to lead at a higher term", one_leader(
         clients, survivors, above=term), timeout=3 * (LEASE_DURATION + RETRY), running=survivors)
     failover = time.monotonic() - killed
-    print(f"configmap failover after SIGKILL: {failover:.2f}s (lease duration {LEASE_DURATION}s)")
+    print(f"{backend} failover after SIGKILL: {failover:.2f}s (lease duration {LEASE_DURATION}s)")
     (node, new_term), = seen.items()
     assert new_term > term
     new_address = next(a.address for a in survivors if a.node == node)
@@ -175,8 +178,14 @@ async def test_sigkill_of_the_leader_elects_a_survivor_within_the_lease_duration
     await until("the change after failover to reach every survivor", pins_hold(
         survivors, {key("10.96.0.1"): 1, key("10.96.0.2"): 2}, version(written.version)),
         timeout=15)
-    stored = record(fake_kube)
-    assert stored is not None and stored["leaderTransitions"] == new_term
+    if backend == "configmap":
+        stored = record(fake_kube)
+        assert stored is not None and stored["leaderTransitions"] == new_term
+    else:
+        lease = fake_kube.get_object("leases", "gossip-agent")
+        assert lease is not None and lease["spec"]["leaseTransitions"] == new_term
+    await until("the new leader's mirror", lambda: _mirrored(
+        fake_kube, {"10.96.0.1": 1, "10.96.0.2": 2}), timeout=10)
 
 
 async def test_deleting_the_configmap_with_kubectl_forces_a_higher_term_and_no_map_blanks(
@@ -232,7 +241,9 @@ async def test_api_outage_followers_keep_enforcing_leader_steps_down_then_recove
     fake_kube.clear_faults()
     fake_kube.pause()  # then it stops answering at all for a while
     await asyncio.sleep(RETRY * 5)  # the candidates' requests hang in the paused server
-    assert await leaders(clients, cluster.agents) == {}
+    # GetLeader's own read of the record times out after 2 s, then it answers from gossip.
+    replies = await asyncio.gather(*(clients.get_leader(a.address, 4.0) for a in cluster.agents))
+    assert all(r is not None and not r.is_self for r in replies), replies
     fake_kube.resume()
     seen = await until("a leader after recovery", one_leader(clients, cluster.agents,
                                                              above=term), timeout=30)
