@@ -31,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import grpc.aio
@@ -100,17 +101,25 @@ async def failover(cluster: localcluster.LocalCluster, kills: int,
     return times
 
 
-def run_failover(nodes: int, kills: int, timers: dict[str, str]) -> dict[str, Any]:
+@contextlib.contextmanager
+def kube_cluster(nodes: int, timers: dict[str, str]
+                 ) -> Iterator[tuple[fakekube.FakeKube, localcluster.LocalCluster]]:
+    """A fake API server and `nodes` agents on the configmap backend, all stopped after."""
     with fakekube.FakeKube() as kube, tempfile.TemporaryDirectory(prefix="ga-kube-") as tmp:
         kubeconfig = kube.write_kubeconfig(f"{tmp}/kubeconfig")
         cluster = localcluster.LocalCluster(nodes, root=f"{tmp}/root", log_dir=f"{tmp}/logs",
                                             extra_env=cluster_env(kubeconfig, timers))
         cluster.start()
         try:
-            timeout = 3 * (float(timers["LEASE_DURATION"]) + 10)
-            times = asyncio.run(failover(cluster, kills, timeout))
+            yield kube, cluster
         finally:
             cluster.stop()
+
+
+def run_failover(nodes: int, kills: int, timers: dict[str, str]) -> dict[str, Any]:
+    with kube_cluster(nodes, timers) as (_, cluster):
+        timeout = 3 * (float(timers["LEASE_DURATION"]) + 10)
+        times = asyncio.run(failover(cluster, kills, timeout))
     return {"nodes": nodes, "kills": kills, "lease_duration_s": float(timers["LEASE_DURATION"]),
             "median_s": round(statistics.median(times), 2), "max_s": round(max(times), 2),
             "min_s": round(min(times), 2)}
@@ -123,20 +132,13 @@ async def settle(cluster: localcluster.LocalCluster) -> None:
 
 
 def run_load(nodes: int, window: float, timers: dict[str, str]) -> dict[str, Any]:
-    with fakekube.FakeKube() as kube, tempfile.TemporaryDirectory(prefix="ga-kube-") as tmp:
-        kubeconfig = kube.write_kubeconfig(f"{tmp}/kubeconfig")
-        cluster = localcluster.LocalCluster(nodes, root=f"{tmp}/root", log_dir=f"{tmp}/logs",
-                                            extra_env=cluster_env(kubeconfig, timers))
-        cluster.start()
-        try:
-            asyncio.run(settle(cluster))
-            # Beats need a few gossip rounds to reach everyone after the election.
-            time.sleep(float(timers["LEASE_DURATION"]))
-            since = time.monotonic()
-            time.sleep(window)
-            seen = [r for r in list(kube.requests) if since <= r.at < since + window]
-        finally:
-            cluster.stop()
+    with kube_cluster(nodes, timers) as (kube, cluster):
+        asyncio.run(settle(cluster))
+        # Beats need a few gossip rounds to reach everyone after the election.
+        time.sleep(float(timers["LEASE_DURATION"]))
+        since = time.monotonic()
+        time.sleep(window)
+        seen = [r for r in list(kube.requests) if since <= r.at < since + window]
     by_agent = collections.Counter(r.user_agent.removeprefix("gossip-agent/") for r in seen)
     by_verb = collections.Counter(f"{r.verb} {r.resource}" for r in seen)
     return {"nodes": nodes, "window_s": window,

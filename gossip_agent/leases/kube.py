@@ -97,6 +97,16 @@ class _Lock(Protocol):
               timeout: float) -> Stored: ...
 
 
+def _unless_missing(read: Callable[[], Any]) -> Any:
+    """read(), or None when the object does not exist (404)."""
+    try:
+        return read()
+    except k8s.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
 class _ConfigMapLock:
     resource = "configmaps"
 
@@ -117,14 +127,9 @@ class _ConfigMapLock:
             ) from exc
 
     def read(self, *, timeout: float) -> Stored | None:
-        try:
-            obj = self.core.read_namespaced_config_map(self.name, self.namespace,
-                                                       _request_timeout=timeout)
-        except k8s.ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return self._stored(obj)
+        obj = _unless_missing(lambda: self.core.read_namespaced_config_map(
+            self.name, self.namespace, _request_timeout=timeout))
+        return None if obj is None else self._stored(obj)
 
     def create(self, record: kuberecord.ElectionRecord, *, timeout: float) -> Stored:
         body = k8s.V1ConfigMap(metadata=k8s.V1ObjectMeta(
@@ -171,14 +176,9 @@ class _LeaseLock:
             lease_transitions=record.transitions)
 
     def read(self, *, timeout: float) -> Stored | None:
-        try:
-            obj = self.coordination.read_namespaced_lease(self.name, self.namespace,
-                                                          _request_timeout=timeout)
-        except k8s.ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return self._stored(obj)
+        obj = _unless_missing(lambda: self.coordination.read_namespaced_lease(
+            self.name, self.namespace, _request_timeout=timeout))
+        return None if obj is None else self._stored(obj)
 
     def create(self, record: kuberecord.ElectionRecord, *, timeout: float) -> Stored:
         body = k8s.V1Lease(metadata=k8s.V1ObjectMeta(name=self.name, namespace=self.namespace),
