@@ -299,10 +299,8 @@ class KubeLease:
 
     def _new_record(self, old: kuberecord.ElectionRecord | None, *, min_term: int,
                     wall: datetime.datetime) -> kuberecord.ElectionRecord:
-        """The record this agent writes to take (or keep) the lease."""
-        if old is not None and old.holder == self.holder:
-            return dataclasses.replace(old, renew_time=wall,
-                                       duration_seconds=self.timing.duration)
+        """The record this agent writes to take the lease: a new term even when the record
+        still names this agent (it stepped down meanwhile, e.g. past its renew deadline)."""
         backend_term = (old.transitions if old is not None else 0) + 1
         term = terms.next_term(backend_term=backend_term, max_seen=min_term - 1)
         return kuberecord.ElectionRecord(self.holder, self.timing.duration, wall, wall, term)

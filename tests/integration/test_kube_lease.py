@@ -265,3 +265,16 @@ async def test_mirror_writes_the_table_into_data_without_touching_the_record(
     assert json.loads(obj["data"]["service-list"]) == {"10.96.0.10": 3, "10.96.0.11": 0}
     assert obj["data"]["version"] == "1.4" and obj["data"]["leader"] == "node-a"
     assert annotation(fake_kube) == record
+
+
+async def test_holder_that_stepped_down_reacquires_its_own_record_at_a_new_term(
+        make_lease: LeaseFactory, fake_kube: fakekube.FakeKube) -> None:
+    clock = Clock()
+    leader = make_lease("node-a", clock=clock)
+    grant = await leader.try_acquire(min_term=1)
+    assert grant is not None
+    clock.now += TIMING.renew_deadline + 1
+    assert not await leader.renew()  # past the deadline: stepped down, record still names it
+    again = await leader.try_acquire(min_term=grant.term + 1)
+    assert again is not None and again.term == grant.term + 1
+    assert json.loads(annotation(fake_kube))["leaderTransitions"] == again.term
