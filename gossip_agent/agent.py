@@ -132,6 +132,8 @@ class Agent:
                 coalesce_window=cfg.gossip.coalesce_window,
                 write_ack_timeout=cfg.gossip.write_ack_timeout,
             ),
+            warm_start=self._warm_start if cfg.lease.backend in config_mod.KUBE_BACKENDS
+            else None,
         )
         self.streams = streams_mod.OpenStreams()
         self.health: server_mod.HealthServicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -203,14 +205,26 @@ class Agent:
                       exc_info=task.exception())
             self.failed.set()
 
+    def _open_mirror(self) -> Any:
+        from gossip_agent.leases import kube  # the kubernetes client only when it is used
+
+        assert isinstance(self.lease, kube.KubeLease)
+        return kube.ConfigMapMirror(
+            api=self.lease.api, namespace=self.lease.namespace, name=self.cfg.lease.configmap,
+            interval=self.cfg.lease.mirror_interval, timeout=self.cfg.lease.renew_deadline)
+
+    async def _warm_start(self) -> tuple[int, source_base.Desired] | None:
+        found = await self._open_mirror().read()
+        if found is None:
+            return None
+        term, table = found
+        return term, source_base.Desired(table, {})
+
     async def _mirror(self) -> None:
         """The leader's SERVICE_LIST into COORDINATION_CONFIGMAP for kubectl (leases/kube)."""
         from gossip_agent.leases import kube
 
-        assert isinstance(self.lease, kube.KubeLease)
-        mirror = kube.ConfigMapMirror(
-            api=self.lease.api, namespace=self.lease.namespace, name=self.cfg.lease.configmap,
-            interval=self.cfg.lease.mirror_interval, timeout=self.cfg.lease.renew_deadline)
+        mirror = self._open_mirror()
 
         def state() -> kube.MirrorState | None:
             held = self.engine.held

@@ -503,6 +503,7 @@ class ConfigMapMirror:
         self.interval, self.timeout = interval, timeout
         self.written = ""  # version last mirrored
         self.error = ""
+        self.where = f'"{name}" in namespace "{namespace}"'
 
     @staticmethod
     def data(state: MirrorState) -> dict[str, str]:
@@ -522,10 +523,28 @@ class ConfigMapMirror:
                 await asyncio.to_thread(self._write, self.data(current))
             except (k8s.ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
                 self._trouble(describe_failure(exc, verb="patch", resource="configmaps",
-                                               where=f'"{self.name}" in namespace '
-                                                     f'"{self.namespace}"'))
+                                               where=self.where))
                 continue
             self.written, self.error = current.version, ""
+
+    async def read(self) -> tuple[int, dict[int, int]] | None:
+        """(term, table) as the mirror holds them, or None when there is none (a warm start
+        for a new leader of a cold cluster: leader.Leadership._warm_start)."""
+        try:
+            obj = await asyncio.to_thread(lambda: _unless_missing(
+                lambda: self.core.read_namespaced_config_map(
+                    self.name, self.namespace, _request_timeout=self.timeout)))
+        except (k8s.ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise errors.LeaseUnavailable(describe_failure(
+                exc, verb="get", resource="configmaps", where=self.where)) from exc
+        data = (obj.data or {}) if obj is not None else {}
+        if "service-list" not in data:
+            return None
+        try:
+            return parse_mirror(data)
+        except (ValueError, TypeError, AttributeError) as exc:
+            log.warning("mirror in configmap %s is not usable: %s", self.where, exc)
+            return None
 
     def _trouble(self, message: str) -> None:
         if message != self.error:
@@ -543,6 +562,23 @@ class ConfigMapMirror:
                 name=self.name, namespace=self.namespace), data=data)
             self.core.create_namespaced_config_map(self.namespace, body,
                                                    _request_timeout=self.timeout)
+
+
+def parse_mirror(data: dict[str, str]) -> tuple[int, dict[int, int]]:
+    """The mirror's (term, table); ValueError when it is not one this agent wrote."""
+    term = int(data.get("version", "").split(".")[0])
+    services = json.loads(data["service-list"])
+    if not isinstance(services, dict):
+        raise ValueError("service-list is not a JSON object")
+    table = {}
+    for ip, replicas in services.items():
+        parts = [int(p) for p in ip.split(".")]
+        if len(parts) != 4 or not all(0 <= p <= 255 for p in parts):
+            raise ValueError(f"{ip!r} is not an IPv4 address")
+        if not isinstance(replicas, int) or not 0 <= replicas < 2**32:
+            raise ValueError(f"replicas {replicas!r} of {ip} is not a u32")
+        table[(parts[0] << 24) | (parts[1] << 16) | (parts[2] << 8) | parts[3]] = replicas
+    return term, table
 
 
 def _dotted(ip: int) -> str:

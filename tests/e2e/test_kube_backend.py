@@ -293,3 +293,19 @@ def kubectl(kubeconfig: str, tmp_path: pathlib.Path, *args: str) -> str:
 
 
 __all__ = ["stop_cluster"]
+
+
+async def test_cold_cluster_leader_warm_starts_from_the_mirror_above_its_term(
+    kube_cluster: Callable[..., localcluster.LocalCluster], clients: Clients,  # noqa: F811
+    fake_kube: fakekube.FakeKube,
+) -> None:
+    # What a former cluster left: no record (it was released and deleted), only the mirror.
+    fake_kube.create_object({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
+        "name": CONFIGMAP, "namespace": "default"}, "data": {
+        "service-list": '{"10.96.0.7":5,"10.96.0.8":0}', "version": "6.3", "leader": "old"}})
+    cluster = kube_cluster(3)  # fresh pins: nothing held anywhere
+    await wait_serving(clients, cluster.agents, timeout=60)
+    seen = await until("one leader", one_leader(clients, cluster.agents), timeout=30)
+    assert min(seen.values()) > 6, f"the warm start must come above the mirror's term: {seen}"
+    await until("every map to hold the mirror's table", pins_hold(
+        cluster.agents, {key("10.96.0.7"): 5, key("10.96.0.8"): 0}, (7, 1)), timeout=15)

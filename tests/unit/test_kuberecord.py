@@ -91,3 +91,24 @@ def test_board_is_quiet_only_while_another_holders_beats_are_fresh() -> None:
     assert not board.quiet(holder="other", window=5, now=11.0)  # its own beat
     board.offer(beats.Beat("", 1, 2, "r"), now=16.0)  # released
     assert not board.quiet(holder="me", window=5, now=16.5)
+
+
+def test_mirror_data_parses_back_to_term_and_table() -> None:
+    from gossip_agent.leases import kube
+
+    state = kube.MirrorState("7.3", "node-a", {0x0A60000A: 3, 0xC0A80001: 0})
+    assert kube.parse_mirror(kube.ConfigMapMirror.data(state)) == (
+        7, {0x0A60000A: 3, 0xC0A80001: 0})
+
+
+@pytest.mark.parametrize("data", [
+    {"service-list": "[]", "version": "1.1"},
+    {"service-list": '{"10.0.0":1}', "version": "1.1"},
+    {"service-list": '{"10.0.0.1":-1}', "version": "1.1"},
+    {"service-list": "{}", "version": "x"},
+])
+def test_unusable_mirror_raises_value_error(data: dict[str, str]) -> None:
+    from gossip_agent.leases import kube
+
+    with pytest.raises(ValueError):
+        kube.parse_mirror(data)
