@@ -256,6 +256,7 @@ class KubeLease:
     """leases.base.Lease over a ConfigMap or a Lease object."""
 
     note = ""
+    spreads_beats = True  # leader.Leadership._spread_beat hands each renewal to a peer
 
     def __init__(self, *, kind: str, api: k8s.ApiClient, namespace: str, name: str, node: str,
                  timing: KubeTiming, beats: beats_mod.BeatBoard,
