@@ -28,7 +28,9 @@ recorded as a beat that digests spread; while a newer beat arrived within LEASE_
 one retry interval, try_acquire answers None without calling the API. When beats stop, the
 follower reads the record, and if it is the record the last beat described, it counts as
 observed when that beat was heard, so failover takes about LEASE_DURATION after the leader's
-last renewal, plus one retry, not LEASE_DURATION after the first poll.
+last renewal, plus one retry, not LEASE_DURATION after the first poll. The leader hands each
+renewal's beat to one peer at once (leader.Leadership._spread_beat, because spreads_beats is
+set), so even a leader killed right after renewing has told someone.
 
 The official client blocks, so each call runs in a worker thread (asyncio.to_thread) with a
 request timeout. Its exceptions become errors.LeaseUnavailable here, with a message naming the
