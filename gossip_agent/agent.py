@@ -21,13 +21,17 @@ from typing import Any
 from grpc_health.v1 import health
 
 from gossip_agent import config as config_mod
-from gossip_agent import errors
+from gossip_agent import errors, observe
+from gossip_agent.api import dataplane as dataplane_api
+from gossip_agent.api import probes
 from gossip_agent.api import server as server_mod
 from gossip_agent.api import state as state_mod
 from gossip_agent.api import streams as streams_mod
 from gossip_agent.core import beats as beats_mod
 from gossip_agent.core import peers
 from gossip_agent.dataplane import base as dataplane_base
+from gossip_agent.dataplane import enforcer as enforcer_mod
+from gossip_agent.dataplane import events as dataplane_events
 from gossip_agent.dataplane import memory as memory_dataplane
 from gossip_agent.gossip import antientropy, discovery, transport
 from gossip_agent.gossip import engine as engine_mod
@@ -66,6 +70,22 @@ def open_dataplane(cfg: config_mod.DataPlaneConfig) -> dataplane_base.DataPlane:
     return bpfmap.open_pinned(pin_dir=cfg.pin_dir, max_entries=cfg.max_entries)
 
 
+def open_enforcer(
+    cfg: config_mod.Config, plane: dataplane_base.DataPlane, hub: dataplane_events.EventHub
+) -> enforcer_mod.Enforcer | None:
+    """The XDP program, heartbeat and event reader (dataplane/enforcer.py) for a BPF data
+    plane; None for the memory one (nothing to enforce)."""
+    from gossip_agent.dataplane import bpfmap, interfaces
+
+    if not isinstance(plane, bpfmap.BpfDataPlane):
+        if cfg.xdp.interfaces:
+            log.warning("XDP_INTERFACES is ignored: no BPF data plane, no program")
+        return None
+    return enforcer_mod.Enforcer.build(
+        plane=plane, patterns=interfaces.parse_patterns(cfg.xdp.interfaces),
+        mode=cfg.xdp.mode, fail_open_after=cfg.xdp.fail_open_after, hub=hub)
+
+
 def open_lease(cfg: config_mod.Config, *, beats: beats_mod.BeatBoard | None = None
                ) -> lease_base.Lease:
     if cfg.lease.backend in config_mod.KUBE_BACKENDS:
@@ -102,9 +122,15 @@ class Agent:
         self.cfg = cfg
         self.rng = rng or random.Random()
         self.dataplane = open_dataplane(cfg.dataplane)
+        # Scale-up events from the XDP program: `with agent.scale_events.subscribe() as s`.
+        self.scale_events = dataplane_events.EventHub()
+        self.enforcer: enforcer_mod.Enforcer | None = None
         try:
+            self.enforcer = open_enforcer(cfg, self.dataplane, self.scale_events)
             self._build(cfg)
         except BaseException:
+            if self.enforcer is not None:
+                self.enforcer.close()
             self.dataplane.close()  # frees the pin-directory lock for whoever comes next
             raise
 
@@ -119,10 +145,12 @@ class Agent:
             policy=peers.BackoffPolicy(base=cfg.gossip.backoff_base, cap=cfg.gossip.backoff_cap),
             rng=self.rng,
         )
+        self.observer = observe.Observer(cfg)  # metrics, console (issue 7)
         self.engine = engine_mod.Engine(
             node=cfg.node.name, address=cfg.node.advertise_addr, boot_id=read_boot_id(),
             dataplane=self.dataplane, transport=self.transport, membership=self.membership,
             rpc_timeout=cfg.gossip.rpc_timeout, rng=self.rng, beats=self.beats,
+            telemetry=self.observer.telemetry,
         )
         self.leadership = leader_mod.Leadership(
             engine=self.engine, lease=self.lease, source=self.source,
@@ -143,9 +171,13 @@ class Agent:
             forward_timeout=cfg.gossip.write_ack_timeout + 2 * cfg.gossip.rpc_timeout,
             streams=self.streams,
         )
+        self.dataplane_service = dataplane_api.DataPlaneService(
+            node=cfg.node.name, plane=self.dataplane, enforcer=self.enforcer,
+            hub=self.scale_events)
         self.server = server_mod.build(
             engine=self.engine, state_service=self.state_service, health_servicer=self.health,
             max_message_bytes=cfg.gossip.max_message_bytes, streams=self.streams,
+            dataplane_service=self.dataplane_service,
         )
         self.port = server_mod.bind(self.server, cfg.node.listen_addr)
         self.tasks: list[asyncio.Task[Any]] = []
@@ -156,7 +188,11 @@ class Agent:
         self.membership.set_discovered(peers.STATIC, self.cfg.discovery.peers)
         await self.server.start()
         await server_mod.set_health(self.health, serving=True, names=(
-            "", server_mod.GOSSIP_SERVICE, server_mod.STATE_SERVICE, server_mod.LEASE_HEALTH))
+            "", server_mod.GOSSIP_SERVICE, server_mod.STATE_SERVICE, server_mod.LEASE_HEALTH,
+            probes.LIVE))
+        await server_mod.set_health(self.health, serving=False, names=(probes.READY,))
+        await self.observer.start(leadership=self.leadership, scale_events=self.scale_events,
+                                  enforcer=self.enforcer)
         await self._first_discovery()
         self._spawn(antientropy.run(self.engine, interval=self.cfg.gossip.interval,
                                     rng=self.rng), "gossip.anti-entropy")
@@ -166,6 +202,9 @@ class Agent:
         self._spawn(self._watch_refusal(), "lease.refusal-health")
         if self.cfg.lease.backend in config_mod.KUBE_BACKENDS:
             self._spawn(self._mirror(), "lease.mirror")
+        self._spawn(probes.watch_readiness(self.engine, self.health), "health.readiness")
+        for coro, name in self.enforcer.tasks() if self.enforcer is not None else ():
+            self._spawn(coro, name)
         if self.cfg.discovery.service:
             self._spawn(discovery.run_dns_discovery(
                 membership=self.membership, name=self.cfg.discovery.service,
@@ -242,7 +281,7 @@ class Agent:
             self.leadership.refusal_changed.clear()
             refusal = self.leadership.refusal
             if refusal:
-                log.error("refusing to lead: %s", refusal)
+                log.error("refusing to lead: %s", refusal, extra={"reason": refusal})
             else:
                 log.info("no longer refusing to lead")
             await server_mod.set_health(
@@ -258,14 +297,21 @@ class Agent:
         await self.server.stop(SHUTDOWN_GRACE_SECONDS)
         await self.transport.close()
         await self.lease.close()
+        await self.observer.stop()
+        if self.enforcer is not None:
+            self.enforcer.close()  # the program stays attached, the maps pinned
         self.dataplane.close()
         log.info("stopped; the pinned maps keep the last state")
 
 
 async def serve(cfg: config_mod.Config) -> int:
+    loop = asyncio.get_running_loop()
+    observe.name_unnamed_tasks(loop)
+    current = asyncio.current_task()
+    if current is not None:
+        current.set_name("agent.main")
     agent = Agent(cfg)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:

@@ -5,6 +5,7 @@
   gossip-agent set --target H:P IP REPLICAS [--name NS/NAME]
   gossip-agent delete --target H:P IP           writes go through any agent to the leader
   gossip-agent env [--markdown]                 every environment variable, documented
+  gossip-agent detach [--bpf-pin-dir DIR]       remove the XDP program and pinned maps
 
 Exit codes: 0 ok; 1 runtime failure (unreachable target: one line with the address and the gRPC
 status; port or pin directory in use); 2 bad arguments or invalid configuration.
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import socket
 import sys
@@ -27,7 +27,7 @@ from google.protobuf import json_format
 from google.protobuf import message as protobuf_message
 
 from gossip_agent import config as config_mod
-from gossip_agent import errors
+from gossip_agent import errors, logs
 from gossip_agent.v1 import gossip_pb2 as pb
 from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc
 
@@ -55,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     setter.add_argument("--name", default="", help="namespace/name, for people")
     deleter = _query_parser(commands.add_parser("delete", help="remove a service"))
     deleter.add_argument("ip", help="the Service ClusterIP")
+    detach = commands.add_parser(
+        "detach", help="remove this agent's XDP program (this network namespace) and maps")
+    detach.add_argument("--bpf-pin-dir", dest="BPF_PIN_DIR", metavar="PATH",
+                        help="the agent's pin directory (env BPF_PIN_DIR)")
     env = commands.add_parser("env", help="list every environment variable")
     env.add_argument("--markdown", action="store_true", help="as the README's table")
     return parser
@@ -83,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     if args.command == "env":
         return _env(args)
+    if args.command == "detach":
+        return _detach(args)
     return _query(args)
 
 
@@ -100,10 +106,7 @@ def _run(args: argparse.Namespace) -> int:
     except errors.ConfigError as exc:
         print(f"gossip-agent: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=cfg.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s {cfg.node.name} %(name)s: %(message)s",
-    )
+    logs.configure(level=cfg.log_level, fmt=cfg.observe.log_format, node=cfg.node.name)
     from gossip_agent import agent  # heavy imports (grpc server, bcc) only for `run`
 
     try:
@@ -113,6 +116,30 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
+
+
+def _detach(args: argparse.Namespace) -> int:
+    variable = next(v for v in config_mod.VARIABLES if v.name == "BPF_PIN_DIR")
+    text = args.BPF_PIN_DIR or os.environ.get("BPF_PIN_DIR") or variable.defaults["cluster"]
+    try:
+        pin_dir = variable.parse(text)
+    except ValueError as exc:
+        print(f"gossip-agent: BPF_PIN_DIR={text!r}: {exc}", file=sys.stderr)
+        return 2
+    from gossip_agent.dataplane import detach  # bcc only for this command
+
+    try:
+        done = detach.detach(pin_dir=pin_dir)
+    except errors.GossipAgentError as exc:
+        print(f"gossip-agent: {exc}", file=sys.stderr)
+        return 1
+    print(f"detached from: {', '.join(done.interfaces) or 'no interface'}")
+    for line in done.skipped:
+        print(f"left alone: {line}")
+    for line in done.failed:
+        print(f"gossip-agent: could not detach {line}; the pins were kept", file=sys.stderr)
+    print(f"removed: {', '.join(done.removed) or 'no pin'}")
+    return 1 if done.failed else 0
 
 
 def _env(args: argparse.Namespace) -> int:

@@ -130,6 +130,24 @@ def _k8s_name(value: str) -> str:
         raise ValueError("must be a Kubernetes name: lower-case letters, digits, '-' and '.', "
                          "starting and ending with a letter or digit, at most 253 characters")
     return text
+def _interface_list(value: str) -> str:
+    names = [item.strip() for item in value.split(",") if item.strip()]
+    for name in names:
+        if len(name) > 15 or any(ch.isspace() or ch == "/" for ch in name):
+            raise ValueError(f"{name!r} is not an interface name or glob (max 15 characters, "
+                             "no spaces or slashes)")
+    return ",".join(names)
+
+
+def _minutes(low: float, high: float) -> Callable[[str], float]:
+    """Minutes in, seconds out."""
+    def parse(value: str) -> float:
+        number = float(value)
+        if not low <= number <= high:
+            raise ValueError(f"must be between {low:g} and {high:g} minutes")
+        return number * 60
+
+    return parse
 
 
 def _path(value: str) -> str:
@@ -246,8 +264,45 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("SOURCE_POLL_INTERVAL", "seconds", _default("1", "0.2"),
              "How often SOURCE_FILE is checked for changes (mtime, size, then content).",
              _seconds(0.01, 600)),
+    Variable("XDP_INTERFACES", "names,globs", _default(""),
+             "Interfaces that get the XDP program, e.g. eth0,veth*,cali*,lxc* (followed as "
+             "they appear). Empty: maps only, no program. An interface carrying another "
+             "component's XDP program is skipped.", _interface_list),
+    Variable("XDP_MODE", "-", _default("auto"),
+             "auto: native (driver) mode where the driver supports it, else generic (SKB); "
+             "native or generic force one.", _choice("auto", "native", "generic")),
+    Variable("FAIL_OPEN_AFTER", "minutes", _default("10"),
+             "The XDP program passes everything once the agent's heartbeat is older than "
+             "this, so a dead or uninstalled agent cannot leave zeros dropping traffic "
+             "forever. 0 disables. Long enough to ride out a restart or an eviction.",
+             _minutes(0, 7 * 24 * 60)),
     Variable("LOG_LEVEL", "-", _default("info"),
              "debug, info, warning or error.", _choice("debug", "info", "warning", "error")),
+    # -- operating a live agent: logs, metrics, console (gossip_agent.logs/metrics/console) --
+    Variable("LOG_FORMAT", "-", _default("text"),
+             "text: one human-readable line per record; json: one JSON object per line (time, "
+             "level, node, logger, event, fields) for log collectors.", _choice("text", "json")),
+    Variable("METRICS_PORT", "port", _default("0"),
+             "Port of the Prometheus /metrics endpoint; 0 = off. k8s/monitoring scrapes 9102.",
+             _int_range(0, 65535)),
+    Variable("METRICS_HOST", "IPv4/IPv6", _default("0.0.0.0", "127.0.0.1"),
+             "Address /metrics listens on: every interface in a cluster so Prometheus can "
+             "scrape the pod (read-only data), loopback locally.", _ip),
+    Variable("AIOMONITOR_PORT", "port", _default("0"),
+             "aiomonitor console (telnet: `python -m aiomonitor.cli -p PORT`); 0 = off. The "
+             "local cluster turns it on with a free port per agent.", _int_range(0, 65535)),
+    Variable("AIOMONITOR_HOST", "IPv4/IPv6", _default("127.0.0.1"),
+             "Address of the console, its web UI and Python console. Loopback: the console "
+             "can cancel tasks, and a hostNetwork pod's loopback is only the node's.", _ip),
+    Variable("AIOMONITOR_WEBUI_PORT", "port", _default("0"),
+             "aiomonitor's web UI (task list over HTTP) when the console is on; 0 = "
+             "AIOMONITOR_PORT+1.", _int_range(0, 65535)),
+    Variable("AIOMONITOR_CONSOLE_PORT", "port", _default("0"),
+             "Port of the Python console (the console's `console` command) when enabled; 0 = "
+             "AIOMONITOR_PORT+2.", _int_range(0, 65535)),
+    Variable("AIOMONITOR_PYTHON_CONSOLE", "bool", _default("false"),
+             "Allow the console's `console` command: a Python REPL inside the agent that runs "
+             "arbitrary code as root. Off in every profile unless set to true.", _bool),
 )
 NAMES = frozenset(variable.name for variable in VARIABLES)
 
@@ -302,10 +357,31 @@ class DataPlaneConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class XdpConfig:
+    interfaces: str = ""  # comma list of names and globs; "" = no program
+    mode: str = "auto"
+    fail_open_after: float = 600.0  # seconds; 0 = never fail open
+
+
+@dataclasses.dataclass(frozen=True)
 class SourceConfig:
     kind: str
     file: str
     poll_interval: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ObserveConfig:
+    """Logs, metrics and the console (issue 7). Ports are 0 when the feature is off."""
+
+    log_format: str = "text"
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+    monitor_host: str = "127.0.0.1"
+    monitor_port: int = 0
+    monitor_webui_port: int = 0
+    monitor_console_port: int = 0
+    python_console: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,6 +394,8 @@ class Config:
     lease: LeaseConfig
     dataplane: DataPlaneConfig
     source: SourceConfig
+    xdp: XdpConfig = XdpConfig()
+    observe: ObserveConfig = ObserveConfig()
 
 
 def _raw_values(env: Mapping[str, str], problems: list[str]) -> dict[str, Any]:
@@ -417,6 +495,12 @@ def _check_kube_timing(backend: str, values: Mapping[str, Any], problems: list[s
     if not deadline > 1.2 * max(retry, renew):
         problems.append(f"LEASE_RENEW_DEADLINE={deadline:g} must be > 1.2 x "
                         f"max(LEASE_RETRY_INTERVAL, LEASE_RENEW_INTERVAL)={max(retry, renew):g}")
+def _check_monitor_ports(values: Mapping[str, Any], problems: list[str]) -> None:
+    port = values["AIOMONITOR_PORT"]
+    derived = not values["AIOMONITOR_WEBUI_PORT"] or not values["AIOMONITOR_CONSOLE_PORT"]
+    if port and derived and port > 65533:
+        problems.append(f"AIOMONITOR_PORT={port}: must be <= 65533 when the web UI and Python "
+                        "console ports are derived from it (+1, +2)")
 
 
 def from_env(env: Mapping[str, str], *, hostname: str = "localhost") -> Config:
@@ -429,6 +513,7 @@ def from_env(env: Mapping[str, str], *, hostname: str = "localhost") -> Config:
     _check_source(values, problems)
     _check_backoff(values, problems)
     _check_kube_timing(backend, values, problems)
+    _check_monitor_ports(values, problems)
     if problems:
         raise errors.ConfigError(problems)
     pin_dir = values["BPF_PIN_DIR"]
@@ -456,6 +541,25 @@ def from_env(env: Mapping[str, str], *, hostname: str = "localhost") -> Config:
         dataplane=DataPlaneConfig(values["DATAPLANE"], pin_dir, values["MAP_MAX_ENTRIES"]),
         source=SourceConfig(values["SOURCE"], values["SOURCE_FILE"] or "",
                             values["SOURCE_POLL_INTERVAL"]),
+        xdp=XdpConfig(values["XDP_INTERFACES"] or "", values["XDP_MODE"],
+                      values["FAIL_OPEN_AFTER"]),
+        observe=_observe(values),
+    )
+
+
+def _observe(values: Mapping[str, Any]) -> ObserveConfig:
+    """aiomonitor's own convention: web UI and Python console on the two ports after the
+    console's, unless given."""
+    port = values["AIOMONITOR_PORT"]
+    return ObserveConfig(
+        log_format=values["LOG_FORMAT"],
+        metrics_host=values["METRICS_HOST"],
+        metrics_port=values["METRICS_PORT"],
+        monitor_host=values["AIOMONITOR_HOST"],
+        monitor_port=port,
+        monitor_webui_port=values["AIOMONITOR_WEBUI_PORT"] or (port + 1 if port else 0),
+        monitor_console_port=values["AIOMONITOR_CONSOLE_PORT"] or (port + 2 if port else 0),
+        python_console=bool(values["AIOMONITOR_PYTHON_CONSOLE"]),
     )
 
 

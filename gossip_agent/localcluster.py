@@ -5,6 +5,10 @@ its own directory under `root` and competes for one bpffs lease in `root` itself
 pin and lease directories coincide; here they must not, or the agents would share one map).
 Without a mounted bpffs (no root) the agents fall back, loudly, to memory maps and a flock on
 an ordinary directory (PROFILE=local, DATAPLANE=auto).
+
+Operating each agent (observe=True, the default): /metrics on METRICS_PORT and the aiomonitor
+console on AIOMONITOR_PORT (web UI and Python console ports next to it, the Python console
+disabled), all on free loopback ports recorded in AgentProcess.
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ class AgentProcess:
     env: dict[str, str]
     log_path: str
     process: subprocess.Popen[bytes] | None = None
+    metrics_port: int = 0  # 0 = off
+    monitor_port: int = 0  # the aiomonitor console; 0 = off
 
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
@@ -93,14 +99,19 @@ class LocalCluster:
         root: str,
         log_dir: str,
         extra_env: Mapping[str, str] | None = None,
+        observe: bool = True,
     ) -> None:
         self.root = root
-        ports = free_ports(nodes)
-        addresses = [f"127.0.0.1:{port}" for port in ports]
+        # One batch, so every port is distinct: gRPC, then metrics, console, web UI, REPL.
+        ports = free_ports(nodes * (5 if observe else 1))
+        addresses = [f"127.0.0.1:{port}" for port in ports[:nodes]]
         os.makedirs(log_dir, exist_ok=True)
         self.agents = [
             self._agent(i, addresses, log_dir, extra_env or {}) for i in range(nodes)
         ]
+        if observe:
+            for agent, extra in zip(self.agents, _chunks(ports[nodes:], 4), strict=True):
+                _observe(agent, extra)
 
     def _agent(
         self, index: int, addresses: Sequence[str], log_dir: str, extra: Mapping[str, str]
@@ -121,6 +132,11 @@ class LocalCluster:
                             os.path.join(log_dir, f"{node}.log"))
 
     @property
+    def metrics_targets(self) -> list[str]:
+        """host:port of every agent's /metrics (what a Prometheus scrape config lists)."""
+        return [f"127.0.0.1:{a.metrics_port}" for a in self.agents if a.metrics_port]
+
+    @property
     def addresses(self) -> list[str]:
         return [a.address for a in self.agents]
 
@@ -136,6 +152,21 @@ class LocalCluster:
 
     def exited(self) -> list[AgentProcess]:
         return [a for a in self.agents if a.process is not None and a.process.poll() is not None]
+
+
+def _chunks(items: Sequence[int], size: int) -> list[list[int]]:
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def _observe(agent: AgentProcess, ports: Sequence[int]) -> None:
+    agent.metrics_port, agent.monitor_port = ports[0], ports[1]
+    agent.env.update({
+        "METRICS_PORT": str(ports[0]),
+        "METRICS_HOST": "127.0.0.1",
+        "AIOMONITOR_PORT": str(ports[1]),
+        "AIOMONITOR_WEBUI_PORT": str(ports[2]),
+        "AIOMONITOR_CONSOLE_PORT": str(ports[3]),
+    })
 
 
 async def call(address: str, method: str, request: object, timeout: float = 2.0) -> object:

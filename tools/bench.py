@@ -28,6 +28,7 @@ import tempfile
 import time
 
 import grpc.aio
+import mapbench  # tools/ is on sys.path when this file runs as a script
 
 from gossip_agent import localcluster
 from gossip_agent.v1 import gossip_pb2 as pb
@@ -156,7 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gap", type=float, default=0.05,
                         help="seconds between changes (after the leader's reply)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--map", action="store_true",
+                        help="run the map-write benchmark instead (tools/mapbench.py)")
+    parser.add_argument("--map-runs", type=int, default=1000,
+                        help="applications per case for --map")
     args = parser.parse_args(argv)
+    if args.map:
+        return mapbench.report(runs=args.map_runs, as_json=args.json)
     sizes = args.nodes or [8, 16, 32]
     root = (localcluster.BPFFS_ROOT + "-bench" if localcluster.bpffs_mounted()
             and os.geteuid() == 0 else tempfile.mkdtemp(prefix="gossip-bench-"))

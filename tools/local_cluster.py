@@ -138,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     cluster = localcluster.LocalCluster(
         args.nodes, root=root, log_dir=log_dir, extra_env=source_env(args, log_dir))
     print(f"starting {args.nodes} agents; logs in {log_dir}", file=sys.stderr)
+    for agent in cluster.agents:
+        print(f"  {agent.node}: grpc {agent.address}  metrics http://127.0.0.1:"
+              f"{agent.metrics_port}/metrics  console: .venv/bin/python -m aiomonitor.cli "
+              f"-p {agent.monitor_port}", file=sys.stderr)
     cluster.start()
     try:
         if args.check:

@@ -24,6 +24,7 @@ from gossip_agent.api import state, status
 from gossip_agent.api import streams as streams_mod
 from gossip_agent.gossip import engine as engine_mod
 from gossip_agent.gossip import wire
+from gossip_agent.v1 import dataplane_pb2_grpc
 from gossip_agent.v1 import gossip_pb2 as pb
 from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc
 
@@ -31,6 +32,7 @@ log = logging.getLogger("gossip_agent.api")
 
 GOSSIP_SERVICE = "gossip_agent.v1.Gossip"
 STATE_SERVICE = "gossip_agent.v1.State"
+DATAPLANE_SERVICE = "gossip_agent.v1.DataPlane"
 # A health service name of its own: NOT_SERVING while this agent refuses to lead (e.g. bpffs
 # with peers on other hosts), so probes and operators see it; the reason is in GetLeader.
 LEASE_HEALTH = "gossip_agent.v1.Lease"
@@ -53,6 +55,7 @@ def gossip_handler(
     ) -> AsyncIterator[pb.PushAck]:
         with streams.serving():
             async for payload in requests:
+                engine.stats.bytes_received["push"] += len(payload)
                 try:
                     message = wire.parse(pb.Snapshot, payload)
                     ack = engine.handle_push(message)
@@ -62,6 +65,7 @@ def gossip_handler(
                     yield ack
 
     async def push(payload: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> pb.PushAck:
+        engine.stats.bytes_received["push"] += len(payload)
         try:
             return engine.handle_push(wire.parse(pb.Snapshot, payload))
         except errors.GossipAgentError as exc:
@@ -70,6 +74,7 @@ def gossip_handler(
     async def exchange(
         payload: bytes, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ExchangeReply:
+        engine.stats.bytes_received["exchange"] += len(payload)
         try:
             return engine.handle_exchange(wire.parse(pb.ExchangeRequest, payload))
         except errors.GossipAgentError as exc:
@@ -106,13 +111,18 @@ def build(
     health_servicer: HealthServicer,
     max_message_bytes: int,
     streams: streams_mod.OpenStreams,
+    dataplane_service: dataplane_pb2_grpc.DataPlaneServicer | None = None,
 ) -> grpc.aio.Server:
     server = grpc.aio.server(options=server_options(max_message_bytes))
     server.add_generic_rpc_handlers((gossip_handler(engine, streams),))
     pb_grpc.add_StateServicer_to_server(state_service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    services = [GOSSIP_SERVICE, STATE_SERVICE]
+    if dataplane_service is not None:
+        dataplane_pb2_grpc.add_DataPlaneServicer_to_server(dataplane_service, server)
+        services.append(DATAPLANE_SERVICE)
     reflection.enable_server_reflection(
-        (GOSSIP_SERVICE, STATE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        (*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME),
         server,
     )

@@ -47,8 +47,18 @@ def diff_tables(old: bytes, new: bytes) -> MapDiff:
         return diff(dict(zip(old_pairs[0::2], old_pairs[1::2], strict=True)),
                     dict(zip(keys, new_pairs[1::2], strict=True)))
     values = new_pairs[1::2]
-    changed = itertools.compress(range(len(keys)), map(operator.ne, old_pairs[1::2], values))
+    changed = list(itertools.compress(range(len(keys)),
+                                      map(operator.ne, old_pairs[1::2], values)))
+    if len(changed) == len(keys):  # every value changed: build the dict in C
+        return MapDiff(updates=dict(zip(keys, values, strict=True)), deletes=())
     return MapDiff(updates={keys[i]: values[i] for i in changed}, deletes=())
+
+
+def from_changes(changes: bytes) -> MapDiff:
+    """The MapDiff a delta's (key, value) pairs describe (see snapshots.Delta): the leader
+    already named what changed, so the receiver need not compare all ~1024 entries again."""
+    pairs = snapshots.u32_pairs(changes)
+    return MapDiff(updates=dict(zip(pairs[0::2], pairs[1::2], strict=True)), deletes=())
 
 
 def patch(old: Mapping[int, int], change: MapDiff) -> dict[int, int]:

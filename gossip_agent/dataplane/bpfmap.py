@@ -3,13 +3,17 @@
 Layout (dataplane/layout.py is the contract with the XDP program):
     <pin_dir>/SERVICE_LIST       hash u32 -> u32, max_entries configurable (default 1024)
     <pin_dir>/SERVICE_LIST_META  array[1] of struct service_list_meta (version, content hash)
+    <pin_dir>/SERVICE_STATS      lru_percpu_hash u32 -> passed, dropped, fail_open (per CPU)
+    <pin_dir>/HEARTBEAT          array[1]: refreshed_ns, fail_open_after_ns (the fail-open guard)
+    <pin_dir>/EVENT_RATE         lru_hash u32 -> u64 (the program's event rate limit)
 
 Invariants:
 - One agent per pin directory: open_pinned() holds an exclusive flock on the directory itself
   for the object's lifetime (errors.PinDirInUse otherwise). The bpffs lease locks a
   subdirectory, so an agent may use its pin directory as its lease directory too.
-- The data plane never goes blank: existing pins are reused with their entries, and an
-  incompatible pin is refused (DataPlaneError), never replaced.
+- The data plane never goes blank: existing pins are reused with their entries; a pin of
+  another shape (older layout, other max_entries) is migrated by copying (dataplane/migrate.py)
+  or, where it cannot be, refused (DataPlaneError) and left in place; never replaced empty.
 - apply() is all or nothing. It reads the table first (one batch call), refuses a result larger
   than max_entries before writing, writes deletes then updates (batched), then the meta
   record. If any write fails it restores the previous values of every key it touched, leaves
@@ -26,7 +30,7 @@ import struct
 
 from gossip_agent import errors
 from gossip_agent.core import diff, versions
-from gossip_agent.dataplane import base, bpfsys, layout
+from gossip_agent.dataplane import base, bpfsys, layout, migrate
 
 _META_KEY = struct.pack("=I", layout.META_KEY)  # u32 key 0, host byte order
 _U32 = struct.Struct("=I")  # SERVICE_LIST keys and values: u32 in host byte order
@@ -46,6 +50,7 @@ class BpfDataPlane:
         lock_fd: int,
         table: bpfsys.PinnedMap,
         meta: bpfsys.PinnedMap,
+        others: tuple[bpfsys.PinnedMap, ...] = (),
     ) -> None:
         self.pin_dir = pin_dir
         self.location = table.path
@@ -53,6 +58,7 @@ class BpfDataPlane:
         self._lock_fd = lock_fd
         self._table = table
         self._meta = meta
+        self._others = {pinned.spec.name: pinned for pinned in others}
         self._count = len(table.items_u32())  # entries in the map; kept up to date by apply()
 
     def load(self) -> base.Persisted:
@@ -71,7 +77,7 @@ class BpfDataPlane:
         _check_u32(change, path=self.location)
         before = self._before(change)
         size = (self._count - sum(1 for key in change.deletes if key in before)
-                + sum(1 for key in change.updates if key not in before))
+                + len(change.updates.keys() - before.keys()))
         _check_capacity(size, max_entries=self.max_entries, path=self.location)
         try:
             self._write(change, before, record)
@@ -81,15 +87,16 @@ class BpfDataPlane:
         self._count = size
 
     def _before(self, change: diff.MapDiff) -> dict[int, int]:
-        """The current values of the keys a change touches (for rollback and sizing).
+        """The current values of (at least) the keys a change touches, for rollback and sizing.
 
         A typical snapshot changes a few entries: looking those up one by one (~3 us each)
-        is far cheaper than reading all 1024 entries on every delivery; big changes read all.
+        is far cheaper than reading all 1024 entries on every delivery; big changes read all
+        and use the whole table as it is (a superset serves rollback and sizing alike, and
+        filtering 1024 keys in Python would cost more than the kernel's batch read).
         """
         touched = [*change.deletes, *change.updates]
         if len(touched) > _LOOKUP_ONE_BY_ONE_MAX:
-            table = self.read()
-            return {key: table[key] for key in touched if key in table}
+            return self.read()
         before = {}
         for key in touched:
             raw = self._table.lookup(_U32.pack(key))
@@ -97,7 +104,41 @@ class BpfDataPlane:
                 before[key] = _U32.unpack(raw)[0]
         return before
 
+    @property
+    def table_map_id(self) -> int:
+        """The kernel id of SERVICE_LIST: a program that uses this map is this agent's."""
+        return bpfsys.map_info(self._table.fd, path=self.location).map_id
+
+    def stats(self) -> dict[int, list[tuple[int, int, int]]]:
+        """SERVICE_STATS: service -> [(passed, dropped, fail_open) for each possible CPU]."""
+        stats = self._others[layout.SERVICE_STATS]
+        stride = (layout.STATS_STRUCT.size + 7) // 8 * 8
+        result = {}
+        for key in stats.keys_raw():
+            raw = stats.lookup(key)
+            if raw is None:
+                continue  # evicted while we walked
+            result[_U32.unpack(key)[0]] = [
+                layout.STATS_STRUCT.unpack_from(raw, offset)
+                for offset in range(0, len(raw), stride)
+            ]
+        return result
+
+    def write_heartbeat(self, *, refreshed_ns: int, fail_open_after_ns: int) -> None:
+        """The fail-open guard's record: the program passes everything once the kernel's
+        monotonic clock is more than fail_open_after_ns past refreshed_ns (0 = never)."""
+        record = layout.HEARTBEAT_STRUCT.pack(refreshed_ns, fail_open_after_ns)
+        self._others[layout.HEARTBEAT].update(_META_KEY, record)
+
+    def read_heartbeat(self) -> tuple[int, int]:
+        """(refreshed_ns, fail_open_after_ns); (0, 0) when never written."""
+        raw = self._others[layout.HEARTBEAT].lookup(_META_KEY)
+        refreshed, after = layout.HEARTBEAT_STRUCT.unpack(raw or bytes(16))
+        return refreshed, after
+
     def close(self) -> None:
+        for pinned in self._others.values():
+            pinned.close()
         self._meta.close()
         self._table.close()
         if self._lock_fd >= 0:
@@ -185,7 +226,7 @@ def decode_meta(raw: bytes, *, path: str) -> tuple[versions.Version, bytes]:
     term, seq, digest, layout_version, _reserved = layout.META_STRUCT.unpack(raw)
     if layout_version == 0:
         return versions.ZERO, b""
-    if layout_version != layout.LAYOUT_VERSION:
+    if layout_version not in layout.META_COMPATIBLE_VERSIONS:
         raise errors.DataPlaneError(
             f"{path} was written with layout version {layout_version}; this agent knows "
             f"version {layout.LAYOUT_VERSION}"
@@ -205,15 +246,15 @@ def open_pinned(*, pin_dir: str, max_entries: int) -> BpfDataPlane:
     with contextlib.ExitStack() as undo:
         lock_fd = _lock_pin_dir(pin_dir)
         undo.callback(os.close, lock_fd)
-        table = bpfsys.PinnedMap.open_or_create(
-            os.path.join(pin_dir, layout.SERVICE_LIST), layout.service_list_spec(max_entries)
-        )
-        undo.callback(table.close)
-        meta = bpfsys.PinnedMap.open_or_create(
-            os.path.join(pin_dir, layout.SERVICE_LIST_META), layout.META_SPEC
-        )
+        opened = []
+        for spec in layout.pinned_specs(max_entries):
+            pinned = migrate.open_or_migrate(os.path.join(pin_dir, spec.name), spec)
+            undo.callback(pinned.close)
+            opened.append(pinned)
         undo.pop_all()  # success: the data plane owns the fds from here
-    return BpfDataPlane(pin_dir=pin_dir, lock_fd=lock_fd, table=table, meta=meta)
+    table, meta, *others = opened
+    return BpfDataPlane(pin_dir=pin_dir, lock_fd=lock_fd, table=table, meta=meta,
+                        others=tuple(others))
 
 
 def _require_bpffs(pin_dir: str) -> None:

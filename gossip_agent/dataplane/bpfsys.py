@@ -240,10 +240,36 @@ class PinnedMap:
             os.close(self.fd)
             self.fd = -1
 
+    @property
+    def value_bytes(self) -> int:
+        """Bytes of one value as bpf() passes it: per-CPU maps hold one 8-byte aligned copy
+        per possible CPU."""
+        if self.spec.map_type in layout.PERCPU_TYPES:
+            return possible_cpus() * ((self.spec.value_size + 7) // 8 * 8)
+        return self.spec.value_size
+
+    def keys_raw(self) -> list[bytes]:
+        """Every key, as raw bytes (get_next_key walk; for migration and small maps)."""
+        keys: list[bytes] = []
+        key = ctypes.create_string_buffer(self.spec.key_size)
+        next_key = ctypes.create_string_buffer(self.spec.key_size)
+        get_next = _lib().bpf_get_next_key
+        for _ in range(2 * self.spec.max_entries + 1):
+            try:
+                _call("get_next_key", self.path, get_next, self.fd, key if keys else None,
+                      next_key)
+            except BpfError as exc:
+                if exc.errno == errno_codes.ENOENT:
+                    break
+                raise
+            keys.append(next_key.raw)
+            ctypes.memmove(key, next_key, self.spec.key_size)
+        return keys
+
     # --- one element, raw bytes (records such as the meta map and the lease map) ---
 
     def lookup(self, key: bytes) -> bytes | None:
-        value = ctypes.create_string_buffer(self.spec.value_size)
+        value = ctypes.create_string_buffer(self.value_bytes)
         try:
             _call("lookup", self.path, _lib().bpf_lookup_elem, self.fd, key, value)
         except BpfError as exc:
@@ -253,7 +279,7 @@ class PinnedMap:
         return value.raw
 
     def update(self, key: bytes, value: bytes) -> None:
-        if len(value) != self.spec.value_size:
+        if len(value) != self.value_bytes:
             raise ValueError(f"value is {len(value)} bytes; {self.path} takes {self.spec}")
         _call("update", self.path, _lib().bpf_update_elem, self.fd, key, value, BPF_ANY)
 
@@ -435,6 +461,19 @@ def lock_directory(path: str) -> int | None:
         os.close(fd)
         raise
     return fd
+
+
+@functools.cache
+def possible_cpus() -> int:
+    """How many CPUs per-CPU maps hold a value for (/sys/devices/system/cpu/possible, e.g.
+    "0-3" or "0,2-5"; offline CPUs included, as the kernel counts them)."""
+    with open("/sys/devices/system/cpu/possible", encoding="ascii") as handle:
+        text = handle.read().strip()
+    count = 0
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        count += int(last or first) - int(first) + 1
+    return count
 
 
 def probe_map_create() -> None:

@@ -29,16 +29,22 @@ def _jittered(interval: float, rng: random.Random) -> float:
 REPAIR_EVERY_ROUNDS = 10
 
 
-async def run_round(engine: engine_mod.Engine, *, rng: random.Random, repair: bool) -> None:
+async def run_round(
+    engine: engine_mod.Engine, *, rng: random.Random, repair: bool
+) -> dict[str, bool]:
+    """One round; returns each peer called and whether the exchange succeeded (the console's
+    `anti-entropy` command shows it)."""
     ready = engine.membership.ready(now=engine.clock())
+    results = {}
     for target in fanout.choose(ready, rng=rng, k=1):
-        await engine.exchange_with(target)
+        results[target] = await engine.exchange_with(target)
     if not repair:
-        return
+        return results
     try:
         engine.repair_map()
     except errors.DataPlaneError as exc:
         log.error("could not repair the map: %s", exc)
+    return results
 
 
 async def run(engine: engine_mod.Engine, *, interval: float, rng: random.Random) -> None:

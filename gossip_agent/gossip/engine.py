@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 
 from gossip_agent import errors
+from gossip_agent import telemetry as telemetry_mod
 from gossip_agent.core import beats as beats_mod
 from gossip_agent.core import diff, peers, snapshots, versions
 from gossip_agent.dataplane import base as dataplane_base
@@ -55,6 +56,12 @@ class Stats:
     pushes_in_exchange: int = 0
     repairs: int = 0
     last_apply_seconds: float = 0.0
+    # Wire bytes by message kind (push, exchange), and the leader's push attempts.
+    bytes_received: collections.Counter[str] = dataclasses.field(
+        default_factory=collections.Counter)
+    bytes_sent: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    pushes_sent: int = 0
+    push_failures: int = 0
 
 
 # Adoptions kept for GetHistory: a few minutes of changes at a busy rate, a few KB of memory.
@@ -86,6 +93,7 @@ class Engine:
         rng: random.Random,
         clock: Callable[[], float] = time.monotonic,
         beats: beats_mod.BeatBoard | None = None,
+        telemetry: telemetry_mod.Telemetry | None = None,
     ) -> None:
         self.node = node
         self.address = address
@@ -111,6 +119,12 @@ class Engine:
         # Lease heartbeats (configmap/lease backends): the lease writes its own, digests
         # carry the newest known both ways (core.beats).
         self.beats = beats if beats is not None else beats_mod.BeatBoard()
+        self.telemetry: telemetry_mod.Telemetry = telemetry or telemetry_mod.Recorder()
+        # The held snapshot's age (since its leader wrote it) when it was adopted here, and
+        # when that was on this host's monotonic clock: what we pass on carries age + elapsed.
+        # A version recovered from the map has no known age (and no snapshot to pass on).
+        self._held_age_us = 0
+        self._held_at_ns: int | None = None
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -139,20 +153,32 @@ class Engine:
 
     # -- receiving --------------------------------------------------------------------------
 
-    def receive(self, snapshot: snapshots.Snapshot, *, via: str) -> snapshots.Decision:
-        """Judges and, if it wins, adopts one snapshot. Raises on invalid input or map failure."""
+    def receive(
+        self, snapshot: snapshots.Snapshot, *, via: str, age_us: int = 0
+    ) -> snapshots.Decision:
+        """Judges and, if it wins, adopts one snapshot. Raises on invalid input or map failure.
+        age_us: time since its leader wrote it, as carried on the wire (Snapshot.age_us)."""
         try:
             snapshots.validate(snapshot, max_entries=self.dataplane.max_entries)
-        except errors.GossipAgentError:
+        except errors.GossipAgentError as exc:
             self.stats.rejected["invalid"] += 1
+            log.warning("rejected snapshot %s from %s via %s: %s", snapshot.version,
+                        snapshot.leader or "?", via, exc,
+                        extra={"version": str(snapshot.version), "via": via,
+                               "reason": str(exc)})
             raise
-        return self._judge(snapshots.with_names(snapshot, self.held.snapshot), via=via)
+        return self._judge(snapshots.with_names(snapshot, self.held.snapshot), via=via,
+                           age_us=age_us)
 
-    def receive_delta(self, delta: snapshots.Delta, *, via: str) -> snapshots.Decision | None:
+    def receive_delta(
+        self, delta: snapshots.Delta, *, via: str, age_us: int = 0
+    ) -> snapshots.Decision | None:
         """A pushed delta: judged like a snapshot once expanded; None when it needs the full
         snapshot (this agent does not hold its base and does hold something older)."""
         if not (delta.version.is_valid() and delta.base < delta.version):
             self.stats.rejected["invalid"] += 1
+            log.warning("rejected delta %s on base %s via %s: invalid versions", delta.version,
+                        delta.base, via)
             raise errors.SnapshotInvalid(f"delta {delta.version} on base {delta.base} is invalid")
         self.note_term(delta.version.term)
         try:
@@ -162,11 +188,13 @@ class Engine:
                 return self._judge_version(delta.version, delta.content_hash, via=via)
             self.stats.received[f"{via}:need-full"] += 1
             return None
-        except errors.GossipAgentError:
+        except errors.GossipAgentError as exc:
             self.stats.rejected["invalid"] += 1
+            log.warning("rejected delta %s via %s: %s", delta.version, via, exc)
             raise
         # expand() built the table from the held one and checked its hash: it is canonical.
-        return self._judge(snapshot, via=via)
+        return self._judge(snapshot, via=via, age_us=age_us,
+                           change=diff.from_changes(delta.changes))
 
     def _judge_version(
         self, version: versions.Version, digest: bytes, *, via: str
@@ -175,7 +203,10 @@ class Engine:
         self.stats.received[f"{via}:{decision.value}"] += 1
         return decision
 
-    def _judge(self, snapshot: snapshots.Snapshot, *, via: str) -> snapshots.Decision:
+    def _judge(
+        self, snapshot: snapshots.Snapshot, *, via: str, age_us: int = 0,
+        change: diff.MapDiff | None = None,
+    ) -> snapshots.Decision:
         self.note_term(snapshot.version.term)
         decision = snapshots.decide(
             self.held, version=snapshot.version, digest=snapshot.content_hash,
@@ -188,14 +219,24 @@ class Engine:
                 "(hash %s vs %s); one leader per term was violated. Larger hash wins: %s",
                 snapshot.version, snapshot.leader, snapshot.content_hash.hex()[:12],
                 self.held.content_hash.hex()[:12], decision.value,
+                extra={"version": str(snapshot.version), "leader": snapshot.leader,
+                       "decision": decision.value, "via": via},
             )
         if decision.adopts:
-            self._adopt(snapshot, via=via)
+            self._adopt(snapshot, via=via, age_us=age_us, change=change)
         return decision
 
-    def _adopt(self, snapshot: snapshots.Snapshot, *, via: str) -> None:
+    def _adopt(
+        self, snapshot: snapshots.Snapshot, *, via: str, age_us: int,
+        change: diff.MapDiff | None = None,
+    ) -> None:
+        """`change`: what a delta said changed against the held snapshot; used only while the
+        map holds exactly that snapshot's table (else the full diff is computed)."""
         started = time.perf_counter()
-        change = diff.diff_tables(self._table_bytes, snapshot.table)
+        previous_term = self.held.version.term
+        held = self.held.snapshot
+        if change is None or held is None or held.table != self._table_bytes:
+            change = diff.diff_tables(self._table_bytes, snapshot.table)
         self.dataplane.apply(
             change, version=snapshot.version, content_hash=snapshot.content_hash
         )
@@ -203,7 +244,23 @@ class Engine:
         self._table_dict = None
         self.held = snapshots.Held.of(snapshot)
         self.stats.last_apply_seconds = time.perf_counter() - started
+        self._held_age_us = age_us + int(self.stats.last_apply_seconds * 1e6)
+        self._held_at_ns = time.monotonic_ns()
+        self.telemetry.adopted(via=via, age_seconds=self._held_age_us / 1e6,
+                               apply_seconds=self.stats.last_apply_seconds)
+        if snapshot.version.term != previous_term and via != "self":
+            log.info("adopted term %d from leader %s (version %s, %d entries, via %s)",
+                     snapshot.version.term, snapshot.leader, snapshot.version,
+                     snapshot.entry_count, via,
+                     extra={"term": snapshot.version.term, "leader": snapshot.leader,
+                            "version": str(snapshot.version), "via": via})
         self._announce(snapshot, via=via)
+
+    def held_age_us(self) -> int:
+        """How long ago the held snapshot's leader wrote it, as far as this agent knows."""
+        if self._held_at_ns is None:
+            return 0
+        return self._held_age_us + (time.monotonic_ns() - self._held_at_ns) // 1000
 
     def _announce(self, snapshot: snapshots.Snapshot, *, via: str) -> None:
         self.last_event = StateEvent(
@@ -235,9 +292,11 @@ class Engine:
 
     def handle_push(self, message: pb.Snapshot) -> pb.PushAck:
         if message.HasField("base"):
-            decision = self.receive_delta(wire.delta_from_pb(message), via="push")
+            decision = self.receive_delta(wire.delta_from_pb(message), via="push",
+                                          age_us=message.age_us)
         else:
-            decision = self.receive(wire.snapshot_from_pb(message), via="push")
+            decision = self.receive(wire.snapshot_from_pb(message), via="push",
+                                    age_us=message.age_us)
         return pb.PushAck(
             result=pb.PushAck.NEED_FULL if decision is None else _ACK_RESULTS[decision],
             held=wire.version_to_pb(self.held.version),
@@ -250,10 +309,12 @@ class Engine:
         theirs = request.digest
         self._learn(theirs, address=theirs.address)
         if request.HasField("snapshot"):
-            self.receive(wire.snapshot_from_pb(request.snapshot), via="exchange")
+            self.receive(wire.snapshot_from_pb(request.snapshot), via="exchange",
+                         age_us=request.snapshot.age_us)
         reply = pb.ExchangeReply(digest=self.digest())
         if self._newer_than(theirs) and self.held.snapshot is not None:
-            reply.snapshot.CopyFrom(wire.snapshot_to_pb(self.held.snapshot))
+            reply.snapshot.CopyFrom(wire.snapshot_to_pb(self.held.snapshot,
+                                                        age_us=self.held_age_us()))
             self.stats.pushes_in_exchange += 1
         return reply
 
@@ -311,10 +372,12 @@ class Engine:
             self._learn(reply.digest, address=address)
             if reply.HasField("snapshot"):
                 self.stats.pulls += 1
-                self.receive(wire.snapshot_from_pb(reply.snapshot), via="pull")
+                self.receive(wire.snapshot_from_pb(reply.snapshot), via="pull",
+                             age_us=reply.snapshot.age_us)
             elif self._newer_than(reply.digest) and self.held.snapshot is not None:
                 await self.transport.exchange(address, pb.ExchangeRequest(
-                    digest=self.digest(), snapshot=wire.snapshot_to_pb(self.held.snapshot),
+                    digest=self.digest(), snapshot=wire.snapshot_to_pb(
+                        self.held.snapshot, age_us=self.held_age_us()),
                 ), timeout=self.rpc_timeout)
                 self.stats.pushes_in_exchange += 1
         except transport.PeerUnreachable as exc:

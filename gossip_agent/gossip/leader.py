@@ -74,12 +74,16 @@ class Publication:
     without names (names_omitted), and as a delta against the previous publication when the
     keys are unchanged (Snapshot.base). In steady state only the small delta is ever encoded."""
 
-    def __init__(self, snapshot: snapshots.Snapshot, delta: snapshots.Delta | None) -> None:
+    def __init__(
+        self, snapshot: snapshots.Snapshot, delta: snapshots.Delta | None, *, written_ns: int
+    ) -> None:
         self.snapshot = snapshot
         self.version = snapshot.version
         self.names_hash = snapshot.names_hash
         self.base = delta.base if delta is not None else None
         self.delta = wire.delta_to_pb(delta).SerializeToString() if delta is not None else b""
+        # The leader's write (WriteResponse.written_monotonic_ns): Snapshot.age_us counts from it.
+        self.written_ns = written_ns
 
     @functools.cached_property
     def full(self) -> bytes:
@@ -144,10 +148,14 @@ class PushWorker:
         payload = publication.payload_for(sent=self._sent, names_sent=self._names_sent)
         if self._want_ack:
             payload += wire.ACK_SUFFIX
+        payload += wire.age_suffix((time.monotonic_ns() - publication.written_ns) // 1000)
         engine = self._leadership.engine
+        engine.stats.bytes_sent["push"] += len(payload)
         try:
             await engine.transport.push(self.address, payload, timeout=engine.rpc_timeout)
+            engine.stats.pushes_sent += 1
         except transport.PeerUnreachable as exc:
+            engine.stats.push_failures += 1
             engine.membership.failed(self.address, now=engine.clock())
             log.debug("push %s to %s failed: %s", version, self.address, exc)
             self._names_sent = b""  # a new stream, maybe a restarted peer: send names again
@@ -217,7 +225,7 @@ class Leadership:
         finally:
             if self._beat_task is not None:
                 self._beat_task.cancel()
-            await asyncio.shield(self._resign("agent stopping"))
+            await asyncio.shield(self._resign("agent stopping", cause="released"))
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -259,7 +267,9 @@ class Leadership:
 
     async def _take_office(self, grant: lease_base.Grant) -> None:
         log.info("won the %s lease as %s at term %d", self.lease.backend, grant.holder,
-                 grant.term)
+                 grant.term, extra={"backend": self.lease.backend, "holder": grant.holder,
+                                    "term": grant.term})
+        self.engine.telemetry.lease_acquired(backend=self.lease.backend, term=grant.term)
         self.term = grant.term
         self.engine.leading_term = grant.term
         await self._digest_round()
@@ -311,11 +321,12 @@ class Leadership:
             self._lease_trouble(exc)
             still = False
         if not still:
-            await self._step_down(f"lease {self.lease.backend} lost at term {self.term}")
+            await self._step_down(f"lease {self.lease.backend} lost at term {self.term}",
+                                  cause="renew-failed")
             return
         self._spread_beat()
         if self._check_refusal():
-            await self._resign(self.refusal)
+            await self._resign(self.refusal, cause="released")
             return
         if self.engine.max_term_seen > self.term:
             await self._bump()
@@ -342,25 +353,29 @@ class Leadership:
         try:
             self.term = await self.lease.bump(min_term=self.engine.max_term_seen + 1)
         except errors.LeaseError as exc:
-            await self._step_down(f"could not move term {old} up: {exc}")
+            await self._step_down(f"could not move term {old} up: {exc}", cause="bump-failed")
             return
         self.engine.leading_term = self.term
         self.engine.note_term(self.term)
         self.engine.higher_term.clear()
-        log.warning("moved term %d -> %d above a higher term seen in the cluster", old, self.term)
+        log.warning("moved term %d -> %d above a higher term seen in the cluster", old, self.term,
+                    extra={"old_term": old, "term": self.term})
 
-    async def _step_down(self, reason: str) -> None:
+    async def _step_down(self, reason: str, *, cause: str) -> None:
+        """cause: telemetry.LOSS_REASONS (gossip_agent_lease_losses_total{reason})."""
         if not self.holds_lease:
             return
-        log.warning("stepping down: %s", reason)
+        log.warning("stepping down: %s", reason,
+                    extra={"reason": reason, "cause": cause, "term": self.term})
+        self.engine.telemetry.lease_lost(backend=self.lease.backend, reason=cause)
         self.term = 0
         self.engine.leading_term = 0
         self.engine.higher_term.clear()
         await self._stop_publishing(errors.NotLeader(f"this agent stopped leading: {reason}"))
 
-    async def _resign(self, reason: str) -> None:
+    async def _resign(self, reason: str, *, cause: str) -> None:
         held = self.holds_lease
-        await self._step_down(reason)
+        await self._step_down(reason, cause=cause)
         if held:
             try:
                 await self.lease.release()
@@ -439,7 +454,7 @@ class Leadership:
     def _encode(self, snapshot: snapshots.Snapshot) -> Publication:
         previous, self._previous = self._previous, snapshot
         delta = snapshots.delta_between(previous, snapshot) if previous is not None else None
-        return Publication(snapshot, delta)
+        return Publication(snapshot, delta, written_ns=self._published_ns)
 
     def _ack_sample(self) -> set[str]:
         """ACK_SAMPLE live peers, rotating so every peer is asked now and then."""
@@ -464,7 +479,8 @@ class Leadership:
         engine.membership.saw_version(address, now=engine.clock(), version=held)
         engine.note_term(max(ack.max_term_seen, held.term))
         if ack.result == pb.PushAck.STALE:
-            log.warning("peer %s refused a push as stale: it holds %s", address, held)
+            log.warning("peer %s refused a push as stale: it holds %s", address, held,
+                        extra={"peer": address, "held": str(held), "term": self.term})
         elif ack.result == pb.PushAck.NEED_FULL and address in self._workers:
             self._workers[address].resend_full()
         fired, self._ack_event = self._ack_event, asyncio.Event()

@@ -84,6 +84,14 @@ def snapshot_from_pb(message: pb.Snapshot) -> snapshots.Snapshot:
 # side (protobuf merges concatenated messages; for a scalar the last value wins), so the leader
 # encodes each snapshot once whether or not it asks a given peer for an acknowledgement.
 ACK_SUFFIX = pb.Snapshot(ack=True).SerializeToString()
+
+
+def age_suffix(age_us: int) -> bytes:
+    """Snapshot(age_us=...) serialized, appended to an encoded snapshot like ACK_SUFFIX: the
+    leader encodes once and each push carries its own age (time since the leader wrote it)."""
+    return pb.Snapshot(age_us=max(0, age_us)).SerializeToString()
+
+
 _ALWAYS_ACKED = (pb.PushAck.STALE, pb.PushAck.CONFLICT, pb.PushAck.NEED_FULL)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -144,22 +145,59 @@ def test_existing_pin_with_entries_is_reused_and_never_emptied(pin_dir: str) -> 
         reopened.close()
 
 
-def test_incompatible_existing_pin_is_refused_and_left_in_place(pin_dir: str) -> None:
+def test_pin_with_other_max_entries_is_migrated_by_copying_its_entries(pin_dir: str) -> None:
     os.makedirs(pin_dir)
     path = f"{pin_dir}/SERVICE_LIST"
     bpftool("map", "create", path, "type", "hash", "key", "4", "value", "4", "entries", "512",
             "name", "SERVICE_LIST")  # fmt: skip
-    bpftool("map", "update", "pinned", path, "key", *u32_words(1), "value", *u32_words(2))
+    old = {1: 2, 0x0A60000A: 0, 0xC0A80001: 7}
+    for key, value in old.items():
+        bpftool("map", "update", "pinned", path, "key", *u32_words(key), "value",
+                *u32_words(value))  # fmt: skip
+
+    plane = bpfmap.open_pinned(pin_dir=pin_dir, max_entries=1024)
+    try:
+        assert plane.read() == old
+        shown = bpftool_json("map", "show", "pinned", path)
+        assert isinstance(shown, dict) and shown["max_entries"] == 1024
+        assert bpftool_u32_table(path) == old
+        assert not [name for name in os.listdir(pin_dir) if name.endswith("_migrating")]
+    finally:
+        plane.close()
+
+
+def test_migration_that_cannot_fit_is_refused_and_leaves_the_pin_in_place(pin_dir: str) -> None:
+    os.makedirs(pin_dir)
+    path = f"{pin_dir}/SERVICE_LIST"
+    bpftool("map", "create", path, "type", "hash", "key", "4", "value", "4", "entries", "8",
+            "name", "SERVICE_LIST")  # fmt: skip
+    for key in range(3):
+        bpftool("map", "update", "pinned", path, "key", *u32_words(key), "value",
+                *u32_words(1))  # fmt: skip
+
+    with pytest.raises(errors.DataPlaneError) as caught:
+        bpfmap.open_pinned(pin_dir=pin_dir, max_entries=2)
+
+    message = str(caught.value)
+    assert path in message and "holds 3 entries" in message and "max_entries 2" in message
+    assert bpftool_u32_table(path) == {0: 1, 1: 1, 2: 1}
+    # The failed open released the directory: a matching configuration opens it.
+    plane = bpfmap.open_pinned(pin_dir=pin_dir, max_entries=8)
+    plane.close()
+
+
+def test_pin_with_other_value_size_is_refused_and_left_in_place(pin_dir: str) -> None:
+    os.makedirs(pin_dir)
+    path = f"{pin_dir}/SERVICE_LIST"
+    bpftool("map", "create", path, "type", "hash", "key", "4", "value", "8", "entries", "1024",
+            "name", "SERVICE_LIST")  # fmt: skip
 
     with pytest.raises(errors.DataPlaneError) as caught:
         bpfmap.open_pinned(pin_dir=pin_dir, max_entries=1024)
 
-    message = str(caught.value)
-    assert path in message and "max_entries 512" in message and "max_entries 1024" in message
-    assert bpftool_u32_table(path) == {1: 2}
-    # The failed open released the directory: a matching configuration opens it.
-    plane = bpfmap.open_pinned(pin_dir=pin_dir, max_entries=512)
-    plane.close()
+    assert path in str(caught.value) and "no migration" in str(caught.value)
+    shown = bpftool_json("map", "show", "pinned", path)
+    assert isinstance(shown, dict) and shown["bytes_value"] == 8
 
 
 def test_apply_deletes_and_updates_and_writes_meta_after(
@@ -285,3 +323,17 @@ def test_bpf_available_says_why_not_for_an_ordinary_directory(tmp_path: Path) ->
     ok, why = bpfmap.bpf_available(str(tmp_path))
     assert not ok
     assert str(tmp_path) in why and "not a mounted BPF filesystem" in why
+
+
+def test_meta_written_by_layout_version_1_is_read_and_kept(pin_dir: str) -> None:
+    first = bpfmap.open_pinned(pin_dir=pin_dir, max_entries=1024)
+    put(first, {0x0A60000A: 3}, V1)
+    record = layout.META_STRUCT.pack(V1.term, V1.seq, digest({0x0A60000A: 3}), 1, 0)
+    first._meta.update(struct.pack("=I", layout.META_KEY), record)  # as version 1 wrote it
+    first.close()
+
+    plane = bpfmap.open_pinned(pin_dir=pin_dir, max_entries=1024)
+    try:
+        assert plane.load() == base.Persisted(V1, digest({0x0A60000A: 3}), {0x0A60000A: 3})
+    finally:
+        plane.close()

@@ -76,10 +76,11 @@ def agent_env(
 @contextlib.asynccontextmanager
 async def running_agents(
     count: int, *, lease_dir: Path | str, per_agent: Mapping[int, Mapping[str, str]] | None = None,
-    **extra: str,
+    ports: list[int] | None = None, **extra: str,
 ) -> AsyncIterator[list[agent_mod.Agent]]:
-    """`count` started agents listing each other in PEERS; all stopped on the way out."""
-    ports = localcluster.free_ports(count)
+    """`count` started agents listing each other in PEERS; all stopped on the way out.
+    `ports`: their gRPC ports, when the caller picked them with others in one batch."""
+    ports = ports or localcluster.free_ports(count)
     agents: list[agent_mod.Agent] = []
     before = asyncio.all_tasks()
     try:
@@ -105,6 +106,17 @@ async def settle(before: set[asyncio.Task[Any]]) -> None:
     pending = asyncio.all_tasks() - before - {asyncio.current_task()}
     if pending:
         await asyncio.wait(pending, timeout=2.0)
+
+
+async def finish_stop(
+    agent: agent_mod.Agent, stopping: asyncio.Task[None] | None, before: set[asyncio.Task[Any]]
+) -> None:
+    """Teardown of a test that may have begun stopping `agent` itself (`stopping`)."""
+    if stopping is None:
+        await agent.stop()
+    elif not stopping.done():
+        await stopping
+    await settle(before)
 
 
 def address(agent: agent_mod.Agent) -> str:
@@ -691,11 +703,7 @@ async def test_health_turns_not_serving_when_stop_begins_then_the_server_goes(
                 health.Check(health_pb2.HealthCheckRequest(), timeout=RPC_DEADLINE),
                 grpc.StatusCode.UNAVAILABLE)
     finally:
-        if stopping is None:
-            await agent.stop()
-        elif not stopping.done():
-            await stopping
-        await settle(before)
+        await finish_stop(agent, stopping, before)
 
 
 async def test_bpffs_agents_that_see_a_peer_on_another_host_refuse_to_lead(bpf_root: str) -> None:

@@ -49,6 +49,10 @@ NOT_AGENT_VARIABLES = {
     "CLOCK_MONOTONIC": "the Linux clock the benchmark's timestamps come from",
     layout.SERVICE_LIST: "the pinned BPF map's name",
     layout.SERVICE_LIST_META: "the pinned BPF map's name",
+    layout.SERVICE_STATS: "the pinned BPF map's name",
+    layout.EVENT_RATE: "the pinned BPF map's name",
+    layout.XDP_PROG: "the pinned XDP program's name",
+    "XDP_FLAGS_REPLACE": "the kernel's netlink flag for an atomic program swap",
 }
 # gRPC status codes, health states and the API's own enum values (PushAck results) are written
 # in capitals too; they are not variables.

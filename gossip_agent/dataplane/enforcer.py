@@ -1,0 +1,125 @@
+"""The XDP side of one agent: the loaded program, the interfaces it is on, the fail-open
+heartbeat and the scale-up event reader. agent.py builds one per BPF data plane.
+
+Lifecycle:
+- build(): writes a fresh heartbeat FIRST (so a program that replaces an old one never starts
+  failed open), then, if XDP_INTERFACES is set, compiles and loads the program and pins it.
+- tasks(): `xdp.interfaces` (attach to matching interfaces as they appear), `xdp.events`
+  (ring -> EventHub), `xdp.heartbeat` (refresh the heartbeat every heartbeat_interval()).
+- close(): frees this process's handles only. The program stays attached and the maps stay
+  pinned: the data plane keeps enforcing the last state while the agent is down or
+  restarting, until FAIL_OPEN_AFTER passes. `gossip-agent detach` removes both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from gossip_agent.dataplane import bpfmap, events, interfaces, xdp
+
+log = logging.getLogger("gossip_agent.xdp")
+
+HEARTBEAT_MAX_INTERVAL = 10.0  # seconds; a refresh is one map write
+
+
+def heartbeat_interval(fail_open_after: float) -> float:
+    """A quarter of FAIL_OPEN_AFTER (three missed refreshes still do not fail open), capped."""
+    if fail_open_after <= 0:
+        return HEARTBEAT_MAX_INTERVAL
+    return max(0.01, min(HEARTBEAT_MAX_INTERVAL, fail_open_after / 4))
+
+
+class Enforcer:
+    def __init__(
+        self,
+        *,
+        plane: bpfmap.BpfDataPlane,
+        patterns: tuple[str, ...],
+        mode: str,
+        fail_open_after: float,
+        hub: events.EventHub,
+    ) -> None:
+        self.plane = plane
+        self.patterns = patterns
+        self.mode = mode
+        self.fail_open_after = fail_open_after
+        self.hub = hub
+        self.interfaces: dict[str, xdp.InterfaceState] = {}
+        self.program: xdp.Program | None = None
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        plane: bpfmap.BpfDataPlane,
+        patterns: tuple[str, ...],
+        mode: str,
+        fail_open_after: float,
+        hub: events.EventHub,
+    ) -> Enforcer:
+        enforcer = cls(plane=plane, patterns=patterns, mode=mode,
+                       fail_open_after=fail_open_after, hub=hub)
+        enforcer.beat()
+        if patterns:
+            enforcer.program = xdp.Program(pin_dir=plane.pin_dir, max_entries=plane.max_entries,
+                                           table_map_id=plane.table_map_id)
+            enforcer.program.pin()
+            log.info("XDP program %d loaded from %s for interfaces %s (mode %s)",
+                     enforcer.program.prog_id, xdp.SOURCE, ",".join(patterns), mode)
+        return enforcer
+
+    def beat(self) -> None:
+        self.plane.write_heartbeat(refreshed_ns=time.monotonic_ns(),
+                                   fail_open_after_ns=int(self.fail_open_after * 1e9))
+
+    def tasks(self) -> list[tuple[Coroutine[Any, Any, None], str]]:
+        found: list[tuple[Coroutine[Any, Any, None], str]] = [
+            (self._heartbeat(), "xdp.heartbeat")]
+        if self.program is not None:
+            found.append((interfaces.follow(self.patterns, self.sync), "xdp.interfaces"))
+            found.append((self.program.read_events(self.hub), "xdp.events"))
+        return found
+
+    async def _heartbeat(self) -> None:
+        interval = heartbeat_interval(self.fail_open_after)
+        while True:
+            await asyncio.sleep(interval)
+            self.beat()
+
+    def sync(self, found: dict[str, int]) -> None:
+        """Attaches to every matching interface; forgets vanished ones; logs what changed."""
+        assert self.program is not None
+        for name in set(self.interfaces) - set(found):
+            log.info("interface %s is gone", name)
+            del self.interfaces[name]
+        for name, ifindex in sorted(found.items()):
+            state = self.program.attach_to(name, ifindex, mode=self.mode)
+            previous = self.interfaces.get(name)
+            if previous is not None and _unchanged(previous, state):
+                continue  # keeps how it got there ("replaced" stays "replaced")
+            self.interfaces[name] = state
+            _log_state(state)
+
+    def close(self) -> None:
+        if self.program is not None:
+            self.program.close()
+
+
+def _unchanged(previous: xdp.InterfaceState, state: xdp.InterfaceState) -> bool:
+    """Still our program in the same mode on the same interface (found "attached" again)."""
+    return (state.status == "attached" and previous.status in ("attached", "replaced")
+            and (previous.ifindex, previous.mode) == (state.ifindex, state.mode))
+
+
+def _log_state(state: xdp.InterfaceState) -> None:
+    if state.status in ("attached", "replaced"):
+        log.info("XDP on %s: %s in %s mode %s", state.name, state.status, state.mode,
+                 state.detail)
+    elif state.status == "foreign":
+        log.warning("XDP on %s: skipped, %s", state.name, state.detail)
+    else:
+        log.error("XDP on %s: failed, %s", state.name, state.detail)
