@@ -245,6 +245,12 @@ async def test_api_outage_followers_keep_enforcing_leader_steps_down_then_recove
     replies = await asyncio.gather(*(clients.get_leader(a.address, 4.0) for a in cluster.agents))
     assert all(r is not None and not r.is_self for r in replies), replies
     fake_kube.resume()
+    fake_kube.stop()  # and then it is gone: connections refused
+    await asyncio.sleep(RETRY * 5)  # the candidates' attempts fail at once
+    assert all(a.running for a in cluster.agents)
+    for agent in cluster.agents:
+        assert pin_table(agent.pin_dir) == {key("10.96.0.1"): 1}
+    fake_kube.start()  # back on the same port, with its state
     seen = await until("a leader after recovery", one_leader(clients, cluster.agents,
                                                              above=term), timeout=30)
     (node, _), = seen.items()
