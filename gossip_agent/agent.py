@@ -2,7 +2,8 @@
 
 Start-up: open the data plane (owner lock on the pin directory, reuse pinned maps), recover the
 version floor, bind the gRPC port (fails fast when taken), then start the named tasks:
-`gossip.anti-entropy`, `lease.elect`, `source.<kind>`, `discovery.dns` (when PEER_SERVICE).
+`gossip.anti-entropy`, `lease.elect`, `source.<kind>`, `discovery.dns` (when PEER_SERVICE),
+`scaleup.read` and `scaleup.report` (scale-up requests to the leader: gossip_agent/scaleup).
 
 Shutdown on SIGTERM/SIGINT, in this order: health NOT_SERVING (probes and peers stop sending),
 release the lease (a follower takes over at once), stop the server with a grace period, close
@@ -24,6 +25,7 @@ from gossip_agent import config as config_mod
 from gossip_agent import errors, observe
 from gossip_agent.api import dataplane as dataplane_api
 from gossip_agent.api import probes
+from gossip_agent.api import scale as scale_api
 from gossip_agent.api import server as server_mod
 from gossip_agent.api import state as state_mod
 from gossip_agent.api import streams as streams_mod
@@ -36,7 +38,9 @@ from gossip_agent.dataplane import memory as memory_dataplane
 from gossip_agent.gossip import antientropy, discovery, transport
 from gossip_agent.gossip import engine as engine_mod
 from gossip_agent.gossip import leader as leader_mod
+from gossip_agent.gossip import mirror as mirror_mod
 from gossip_agent.leases import base as lease_base
+from gossip_agent.scaleup import service as scaleup
 from gossip_agent.sources import api as api_source
 from gossip_agent.sources import base as source_base
 from gossip_agent.sources import file as file_source
@@ -88,6 +92,8 @@ def open_enforcer(
 
 def open_lease(cfg: config_mod.Config, *, beats: beats_mod.BeatBoard | None = None
                ) -> lease_base.Lease:
+    if cfg.lease.backend == "redis":
+        return open_redis_lease(cfg)
     if cfg.lease.backend in config_mod.KUBE_BACKENDS:
         from gossip_agent.leases import kube  # the kubernetes client only when it is used
 
@@ -104,6 +110,31 @@ def open_lease(cfg: config_mod.Config, *, beats: beats_mod.BeatBoard | None = No
     if lease.note:
         log.warning("lease: %s", lease.note)
     return lease
+
+
+def open_redis_lease(cfg: config_mod.Config) -> lease_base.Lease:
+    from gossip_agent.leases import redis as redis_lease  # redis is imported only when used
+
+    assert cfg.lease.redis is not None  # config sets it for the redis backend
+    settings = redis_lease.Settings(
+        url=cfg.lease.redis.url, key_prefix=cfg.lease.redis.key_prefix, ttl=cfg.lease.ttl,
+        renew_deadline=cfg.lease.renew_deadline, timeout=cfg.lease.redis.timeout,
+        retry_base=cfg.lease.retry_interval, retry_cap=cfg.lease.ttl,
+        sentinels=cfg.lease.redis.sentinels, sentinel_master=cfg.lease.redis.sentinel_master,
+    )
+    return redis_lease.RedisLease(settings=settings, node=cfg.node.name)
+
+
+def lease_location(cfg: config_mod.Config) -> str:
+    """Where the lease lives, for the start-up log line (no password)."""
+    redis = cfg.lease.redis
+    if redis is None:
+        return cfg.lease.lease_dir
+    if redis.sentinels:
+        return f"master {redis.sentinel_master} of sentinels {','.join(redis.sentinels)}"
+    from gossip_agent.leases import redis as redis_lease
+
+    return redis_lease.describe_url(redis.url)
 
 
 def open_source(cfg: config_mod.Config) -> source_base.Source:
@@ -163,13 +194,19 @@ class Agent:
             warm_start=self._warm_start if cfg.lease.backend in config_mod.KUBE_BACKENDS
             else None,
         )
+        self.scale_ups = scaleup.ScaleUps(
+            engine=self.engine, leadership=self.leadership, source=self.source,
+            channels=self.transport, events=self.scale_events, rng=self.rng,
+            backoff=peers.BackoffPolicy(base=cfg.gossip.backoff_base, cap=cfg.gossip.backoff_cap),
+            rpc_timeout=cfg.gossip.rpc_timeout,
+        )
         self.streams = streams_mod.OpenStreams()
         self.health: server_mod.HealthServicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.state_service = state_mod.StateService(
             engine=self.engine, leadership=self.leadership, lease=self.lease,
             channels=self.transport,
             forward_timeout=cfg.gossip.write_ack_timeout + 2 * cfg.gossip.rpc_timeout,
-            streams=self.streams,
+            streams=self.streams, scale_hub=self.scale_ups.hub,
         )
         self.dataplane_service = dataplane_api.DataPlaneService(
             node=cfg.node.name, plane=self.dataplane, enforcer=self.enforcer,
@@ -178,6 +215,7 @@ class Agent:
             engine=self.engine, state_service=self.state_service, health_servicer=self.health,
             max_message_bytes=cfg.gossip.max_message_bytes, streams=self.streams,
             dataplane_service=self.dataplane_service,
+            extra_handlers=(scale_api.report_handler(self.scale_ups.inbox),),
         )
         self.port = server_mod.bind(self.server, cfg.node.listen_addr)
         self.tasks: list[asyncio.Task[Any]] = []
@@ -205,6 +243,12 @@ class Agent:
         self._spawn(probes.watch_readiness(self.engine, self.health), "health.readiness")
         for coro, name in self.enforcer.tasks() if self.enforcer is not None else ():
             self._spawn(coro, name)
+        for name, coro in self.scale_ups.tasks():
+            self._spawn(coro, name)
+        if isinstance(self.lease, mirror_mod.Sink):  # redis: ebpf:service_list, coordination
+            self._spawn(mirror_mod.Mirror(
+                engine=self.engine, leadership=self.leadership, sink=self.lease,
+                period=self.cfg.lease.renew_interval).run(), "lease.mirror")
         if self.cfg.discovery.service:
             self._spawn(discovery.run_dns_discovery(
                 membership=self.membership, name=self.cfg.discovery.service,
@@ -215,7 +259,7 @@ class Agent:
         log.info("agent %s serving on %s (advertised %s), data plane %s %s, lease %s at %s",
                  self.cfg.node.name, self.cfg.node.listen_addr, self.cfg.node.advertise_addr,
                  self.dataplane.kind, self.dataplane.location, self.lease.backend,
-                 self.cfg.lease.lease_dir)
+                 lease_location(self.cfg))
 
     async def _first_discovery(self) -> None:
         """Resolves PEER_SERVICE once before campaigning, so the first election knows the peers

@@ -23,8 +23,11 @@ from gossip_agent.core import addresses
 
 PROFILES = ("cluster", "local")
 KUBE_BACKENDS = ("configmap", "lease")  # leases/kube.py
-BACKENDS = ("bpffs", *KUBE_BACKENDS)
-PLANNED_BACKENDS = ("redis",)
+BACKENDS = ("bpffs", "redis", *KUBE_BACKENDS)
+PLANNED_BACKENDS: tuple[str, ...] = ()
+# LEASE_RENEW_DEADLINE's defaults for the Kubernetes backends (client-go's RenewDeadline is 10 s,
+# paired with LEASE_DURATION's 15 s); the variable's own defaults are redis's.
+KUBE_RENEW_DEADLINE = {"cluster": 10.0, "local": 3.0}
 SOURCES = ("api", "file")
 DATAPLANES = ("bpf", "memory", "auto")
 
@@ -123,6 +126,14 @@ def _dns_server(value: str) -> str:
     return value.strip()
 
 
+def _redis_url(value: str) -> str:
+    text = value.strip()
+    scheme = text.partition("://")[0].lower()
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("must start with redis://, rediss:// or unix://")
+    return text
+
+
 def _k8s_name(value: str) -> str:
     """A DNS-1123 subdomain, as Kubernetes requires of object and namespace names."""
     text = value.strip()
@@ -130,6 +141,8 @@ def _k8s_name(value: str) -> str:
         raise ValueError("must be a Kubernetes name: lower-case letters, digits, '-' and '.', "
                          "starting and ending with a letter or digit, at most 253 characters")
     return text
+
+
 def _interface_list(value: str) -> str:
     names = [item.strip() for item in value.split(",") if item.strip()]
     for name in names:
@@ -210,9 +223,9 @@ VARIABLES: tuple[Variable, ...] = (
              _int_range(4096, 64 * 1024 * 1024)),
     Variable("COORDINATION_BACKEND", "-", _default("bpffs"),
              "Leader lease backend. bpffs: flock under BPF_LEASE_DIR, spans one host only. "
+             "redis: a TTL key in REDIS_URL's Redis with a fencing counter, spans nodes. "
              "configmap / lease: client-go's leader-election record on the ConfigMap "
-             "COORDINATION_CONFIGMAP / the Lease COORDINATION_LEASE_NAME. (redis is planned.)",
-             _text),
+             "COORDINATION_CONFIGMAP / the Lease COORDINATION_LEASE_NAME.", _text),
     Variable("USE_BPF_FS_COORDINATION", "bool", _default(""),
              "The seed's switch: true is an alias for COORDINATION_BACKEND=bpffs.", _bool),
     Variable("BPF_PIN_DIR", "path", _default("/sys/fs/bpf/gossip-agent"),
@@ -227,6 +240,36 @@ VARIABLES: tuple[Variable, ...] = (
              _seconds(0.01, 60)),
     Variable("LEASE_RENEW_INTERVAL", "seconds", _default("1", "0.5"),
              "How often the leader proves it still holds the lease.", _seconds(0.01, 60)),
+    Variable("LEASE_TTL", "seconds", _default("5", "2"),
+             "redis: the lease key's time to live, refreshed by every renewal. A leader that "
+             "dies (SIGKILL, node lost) keeps the lease until it expires, so failover takes "
+             "at most LEASE_TTL + LEASE_RETRY_INTERVAL. Shorter means faster failover but "
+             "more renewals lost to a slow Redis.", _seconds(0.1, 600)),
+    Variable("LEASE_RENEW_DEADLINE", "seconds", _default("3.5", "1.4"),
+             "redis: the leader steps down when it has not proven it holds the lease for this "
+             "long (local monotonic clock, from the start of its last successful renewal). "
+             "Below LEASE_TTL, so it stops acting before the key can expire on the server; "
+             "above LEASE_RENEW_INTERVAL, so one slow renewal is tolerated. configmap / "
+             "lease: default 10 (local 3), client-go's RenewDeadline, below LEASE_DURATION.",
+             _seconds(0.05, 600)),
+    Variable("REDIS_URL", "URL", _default(""),
+             "The seed's variable: redis://[:password@]host:port/db, rediss:// for TLS. "
+             "Required with COORDINATION_BACKEND=redis unless REDIS_SENTINELS is set; with "
+             "sentinels only its password, database and scheme are used.", _redis_url),
+    Variable("REDIS_KEY_PREFIX", "-", _default("ebpf:"),
+             "Prefix of every key (the seed's ebpf:leader, ebpf:service_list, "
+             "ebpf:coordination); give each cluster its own to share one Redis.", _text),
+    Variable("REDIS_SENTINELS", "host:port,...", _default(""),
+             "Redis Sentinel addresses (the seed's HA mode): the agent asks them for the "
+             "current master of REDIS_SENTINEL_MASTER instead of using REDIS_URL's host.",
+             _peer_list),
+    Variable("REDIS_SENTINEL_MASTER", "-", _default("mymaster"),
+             "The master name the sentinels monitor (sentinel.conf's `sentinel monitor`).",
+             _text),
+    Variable("REDIS_TIMEOUT", "seconds", _default("1", "0.5"),
+             "Connect and per-command timeout for Redis: an unreachable or silent server is "
+             "reported (and retried with backoff) after this long. Below LEASE_RENEW_DEADLINE "
+             "so a hung renewal cannot outlive the leader's right to act.", _seconds(0.01, 60)),
     Variable("COORDINATION_NAMESPACE", "-", _default(""),
              "Namespace of the configmap/lease backends' objects (the seed's variable). "
              "Default: the pod's own namespace (service account), else the kubeconfig "
@@ -242,10 +285,6 @@ VARIABLES: tuple[Variable, ...] = (
              "Kubernetes backends: how long a follower waits, from when it last saw the record "
              "change, before taking over (client-go's LeaseDuration, default 15). Failover "
              "after a leader dies takes about this long.", _int_range(1, 3600)),
-    Variable("LEASE_RENEW_DEADLINE", "seconds", _default("10", "3"),
-             "Kubernetes backends: a leader that has not renewed for this long steps down "
-             "(client-go's RenewDeadline, default 10). Must be < LEASE_DURATION and > 1.2 x "
-             "LEASE_RETRY_INTERVAL and LEASE_RENEW_INTERVAL.", _seconds(0.1, 3600)),
     Variable("COORDINATION_MIRROR_INTERVAL", "seconds", _default("1", "0.2"),
              "Kubernetes backends: at most one write of the leader's SERVICE_LIST into "
              "COORDINATION_CONFIGMAP's data per this period (a view for kubectl).",
@@ -335,17 +374,28 @@ class GossipConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RedisConfig:
+    url: str
+    key_prefix: str
+    sentinels: tuple[str, ...]
+    sentinel_master: str
+    timeout: float
+
+
+@dataclasses.dataclass(frozen=True)
 class LeaseConfig:
     backend: str
     lease_dir: str
     retry_interval: float
     renew_interval: float
+    ttl: float  # redis: the key's PX
+    renew_deadline: float  # redis: step down after this long without a proven renewal
+    redis: RedisConfig | None  # set when backend is redis
     # Kubernetes backends (configmap, lease): see VARIABLES.
     namespace: str = ""
     configmap: str = "ebpf-service-list"
     lease_name: str = "gossip-agent"
     duration: int = 15
-    renew_deadline: float = 10.0
     mirror_interval: float = 1.0
 
 
@@ -427,10 +477,43 @@ def _backend(values: Mapping[str, Any], problems: list[str]) -> str:
             )
         backend = "bpffs"
     if backend in PLANNED_BACKENDS:
-        problems.append(f"COORDINATION_BACKEND={backend}: not available in this version; use bpffs")
+        problems.append(f"COORDINATION_BACKEND={backend}: not available in this version; "
+                        f"use {' or '.join(BACKENDS)}")
     elif backend not in BACKENDS:
         problems.append(f"COORDINATION_BACKEND={backend!r}: must be one of {', '.join(BACKENDS)}")
     return backend
+
+
+def _check_redis(values: Mapping[str, Any], backend: str, problems: list[str]) -> None:
+    """The redis backend needs somewhere to connect and timers that keep the lease safe:
+    renew interval < renew deadline < TTL, and the Redis timeout below the deadline."""
+    if backend != "redis":
+        return
+    url_invalid = any(p.startswith("REDIS_URL=") for p in problems)
+    if not values["REDIS_URL"] and not values["REDIS_SENTINELS"] and not url_invalid:
+        problems.append("REDIS_URL: required when COORDINATION_BACKEND=redis "
+                        "(or set REDIS_SENTINELS)")
+    interval, deadline = values["LEASE_RENEW_INTERVAL"], values["LEASE_RENEW_DEADLINE"]
+    ttl, timeout = values["LEASE_TTL"], values["REDIS_TIMEOUT"]
+    if None in (interval, deadline, ttl, timeout):
+        return  # already reported
+    if not interval < deadline < ttl:
+        problems.append(
+            f"LEASE_RENEW_DEADLINE={deadline:g} must be above LEASE_RENEW_INTERVAL="
+            f"{interval:g} and below LEASE_TTL={ttl:g}")
+    if timeout >= deadline:
+        problems.append(f"REDIS_TIMEOUT={timeout:g} must be below LEASE_RENEW_DEADLINE="
+                        f"{deadline:g}")
+
+
+def _redis_config(values: Mapping[str, Any], backend: str) -> RedisConfig | None:
+    if backend != "redis":
+        return None
+    return RedisConfig(
+        values["REDIS_URL"] or "", values["REDIS_KEY_PREFIX"] or "",
+        values["REDIS_SENTINELS"] or (), values["REDIS_SENTINEL_MASTER"] or "mymaster",
+        values["REDIS_TIMEOUT"],
+    )
 
 
 def _advertise(values: Mapping[str, Any], problems: list[str]) -> str:
@@ -508,10 +591,13 @@ def from_env(env: Mapping[str, str], *, hostname: str = "localhost") -> Config:
     problems: list[str] = []
     values = _raw_values(env, problems)
     backend = _backend(values, problems)
+    if backend in KUBE_BACKENDS and not env.get("LEASE_RENEW_DEADLINE", "").strip():
+        values["LEASE_RENEW_DEADLINE"] = KUBE_RENEW_DEADLINE[values["PROFILE"] or "cluster"]
     advertise = _advertise(values, problems)
     service, service_port = _service(values, problems)
     _check_source(values, problems)
     _check_backoff(values, problems)
+    _check_redis(values, backend, problems)
     _check_kube_timing(backend, values, problems)
     _check_monitor_ports(values, problems)
     if problems:
@@ -532,10 +618,11 @@ def from_env(env: Mapping[str, str], *, hostname: str = "localhost") -> Config:
         ),
         lease=LeaseConfig(
             backend, values["BPF_LEASE_DIR"] or pin_dir, values["LEASE_RETRY_INTERVAL"],
-            values["LEASE_RENEW_INTERVAL"], namespace=values["COORDINATION_NAMESPACE"] or "",
+            values["LEASE_RENEW_INTERVAL"], values["LEASE_TTL"], values["LEASE_RENEW_DEADLINE"],
+            _redis_config(values, backend),
+            namespace=values["COORDINATION_NAMESPACE"] or "",
             configmap=values["COORDINATION_CONFIGMAP"], lease_name=values[
                 "COORDINATION_LEASE_NAME"], duration=values["LEASE_DURATION"],
-            renew_deadline=values["LEASE_RENEW_DEADLINE"],
             mirror_interval=values["COORDINATION_MIRROR_INTERVAL"],
         ),
         dataplane=DataPlaneConfig(values["DATAPLANE"], pin_dir, values["MAP_MAX_ENTRIES"]),

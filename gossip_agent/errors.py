@@ -61,3 +61,8 @@ class PinDirInUse(GossipAgentError):
 
 class ShuttingDown(GossipAgentError):
     """The agent is stopping (UNAVAILABLE: retry elsewhere or later)."""
+
+
+class ReportInvalid(GossipAgentError):
+    """A node report (Gossip/Report) or a scale-request watch breaks its contract
+    (INVALID_ARGUMENT)."""

@@ -3,6 +3,8 @@
 - require(): a missing component (bcc, bpffs, grpcurl, dnsmasq, ...) fails the run when CI=true
   and skips otherwise: CI must never pass by skipping what it was meant to test.
 - Every async test is checked for tasks it leaves running: a leaked task is a failure.
+- redis_server: a real redis-server per test (gossip_agent/localredis.py, reusable by any
+  backend's tests).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from collections.abc import Iterator
 
 import pytest
 import pytest_asyncio
+
+from gossip_agent import localredis as redisserver
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -83,6 +87,17 @@ async def _no_leaked_tasks():  # type: ignore[no-untyped-def]
     for task in leaked:
         task.cancel()
     assert not leaked, f"test left tasks running: {[t.get_name() for t in leaked]}"
+
+
+@pytest.fixture
+def redis_server() -> Iterator[redisserver.RedisServer]:
+    """A fresh redis-server on a free loopback port (no persistence), killed by PID after."""
+    require(redisserver.available(), "redis-server (Debian package redis-server)")
+    server = redisserver.RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
 
 
 @pytest.fixture

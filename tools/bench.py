@@ -12,6 +12,8 @@ CLOCK_MONOTONIC, so the difference is exact.
 Prints p50 / p99 / max per N as a table, or with --json one JSON line: a list of objects with
 nodes, p50_ms, p99_ms, max_ms (and changes, entries).
 
+--failover measures leader failover instead (tools/failover.py): SIGKILL of the leader -> every
+survivor holds a snapshot of the new term, median and max over --kills rounds per --backend.
 `tools/bench.py kube ...` measures the configmap backend instead (tools/bench_kube.py).
 """
 
@@ -27,6 +29,7 @@ import sys
 import tempfile
 import time
 
+import failover  # tools/failover.py, next to this script
 import grpc.aio
 import mapbench  # tools/ is on sys.path when this file runs as a script
 
@@ -144,6 +147,16 @@ def run_size(nodes: int, changes: int, gap: float, root: str) -> dict[str, objec
     }
 
 
+def failover_main(args: argparse.Namespace) -> int:
+    results = failover.run(backends=args.backend or failover.BACKENDS,
+                           nodes=args.failover_nodes, kills=args.kills, env=args.env)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in results]))
+    else:
+        print(failover.table(results))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["kube"]:  # the Kubernetes backends' failover and API load (bench_kube.py)
@@ -157,6 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gap", type=float, default=0.05,
                         help="seconds between changes (after the leader's reply)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--failover", action="store_true",
+                        help="measure leader failover per backend (tools/failover.py)")
+    parser.add_argument("--backend", action="append", choices=failover.BACKENDS,
+                        help="--failover: backend to measure; repeat (default bpffs and redis)")
+    parser.add_argument("--kills", type=int, default=10, help="--failover: rounds per backend")
+    parser.add_argument("--failover-nodes", type=int, default=5, help="--failover: agents")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="--failover: extra agent environment, e.g. LEASE_TTL=5")
     parser.add_argument("--map", action="store_true",
                         help="run the map-write benchmark instead (tools/mapbench.py)")
     parser.add_argument("--map-runs", type=int, default=1000,
@@ -164,8 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.map:
         return mapbench.report(runs=args.map_runs, as_json=args.json)
+    if args.failover:
+        return failover_main(args)
     sizes = args.nodes or [8, 16, 32]
-    root = (localcluster.BPFFS_ROOT + "-bench" if localcluster.bpffs_mounted()
+    # A root of this run's own (pid): two benchmarks at once must not wipe each other's maps.
+    root = (localcluster.BPFFS_ROOT + f"-bench-{os.getpid()}" if localcluster.bpffs_mounted()
             and os.geteuid() == 0 else tempfile.mkdtemp(prefix="gossip-bench-"))
     results = [run_size(n, args.changes, args.gap, root) for n in sizes]
     shutil.rmtree(root, ignore_errors=True)

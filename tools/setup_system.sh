@@ -9,13 +9,15 @@
 #   headers, but only when /lib/modules/$(uname -r)/{build,source} point at them.
 # - bpftool: operators read the pinned maps with it; tests use it as an independent reader.
 # - dnsmasq-base: a real DNS server for the headless-Service discovery tests.
+# - redis-server, redis-sentinel: the redis lease backend is tested against real servers (and a
+#   Sentinel failover); redis-cli (redis-tools, pulled in by both) is the operator interface.
 # - prometheus: promtool checks the agent's /metrics exposition, and the server itself scrapes a
 #   local cluster in the end-to-end test (Debian's package does not start it here: no systemd).
 # - bpffs at /sys/fs/bpf: where maps are pinned and the lease lock lives.
 set -euo pipefail
 
 need_pkgs=()
-for pkg in python3-bpfcc bpftool linux-headers-amd64 dnsmasq-base iproute2 prometheus; do
+for pkg in python3-bpfcc bpftool linux-headers-amd64 dnsmasq-base iproute2 prometheus redis-server redis-sentinel; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then

@@ -112,9 +112,10 @@ def build(
     max_message_bytes: int,
     streams: streams_mod.OpenStreams,
     dataplane_service: dataplane_pb2_grpc.DataPlaneServicer | None = None,
+    extra_handlers: tuple[grpc.GenericRpcHandler[Any, Any], ...] = (),
 ) -> grpc.aio.Server:
     server = grpc.aio.server(options=server_options(max_message_bytes))
-    server.add_generic_rpc_handlers((gossip_handler(engine, streams),))
+    server.add_generic_rpc_handlers((gossip_handler(engine, streams), *extra_handlers))
     pb_grpc.add_StateServicer_to_server(state_service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     services = [GOSSIP_SERVICE, STATE_SERVICE]

@@ -15,7 +15,7 @@ import grpc
 import grpc.aio
 
 from gossip_agent import errors
-from gossip_agent.api import status
+from gossip_agent.api import scale, status
 from gossip_agent.api import streams as streams_mod
 from gossip_agent.core import snapshots, versions
 from gossip_agent.gossip import engine as engine_mod
@@ -23,6 +23,7 @@ from gossip_agent.gossip import leader as leader_mod
 from gossip_agent.gossip import transport as transport_mod
 from gossip_agent.gossip import wire
 from gossip_agent.leases import base as lease_base
+from gossip_agent.scaleup import hub as scale_hub_mod
 from gossip_agent.v1 import gossip_pb2 as pb
 from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc
 
@@ -42,8 +43,10 @@ class StateService(pb_grpc.StateServicer):
         channels: transport_mod.GrpcTransport,
         forward_timeout: float,
         streams: streams_mod.OpenStreams,
+        scale_hub: scale_hub_mod.Hub | None = None,
     ) -> None:
         self.engine = engine
+        self.scale_hub = scale_hub or scale_hub_mod.Hub()
         self.leadership = leadership
         self.lease = lease
         self.channels = channels
@@ -102,7 +105,10 @@ class StateService(pb_grpc.StateServicer):
             holder=holder,
             leader_node=node,
             leader_address=self._address_of(node),
-            term=max(term, self.leadership.term),
+            # A leader reports the term it leads at: the record may already name a newer
+            # holder (redis: DEL, or an expired key) until this agent's next renewal.
+            term=self.leadership.term if self.leadership.leading else max(
+                term, self.leadership.term),
             backend=self.lease.backend,
             is_self=self.leadership.leading,
             refusal=self.leadership.refusal,
@@ -149,6 +155,12 @@ class StateService(pb_grpc.StateServicer):
     ) -> pb.GetHistoryResponse:
         return pb.GetHistoryResponse(
             events=[_event_pb(event, node="") for event in self.engine.history])
+
+    async def WatchScaleRequests(
+        self, request: pb.WatchScaleRequestsRequest, context: Context
+    ) -> AsyncIterator[pb.ScaleRequest]:
+        async for message in scale.watch(self.scale_hub, request, context, self.streams):
+            yield message
 
     # -- writes -------------------------------------------------------------------------------
 

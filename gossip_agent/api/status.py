@@ -15,6 +15,7 @@ CODES: dict[type[errors.GossipAgentError], grpc.StatusCode] = {
     errors.LeaseLost: grpc.StatusCode.UNAVAILABLE,
     errors.ShuttingDown: grpc.StatusCode.UNAVAILABLE,
     errors.DataPlaneError: grpc.StatusCode.INTERNAL,
+    errors.ReportInvalid: grpc.StatusCode.INVALID_ARGUMENT,
 }
 
 

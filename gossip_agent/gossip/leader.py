@@ -424,6 +424,10 @@ class Leadership:
         if held.term > self.term:  # wait for the bump; the lease loop wakes on higher_term
             self._waiters = waiters
             return
+        if not self.lease.proven():  # e.g. woken from SIGSTOP past the renew deadline: the
+            self._waiters = waiters  # lease loop renews now (and steps down) before anything
+            self.engine.higher_term.set()  # is published under a term that may be over
+            return
         version = held.next_seq() if held.term == self.term else versions.Version(self.term, 1)
         snapshot = snapshots.build(
             version=version, leader=self.engine.node, leader_address=self.engine.address,

@@ -7,6 +7,10 @@ Contract (bpffs today; redis and configmap/lease later implement the same):
 - renew() returns False as soon as this agent cannot prove it still holds the lease; the caller
   steps down at once. bump(min_term) moves the held lease's term up (a leader refused as stale
   learned of a higher term), atomically in the backend.
+- proven() says, without I/O, whether this holder may still act: False once its right to act
+  has lapsed on the local monotonic clock (a TTL lease whose renewals stopped, e.g. a process
+  frozen by SIGSTOP); the leader checks it before each publication, so a woken leader does not
+  publish before its next renew() makes it step down.
 - release() gives the lease up (keeping the term counter); read() returns the record as stored.
 - holder identities are "<node name>#<pid>-<random>": a restarted agent is a new holder, so it
   never renews its predecessor's lease; it acquires anew with a higher term.
@@ -59,6 +63,8 @@ class Lease(Protocol):
     async def try_acquire(self, *, min_term: int) -> Grant | None: ...
 
     async def renew(self) -> bool: ...
+
+    def proven(self) -> bool: ...
 
     async def bump(self, *, min_term: int) -> int: ...
 

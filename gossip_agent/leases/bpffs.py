@@ -231,6 +231,10 @@ class BpffsLease:
             return False
         return True
 
+    def proven(self) -> bool:
+        """The kernel holds the flock for as long as the fd is open: no deadline to lapse."""
+        return self._lock_fd is not None
+
     async def bump(self, *, min_term: int) -> int:
         """Moves the held lease's term to max(term + 1, min_term); LeaseLost if not held."""
         record = await self._held_record()

@@ -407,6 +407,12 @@ class KubeLease:
         self._beat(written)
         return True
 
+    def proven(self) -> bool:
+        """Held, and the last successful renewal started less than the renew deadline ago (a
+        leader frozen by SIGSTOP must not publish before its next renew() steps it down)."""
+        return self._held is not None and (
+            self.clock() < self._renewed_at + self.timing.renew_deadline)
+
     def _lost(self) -> bool:
         self._held = None
         return False

@@ -57,6 +57,9 @@ class MemoryLease:
         self._check()
         return self.store.holder == self.holder
 
+    def proven(self) -> bool:
+        return self.store.holder == self.holder
+
     async def bump(self, *, min_term: int) -> int:
         self._check()
         if self.store.holder != self.holder:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from gossip_agent.sources import base
 
 
-class ApiSource:
+class ApiSource(base.RecordsScaleUps):
     kind = "api"
     accepts_writes = True
 

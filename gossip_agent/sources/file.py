@@ -88,7 +88,7 @@ def _entry(item: Any, *, origin: str, index: int) -> tuple[int, int, str]:
     return key, replicas, name
 
 
-class FileSource:
+class FileSource(base.RecordsScaleUps):
     kind = "file"
     accepts_writes = False
 

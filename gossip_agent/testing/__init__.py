@@ -1,1 +1,1 @@
-"""Test doubles of the outside world (fake Kubernetes API, network namespaces), over real I/O."""
+"""Test harnesses shipped with the package (fake Kubernetes API, network namespaces)."""

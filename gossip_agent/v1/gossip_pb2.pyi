@@ -266,3 +266,55 @@ class WriteResponse(_message.Message):
     acked_peers: int
     written_monotonic_ns: int
     def __init__(self, version: _Optional[_Union[Version, _Mapping]] = ..., leader: _Optional[str] = ..., acked_peers: _Optional[int] = ..., written_monotonic_ns: _Optional[int] = ...) -> None: ...
+
+class ScaleRequest(_message.Message):
+    __slots__ = ("service_ip", "source_ip", "node", "monotonic_ns", "unix_ms", "via", "events", "skipped", "name")
+    SERVICE_IP_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_IP_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    MONOTONIC_NS_FIELD_NUMBER: _ClassVar[int]
+    UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    VIA_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    service_ip: str
+    source_ip: str
+    node: str
+    monotonic_ns: int
+    unix_ms: int
+    via: str
+    events: int
+    skipped: int
+    name: str
+    def __init__(self, service_ip: _Optional[str] = ..., source_ip: _Optional[str] = ..., node: _Optional[str] = ..., monotonic_ns: _Optional[int] = ..., unix_ms: _Optional[int] = ..., via: _Optional[str] = ..., events: _Optional[int] = ..., skipped: _Optional[int] = ..., name: _Optional[str] = ...) -> None: ...
+
+class WatchScaleRequestsRequest(_message.Message):
+    __slots__ = ("scope",)
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    scope: str
+    def __init__(self, scope: _Optional[str] = ...) -> None: ...
+
+class NodeReport(_message.Message):
+    __slots__ = ("node", "incarnation", "seq", "scale_requests")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    SCALE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    incarnation: int
+    seq: int
+    scale_requests: _containers.RepeatedCompositeFieldContainer[ScaleRequest]
+    def __init__(self, node: _Optional[str] = ..., incarnation: _Optional[int] = ..., seq: _Optional[int] = ..., scale_requests: _Optional[_Iterable[_Union[ScaleRequest, _Mapping]]] = ...) -> None: ...
+
+class ReportAck(_message.Message):
+    __slots__ = ("seq", "duplicate", "leader", "term")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    duplicate: bool
+    leader: str
+    term: int
+    def __init__(self, seq: _Optional[int] = ..., duplicate: _Optional[bool] = ..., leader: _Optional[str] = ..., term: _Optional[int] = ...) -> None: ...

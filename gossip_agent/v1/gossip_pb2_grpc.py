@@ -50,6 +50,11 @@ class GossipStub:
                 request_serializer=gossip__agent_dot_v1_dot_gossip__pb2.ExchangeRequest.SerializeToString,
                 response_deserializer=gossip__agent_dot_v1_dot_gossip__pb2.ExchangeReply.FromString,
                 _registered_method=True)
+        self.Report = channel.unary_unary(
+                '/gossip_agent.v1.Gossip/Report',
+                request_serializer=gossip__agent_dot_v1_dot_gossip__pb2.NodeReport.SerializeToString,
+                response_deserializer=gossip__agent_dot_v1_dot_gossip__pb2.ReportAck.FromString,
+                _registered_method=True)
 
 
 class GossipServicer:
@@ -83,6 +88,21 @@ class GossipServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Report(self, request, context):
+        """A node's report to the leader: the scale-up requests its data plane raised (and, in the
+        scaling issue, its traffic facts). Sent only to the leader; acknowledged once the leader
+        has counted the report and handed its requests to its source. Idempotent by (node,
+        incarnation, seq): a retried report the leader already took is acknowledged again
+        (duplicate = true) and acted on once. Limits: a node name of 1..253 characters, seq >= 1,
+        at most 256 requests per report, one per service, valid dotted IPv4s; anything else is
+        INVALID_ARGUMENT, changes nothing and must not be retried. UNAVAILABLE
+        when the callee does not lead (or is still taking office): the sender finds the leader
+        again and retries with backoff until a report is acknowledged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GossipServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -100,6 +120,11 @@ def add_GossipServicer_to_server(servicer, server):
                     servicer.Exchange,
                     request_deserializer=gossip__agent_dot_v1_dot_gossip__pb2.ExchangeRequest.FromString,
                     response_serializer=gossip__agent_dot_v1_dot_gossip__pb2.ExchangeReply.SerializeToString,
+            ),
+            'Report': grpc.unary_unary_rpc_method_handler(
+                    servicer.Report,
+                    request_deserializer=gossip__agent_dot_v1_dot_gossip__pb2.NodeReport.FromString,
+                    response_serializer=gossip__agent_dot_v1_dot_gossip__pb2.ReportAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -194,6 +219,33 @@ class Gossip:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def Report(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gossip_agent.v1.Gossip/Report',
+            gossip__agent_dot_v1_dot_gossip__pb2.NodeReport.SerializeToString,
+            gossip__agent_dot_v1_dot_gossip__pb2.ReportAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class StateStub:
     """The operator API: reads are answered from the agent's own state; writes go to the leader.
@@ -239,6 +291,11 @@ class StateStub:
                 '/gossip_agent.v1.State/DeleteService',
                 request_serializer=gossip__agent_dot_v1_dot_gossip__pb2.DeleteServiceRequest.SerializeToString,
                 response_deserializer=gossip__agent_dot_v1_dot_gossip__pb2.WriteResponse.FromString,
+                _registered_method=True)
+        self.WatchScaleRequests = channel.unary_stream(
+                '/gossip_agent.v1.State/WatchScaleRequests',
+                request_serializer=gossip__agent_dot_v1_dot_gossip__pb2.WatchScaleRequestsRequest.SerializeToString,
+                response_deserializer=gossip__agent_dot_v1_dot_gossip__pb2.ScaleRequest.FromString,
                 _registered_method=True)
 
 
@@ -303,6 +360,21 @@ class StateServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchScaleRequests(self, request, context):
+        """Scale-up requests as they happen: one ScaleRequest per scale-up event read from this node's
+        XDP program (a packet to a service at 0 replicas was dropped; the kernel already rate-limits
+        events per service), and, while this agent leads, one per request reported by another node
+        (ScaleRequest.node names it). Nothing is replayed: the stream starts with the next request;
+        the agent sends the response headers as soon as the reader is registered, so a client that
+        waits for them (grpc: initial_metadata()) misses nothing raised afterwards.
+        A reader that falls behind by more than 1024 requests loses the oldest and is told how
+        many in ScaleRequest.skipped. INVALID_ARGUMENT for an unknown scope; ends with UNAVAILABLE
+        at shutdown (reconnect).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StateServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -340,6 +412,11 @@ def add_StateServicer_to_server(servicer, server):
                     servicer.DeleteService,
                     request_deserializer=gossip__agent_dot_v1_dot_gossip__pb2.DeleteServiceRequest.FromString,
                     response_serializer=gossip__agent_dot_v1_dot_gossip__pb2.WriteResponse.SerializeToString,
+            ),
+            'WatchScaleRequests': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchScaleRequests,
+                    request_deserializer=gossip__agent_dot_v1_dot_gossip__pb2.WatchScaleRequestsRequest.FromString,
+                    response_serializer=gossip__agent_dot_v1_dot_gossip__pb2.ScaleRequest.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -532,6 +609,33 @@ class State:
             '/gossip_agent.v1.State/DeleteService',
             gossip__agent_dot_v1_dot_gossip__pb2.DeleteServiceRequest.SerializeToString,
             gossip__agent_dot_v1_dot_gossip__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchScaleRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/gossip_agent.v1.State/WatchScaleRequests',
+            gossip__agent_dot_v1_dot_gossip__pb2.WatchScaleRequestsRequest.SerializeToString,
+            gossip__agent_dot_v1_dot_gossip__pb2.ScaleRequest.FromString,
             options,
             channel_credentials,
             insecure,

@@ -108,7 +108,10 @@ class ConsoleSession:
                 except OSError:
                     break
             text = ANSI.sub(b"", data).decode(errors="replace")
-            if text.rstrip(" ").endswith(prompt.rstrip()) and "\n" in text:
+            # The whole last line must be the prompt: the Python console's ">>> " is a suffix
+            # of "monitor >>> ", which prompt_toolkit may redraw before the command has run.
+            last_line = re.split(r"[\r\n]", text)[-1]
+            if last_line.strip() == prompt.strip() and "\n" in text:
                 return text
         raise AssertionError(f"no console prompt within {CONSOLE_DEADLINE:g}s; screen: "
                              f"{ANSI.sub(b'', data).decode(errors='replace')!r}")
@@ -190,7 +193,10 @@ async def test_console_commands_show_a_followers_state_peers_lease_and_counters(
         assert field(lease, "this agent") == "follower"
 
         gossip = await asyncio.to_thread(session.run, "gossip")
-        assert int(field(gossip, "adoptions")) >= 2  # the leader's first snapshot, the write
+        # At least the write. The leader's first snapshot is a second adoption only when it
+        # reached this follower before the write: a push worker sends just the newest, so
+        # under load the two can arrive as one.
+        assert int(field(gossip, "adoptions")) >= 1
         assert "push:adopt=" in field(gossip, "received")
         assert field(gossip, "rejections") == "invalid=0"
 

@@ -138,13 +138,6 @@ def test_use_bpf_fs_coordination_with_another_backend_is_a_conflict() -> None:
                for p in problems), problems
 
 
-@pytest.mark.parametrize("backend", config.PLANNED_BACKENDS)
-def test_planned_backends_are_refused_by_name(backend: str) -> None:
-    (problem,) = problems_of({**CLUSTER_ENV, "COORDINATION_BACKEND": backend})
-    assert f"COORDINATION_BACKEND={backend}" in problem
-    assert "not available" in problem
-
-
 def test_unknown_backend_is_refused_naming_the_allowed_ones() -> None:
     (problem,) = problems_of({**CLUSTER_ENV, "COORDINATION_BACKEND": "etcd"})
     assert "COORDINATION_BACKEND" in problem and "bpffs" in problem
@@ -250,6 +243,54 @@ def test_unknown_variables_are_ignored() -> None:
 def test_markdown_table_has_one_row_per_variable() -> None:
     rows = config.markdown_table().splitlines()[2:]
     assert [row.split("`")[1] for row in rows] == [v.name for v in config.VARIABLES]
+
+
+# -- the redis backend -------------------------------------------------------------------------
+
+
+def test_redis_backend_reads_url_prefix_and_timers() -> None:
+    cfg = config.from_env({**CLUSTER_ENV, "COORDINATION_BACKEND": "redis",
+                           "REDIS_URL": "rediss://:pw@redis:6380/2", "REDIS_KEY_PREFIX": "c1:"})
+    assert cfg.lease.backend == "redis"
+    assert cfg.lease.redis is not None
+    assert (cfg.lease.redis.url, cfg.lease.redis.key_prefix) == ("rediss://:pw@redis:6380/2", "c1:")
+    assert cfg.lease.renew_interval < cfg.lease.renew_deadline < cfg.lease.ttl
+    assert cfg.lease.redis.timeout < cfg.lease.renew_deadline
+
+
+def test_redis_backend_without_url_or_sentinels_is_refused_naming_redis_url() -> None:
+    (problem,) = problems_of({**CLUSTER_ENV, "COORDINATION_BACKEND": "redis"})
+    assert problem.startswith("REDIS_URL: required")
+
+
+def test_redis_sentinels_replace_the_url() -> None:
+    cfg = config.from_env({**CLUSTER_ENV, "COORDINATION_BACKEND": "redis",
+                           "REDIS_SENTINELS": "s1:26379,s2:26379",
+                           "REDIS_SENTINEL_MASTER": "coord"})
+    assert cfg.lease.redis is not None
+    assert cfg.lease.redis.sentinels == ("s1:26379", "s2:26379")
+    assert cfg.lease.redis.sentinel_master == "coord"
+
+
+def test_a_redis_url_with_another_scheme_is_refused() -> None:
+    (problem,) = problems_of({**CLUSTER_ENV, "COORDINATION_BACKEND": "redis",
+                              "REDIS_URL": "http://redis:6379"})
+    assert problem.startswith("REDIS_URL=") and "redis://" in problem
+
+
+@pytest.mark.parametrize(("deadline", "ttl"), [("5", "5"), ("0.5", "5"), ("6", "5")])
+def test_a_renew_deadline_outside_interval_and_ttl_is_refused(deadline: str, ttl: str) -> None:
+    (problem,) = problems_of({**CLUSTER_ENV, "COORDINATION_BACKEND": "redis",
+                              "REDIS_URL": "redis://r:6379", "LEASE_RENEW_INTERVAL": "1",
+                              "REDIS_TIMEOUT": "0.1", "LEASE_RENEW_DEADLINE": deadline,
+                              "LEASE_TTL": ttl})
+    assert problem.startswith(f"LEASE_RENEW_DEADLINE={deadline}")
+
+
+def test_a_redis_timeout_beyond_the_renew_deadline_is_refused() -> None:
+    (problem,) = problems_of({**CLUSTER_ENV, "COORDINATION_BACKEND": "redis",
+                              "REDIS_URL": "redis://r:6379", "REDIS_TIMEOUT": "4"})
+    assert problem.startswith("REDIS_TIMEOUT=4")
 
 
 # -- Kubernetes backends (issue 6) --------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Scale-up requests: from the XDP program's events to the leader's source."""

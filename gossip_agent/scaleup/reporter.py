@@ -1,0 +1,133 @@
+"""The reporting side of scale-up requests, on every agent (the leader reports to itself).
+
+Two named tasks:
+- `scaleup.read`: reads the data plane's scale-up events (a dataplane.events subscription:
+  the XDP program's ring buffer on a BPF node; nothing, or what tests publish, otherwise),
+  publishes each to this agent's WatchScaleRequests readers and queues it, deduplicated per
+  service (core.reports.ReportQueue).
+- `scaleup.report`: sends the queued requests to the leader as one report at a time, resending
+  the same (seq, content) until the leader acknowledges it; failures back off exponentially
+  (PEER_BACKOFF_BASE .. PEER_BACKOFF_CAP) and retry at once when a new snapshot arrives, since
+  that may name a new leader. Requests are never dropped while the agent lives: a node cut off
+  from the leader reports when it is back.
+
+Where a report goes is the `deliver` callable's business (route.ToLeader in the agent); tests
+hand in their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+from gossip_agent.core import peers, reports, snapshots
+from gossip_agent.dataplane import events as events_mod
+from gossip_agent.scaleup import hub as hub_mod
+from gossip_agent.scaleup import wire
+from gossip_agent.v1 import gossip_pb2 as pb
+
+log = logging.getLogger("gossip_agent.scaleup")
+
+
+class Undeliverable(Exception):
+    """The report did not reach a leader that took it (no leader, unreachable, not leading)."""
+
+
+Deliver = Callable[[pb.NodeReport], Awaitable[pb.ReportAck]]
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Reporter:
+    def __init__(
+        self,
+        *,
+        node: str,
+        incarnation: int,
+        deliver: Deliver,
+        hub: hub_mod.Hub,
+        name_of: Callable[[int], str],
+        backoff: peers.BackoffPolicy,
+        rng: random.Random,
+        leader_may_have_changed: Callable[[], Awaitable[None]],
+        wall: Callable[[], int] = wall_ms,
+    ) -> None:
+        self.node = node
+        self.incarnation = incarnation
+        self.deliver = deliver
+        self.hub = hub
+        self.name_of = name_of
+        self.backoff = backoff
+        self.rng = rng
+        self.leader_may_have_changed = leader_may_have_changed
+        self.wall = wall
+        self.queue = reports.ReportQueue()
+        self.events_read = 0
+        self.reports_acked = 0
+        self.failures = 0  # consecutive failed deliveries of the report in flight
+        self._last_trouble = ""
+        self._wake = asyncio.Event()
+
+    # -- scaleup.read ---------------------------------------------------------------------------
+
+    async def read(self, subscription: events_mod.Subscription) -> None:
+        with subscription:
+            async for event in subscription:
+                self.note(event)
+
+    def note(self, event: events_mod.ScaleUpEvent) -> None:
+        """One event from this node's data plane: shown to readers, queued for the leader."""
+        self.events_read += 1
+        request = reports.Request(
+            service_ip=event.service_ip, source_ip=event.source_ip,
+            monotonic_ns=event.timestamp_ns, unix_ms=self.wall(),
+        )
+        self.hub.publish(hub_mod.Seen(
+            request, node=self.node, via=hub_mod.LOCAL, name=self.name_of(event.service_ip)))
+        if self.queue.add(request):
+            log.debug("scale-up event for %s queued for the leader",
+                      snapshots.format_ip(event.service_ip))
+            self._wake.set()
+
+    # -- scaleup.report -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            report = self.queue.next_report()
+            if report is None:
+                await self._wake.wait()
+                self._wake.clear()
+                continue
+            await self._send(report)
+
+    async def _send(self, report: reports.Report) -> None:
+        message = wire.report_to_pb(report, node=self.node, incarnation=self.incarnation)
+        try:
+            ack = await self.deliver(message)
+        except Undeliverable as exc:
+            await self._after_failure(report, str(exc))
+            return
+        if self.queue.acknowledged(ack.seq):
+            self.reports_acked += 1
+            if self.failures:
+                log.info("report %d acknowledged by leader %s after %d failed attempt(s)",
+                         report.seq, ack.leader, self.failures)
+            self.failures = 0
+            self._last_trouble = ""
+
+    async def _after_failure(self, report: reports.Report, reason: str) -> None:
+        self.failures += 1
+        if reason != self._last_trouble:  # one line per distinct trouble, not per retry
+            log.warning("scale-up report %d (%d request(s)) not delivered: %s; retrying",
+                        report.seq, len(report.requests), reason)
+            self._last_trouble = reason
+        delay = self.backoff.delay(self.failures, self.rng)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self.leader_may_have_changed()

@@ -1,0 +1,107 @@
+"""The reporter's loops in one event loop, with an in-memory leader: a report is resent unchanged
+until acknowledged, a burst becomes one request, and the leader acts on each report once even
+when its acknowledgements are lost."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from gossip_agent.core import peers, reports
+from gossip_agent.dataplane import events
+from gossip_agent.scaleup import hub as hub_mod
+from gossip_agent.scaleup import reporter as reporter_mod
+from gossip_agent.scaleup import wire
+from gossip_agent.v1 import gossip_pb2 as pb
+
+pytestmark = pytest.mark.sim
+BOUND = 5.0  # seconds: liveness bound for loops whose backoff is milliseconds
+
+
+class FlakyLeader:
+    """Refuses the first `refuse` deliveries, then takes reports; loses the first `lose_acks`
+    acknowledgements after taking (the reporter must retry and be recognised)."""
+
+    def __init__(self, *, refuse: int, lose_acks: int = 0) -> None:
+        self.refuse = refuse
+        self.lose_acks = lose_acks
+        self.ledger = reports.Ledger()
+        self.seen: list[int] = []  # seq of every delivery attempt
+        self.acted: list[reports.Request] = []
+        self.acked = asyncio.Event()
+
+    async def deliver(self, message: pb.NodeReport) -> pb.ReportAck:
+        self.seen.append(message.seq)
+        if self.refuse > 0:
+            self.refuse -= 1
+            raise reporter_mod.Undeliverable("no leader is known yet")
+        incoming = wire.report_from_pb(message)
+        if self.ledger.take(node=incoming.node, incarnation=incoming.incarnation,
+                            seq=message.seq):
+            self.acted.extend(incoming.report.requests)
+        if self.lose_acks > 0:
+            self.lose_acks -= 1
+            raise reporter_mod.Undeliverable("deadline exceeded")
+        self.acked.set()
+        return pb.ReportAck(seq=message.seq, leader="leader")
+
+
+def make_reporter(leader: FlakyLeader, hub: hub_mod.Hub) -> reporter_mod.Reporter:
+    never = asyncio.Event()
+    return reporter_mod.Reporter(
+        node="node-1", incarnation=7, deliver=leader.deliver, hub=hub, name_of=lambda key: "",
+        backoff=peers.BackoffPolicy(base=0.001, cap=0.01), rng=random.Random(1),
+        leader_may_have_changed=never.wait,
+    )
+
+
+def event(service: int, at: int) -> events.ScaleUpEvent:
+    return events.ScaleUpEvent(service_ip=service, source_ip=99, timestamp_ns=at)
+
+
+@pytest.mark.parametrize(("refuse", "lose_acks"), [(0, 0), (3, 0), (0, 2), (2, 2)])
+async def test_a_burst_reaches_the_leader_as_one_request_acted_on_once(
+    refuse: int, lose_acks: int,
+) -> None:
+    leader = FlakyLeader(refuse=refuse, lose_acks=lose_acks)
+    hub = hub_mod.Hub()
+    source = events.EventHub()
+    reporter = make_reporter(leader, hub)
+    subscription = source.subscribe()
+    with hub.reader("local") as watcher:
+        # Published before the loops start: the read task takes all ten (a queue that holds
+        # items never suspends) before the report task sends anything.
+        for at in range(1, 11):
+            source.publish(event(0x0A60000A, at))
+        tasks = [asyncio.create_task(reporter.read(subscription), name="test.read"),
+                 asyncio.create_task(reporter.run(), name="test.report")]
+        try:
+            async with asyncio.timeout(BOUND):
+                await leader.acked.wait()
+            first, skipped = await watcher.next()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    assert reporter.events_read == 10 and reporter.queue.idle
+    assert len(leader.acted) == 1, leader.acted  # deduplicated, and taken once despite retries
+    assert leader.acted[0].service_ip == 0x0A60000A
+    assert leader.acted[0].monotonic_ns == 1  # the first event of the burst
+    assert set(leader.seen) == {1}  # every attempt resent the same report
+    assert len(leader.seen) == 1 + refuse + lose_acks
+    assert reporter.failures == 0 and reporter.reports_acked == 1
+    assert (first.request.monotonic_ns, first.node, first.via, skipped) == (1, "node-1", "local", 0)
+
+
+async def test_a_watcher_that_falls_behind_loses_the_oldest_and_is_told_how_many() -> None:
+    hub = hub_mod.Hub()
+    with hub.reader("") as watcher:
+        for at in range(hub_mod.READER_QUEUE + 5):
+            hub.publish(hub_mod.Seen(reports.Request(1, 2, at, 0), node="n", via="local",
+                                     name=""))
+        first, skipped = await watcher.next()
+        second, skipped_again = await watcher.next()
+    assert (first.request.monotonic_ns, skipped) == (5, 5)
+    assert (second.request.monotonic_ns, skipped_again) == (6, 0)
