@@ -103,7 +103,8 @@ def open_lease(cfg: config_mod.Config, *, beats: beats_mod.BeatBoard | None = No
             node=cfg.node.name, beats=beats or beats_mod.BeatBoard(), timing=kube.KubeTiming(
                 duration=cfg.lease.duration, renew_deadline=cfg.lease.renew_deadline,
                 retry_interval=cfg.lease.retry_interval,
-                renew_interval=cfg.lease.renew_interval))
+                renew_interval=cfg.lease.renew_interval),
+            configmap=cfg.lease.configmap, mirror_interval=cfg.lease.mirror_interval)
     from gossip_agent.leases import bpffs
 
     lease = bpffs.BpffsLease(lease_dir=cfg.lease.lease_dir, node=cfg.node.name)
@@ -191,8 +192,6 @@ class Agent:
                 coalesce_window=cfg.gossip.coalesce_window,
                 write_ack_timeout=cfg.gossip.write_ack_timeout,
             ),
-            warm_start=self._warm_start if cfg.lease.backend in config_mod.KUBE_BACKENDS
-            else None,
         )
         self.scale_ups = scaleup.ScaleUps(
             engine=self.engine, leadership=self.leadership, source=self.source,
@@ -238,8 +237,6 @@ class Agent:
         self._spawn(self.source.watch(self.leadership.source_changed),
                     f"source.{self.source.kind}")
         self._spawn(self._watch_refusal(), "lease.refusal-health")
-        if self.cfg.lease.backend in config_mod.KUBE_BACKENDS:
-            self._spawn(self._mirror(), "lease.mirror")
         self._spawn(probes.watch_readiness(self.engine, self.health), "health.readiness")
         for coro, name in self.enforcer.tasks() if self.enforcer is not None else ():
             self._spawn(coro, name)
@@ -287,36 +284,6 @@ class Agent:
             log.error("task %s crashed; stopping the agent", task.get_name(),
                       exc_info=task.exception())
             self.failed.set()
-
-    def _open_mirror(self) -> Any:
-        from gossip_agent.leases import kube  # the kubernetes client only when it is used
-
-        assert isinstance(self.lease, kube.KubeLease)
-        return kube.ConfigMapMirror(
-            api=self.lease.api, namespace=self.lease.namespace, name=self.cfg.lease.configmap,
-            interval=self.cfg.lease.mirror_interval, timeout=self.cfg.lease.renew_deadline)
-
-    async def _warm_start(self) -> tuple[int, source_base.Desired] | None:
-        found = await self._open_mirror().read()
-        if found is None:
-            return None
-        term, table = found
-        return term, source_base.Desired(table, {})
-
-    async def _mirror(self) -> None:
-        """The leader's SERVICE_LIST into COORDINATION_CONFIGMAP for kubectl (leases/kube)."""
-        from gossip_agent.leases import kube
-
-        mirror = self._open_mirror()
-
-        def state() -> kube.MirrorState | None:
-            held = self.engine.held
-            if held.version.term == 0:
-                return None
-            return kube.MirrorState(f"{held.version.term}.{held.version.seq}",
-                                    self.engine.leader_node, dict(self.engine.table))
-
-        await mirror.run(leading=lambda: self.leadership.leading, state=state)
 
     async def _watch_refusal(self) -> None:
         """Mirrors the refusal to lead into health (gossip_agent.v1.Lease) and the log."""

@@ -32,7 +32,6 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
 
 from gossip_agent import errors
 from gossip_agent.core import coalesce, peers, snapshots, terms, versions
@@ -55,10 +54,6 @@ class Timing:
     renew_interval: float
     coalesce_window: float
     write_ack_timeout: float
-
-
-# Returns (term it was written at, table) or None; see Leadership._warm_start.
-WarmStart = Callable[[], Awaitable[tuple[int, source_base.Desired] | None]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,10 +170,8 @@ class Leadership:
         lease: lease_base.Lease,
         source: source_base.Source,
         timing: Timing,
-        warm_start: WarmStart | None = None,
     ) -> None:
         self.engine = engine
-        self.warm_start = warm_start  # a table to start from when the cluster holds nothing
         self.lease = lease
         self.source = source
         self.timing = timing
@@ -273,35 +266,14 @@ class Leadership:
         self.term = grant.term
         self.engine.leading_term = grant.term
         await self._digest_round()
-        warm = await self._warm_start()
         if self.engine.max_term_seen >= self.term:
             await self._bump()
         desired = self.source.read()
         if desired is None:
-            desired = warm if warm is not None else self._desired_from_held()
+            desired = self._desired_from_held()
         self._desired = desired
         self._publisher = asyncio.create_task(self._publish_loop(), name="gossip.publish")
         self._dirty.set()
-
-    async def _warm_start(self) -> source_base.Desired | None:
-        """Only when nothing is held anywhere this agent could reach (a cold cluster whose maps
-        were wiped): the table a former leader left (the ConfigMap mirror), published at a term
-        above the one it was written at. Never used over a held snapshot, so it cannot roll
-        versions back."""
-        if self.warm_start is None or self.engine.held.version != versions.ZERO:
-            return None
-        try:
-            found = await self.warm_start()
-        except errors.GossipAgentError as exc:
-            log.warning("no warm start: %s", exc)
-            return None
-        if found is None:
-            return None
-        term, desired = found
-        self.engine.note_term(term)
-        log.info("warm start: %d services from a former leader's mirror at term %d",
-                 len(desired.entries), term)
-        return desired
 
     async def _digest_round(self) -> None:
         """Learn the highest term and newest snapshot around before writing anything."""

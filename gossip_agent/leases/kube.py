@@ -264,7 +264,7 @@ class KubeLease:
                  timing: KubeTiming, beats: beats_mod.BeatBoard,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(
-                     datetime.UTC)) -> None:
+                     datetime.UTC), sink: ConfigMapSink | None = None) -> None:
         self.backend = kind
         self.holder = base.holder_identity(node)
         self.timing = timing
@@ -272,6 +272,7 @@ class KubeLease:
         self.api = api
         self.clock = clock
         self.wall = wall  # for the record's times, which are for people: never judged
+        self.sink = sink  # the ConfigMap mirror (gossip.mirror.Sink), delegated to below
         lock_class = _ConfigMapLock if kind == "configmap" else _LeaseLock
         self.lock: _Lock = lock_class(api, namespace=namespace, name=name)
         self.namespace = namespace
@@ -407,6 +408,18 @@ class KubeLease:
         self._beat(written)
         return True
 
+    # -- gossip.mirror.Sink: the view in the ConfigMap (ConfigMapSink) ---------------------------
+
+    async def mirror_snapshot(self, *, term: int, seq: int, document: str) -> bool:
+        return self.sink is not None and await self.sink.mirror_snapshot(
+            term=term, seq=seq, document=document)
+
+    async def heartbeat(self, *, term: int, seq: int, leader: str, period: float) -> None:
+        return None  # see ConfigMapSink.heartbeat
+
+    async def read_mirror(self) -> str | None:
+        return await self.sink.read_mirror() if self.sink is not None else None
+
     def proven(self) -> bool:
         """Held, and the last successful renewal started less than the renew deadline ago (a
         leader frozen by SIGSTOP must not publish before its next renew() steps it down)."""
@@ -485,117 +498,99 @@ class KubeLease:
         await asyncio.to_thread(self.api.close)
 
 
-@dataclasses.dataclass(frozen=True)
-class MirrorState:
-    """What the leader holds, as the mirror shows it."""
+class ConfigMapSink:
+    """gossip.mirror's Sink in COORDINATION_CONFIGMAP's data, so the seed's kubectl commands
+    show the state: data["service-list"] is JSON {"10.96.0.10": 3, ...} (the seed's key), beside
+    data["version"] ("term.seq"), data["leader"] (node) and data["snapshot"] (gossip.mirror's
+    document, hash-checked, for a new node's warm start).
 
-    version: str  # "term.seq"
-    leader: str
-    table: dict[int, int]  # service IPv4 as an integer -> ready replicas
-
-
-class ConfigMapMirror:
-    """The leader's SERVICE_LIST, mirrored into COORDINATION_CONFIGMAP's data for people.
-
-    data["service-list"] is JSON {"10.96.0.10": 3, ...} (the seed's key), beside
-    data["version"] ("term.seq") and data["leader"] (node). Written with a merge patch on
-    data only, so the leader record in the annotation is never touched, at most once per
-    COORDINATION_MIRROR_INTERVAL and only by the leader. It is a view and nothing reads it
-    back as truth: versions only ever come from gossip, so a stale or hand-edited mirror can
-    never roll a map back. A deleted ConfigMap is created again on the next change.
+    Written only by the leader (gossip.mirror.Mirror), never with a version at or below the
+    stored one (a read, then an update with that resourceVersion: a 409 means someone wrote
+    meanwhile and the next round tries again), and at most once per
+    COORDINATION_MIRROR_INTERVAL (refused sooner; the Mirror retries on its next round). The
+    leader record in the annotation is never touched. heartbeat() writes nothing: per-node
+    heartbeats would put every node on the API server at rest, which the beats in gossip
+    exist to avoid; GetState on each node shows the same.
     """
 
     def __init__(self, *, api: k8s.ApiClient, namespace: str, name: str, interval: float,
-                 timeout: float) -> None:
+                 timeout: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.core = k8s.CoreV1Api(api)
         self.namespace, self.name = namespace, name
-        self.interval, self.timeout = interval, timeout
-        self.written = ""  # version last mirrored
-        self.error = ""
+        self.interval, self.timeout, self.clock = interval, timeout, clock
         self.where = f'"{name}" in namespace "{namespace}"'
+        self._written_at: float | None = None
 
     @staticmethod
-    def data(state: MirrorState) -> dict[str, str]:
-        services = {_dotted(ip): replicas for ip, replicas in sorted(state.table.items())}
+    def data_of(document: str) -> dict[str, str]:
+        parsed = json.loads(document)
+        services = {s["ip"]: s["replicas"] for s in parsed["services"]}
         return {"service-list": json.dumps(services, separators=(",", ":")),
-                "version": state.version, "leader": state.leader}
+                "version": f"{parsed['term']}.{parsed['seq']}", "leader": parsed["leader"],
+                "snapshot": document}
 
-    async def run(self, *, leading: Callable[[], bool],
-                  state: Callable[[], MirrorState | None]) -> None:
-        """The `lease.mirror` task: polls local state (no API call unless it changed)."""
-        while True:
-            await asyncio.sleep(self.interval)
-            current = state() if leading() else None
-            if current is None or current.version == self.written:
-                continue
-            try:
-                await asyncio.to_thread(self._write, self.data(current))
-            except (k8s.ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
-                self._trouble(describe_failure(exc, verb="patch", resource="configmaps",
-                                               where=self.where))
-                continue
-            self.written, self.error = current.version, ""
+    async def mirror_snapshot(self, *, term: int, seq: int, document: str) -> bool:
+        now = self.clock()
+        if self._written_at is not None and now - self._written_at < self.interval:
+            return False
+        written = await self._call("update", lambda: self._write((term, seq), document))
+        if written:
+            self._written_at = now
+        return written
 
-    async def read(self) -> tuple[int, dict[int, int]] | None:
-        """(term, table) as the mirror holds them, or None when there is none (a warm start
-        for a new leader of a cold cluster: leader.Leadership._warm_start)."""
-        try:
-            obj = await asyncio.to_thread(lambda: _unless_missing(
-                lambda: self.core.read_namespaced_config_map(
-                    self.name, self.namespace, _request_timeout=self.timeout)))
-        except (k8s.ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise errors.LeaseUnavailable(describe_failure(
-                exc, verb="get", resource="configmaps", where=self.where)) from exc
-        data = (obj.data or {}) if obj is not None else {}
-        if "service-list" not in data:
-            return None
-        try:
-            return parse_mirror(data)
-        except (ValueError, TypeError, AttributeError) as exc:
-            log.warning("mirror in configmap %s is not usable: %s", self.where, exc)
-            return None
+    async def heartbeat(self, *, term: int, seq: int, leader: str, period: float) -> None:
+        return None
 
-    def _trouble(self, message: str) -> None:
-        if message != self.error:
-            log.error("mirror of SERVICE_LIST into the ConfigMap: %s (retrying)", message)
-        self.error = message
+    async def read_mirror(self) -> str | None:
+        obj = await self._call("get", self._read)
+        return ((obj.data or {}).get("snapshot") if obj is not None else None) or None
 
-    def _write(self, data: dict[str, str]) -> None:
-        try:
-            self.core.patch_namespaced_config_map(self.name, self.namespace, {"data": data},
-                                                  _request_timeout=self.timeout)
-        except k8s.ApiException as exc:
-            if exc.status != 404:
-                raise
+    def _read(self) -> Any:
+        return _unless_missing(lambda: self.core.read_namespaced_config_map(
+            self.name, self.namespace, _request_timeout=self.timeout))
+
+    def _write(self, version: tuple[int, int], document: str) -> bool:
+        obj = self._read()
+        data = self.data_of(document)
+        if obj is None:
             body = k8s.V1ConfigMap(metadata=k8s.V1ObjectMeta(
                 name=self.name, namespace=self.namespace), data=data)
             self.core.create_namespaced_config_map(self.namespace, body,
                                                    _request_timeout=self.timeout)
+            return True
+        if _stored_version(obj.data or {}) >= version:
+            return False  # never go back, even behind a slower leader's write
+        obj.data = dict(obj.data or {}, **data)
+        try:
+            self.core.replace_namespaced_config_map(self.name, self.namespace, obj,
+                                                    _request_timeout=self.timeout)
+        except k8s.ApiException as exc:
+            if exc.status in (404, 409):  # deleted or written meanwhile: next round
+                return False
+            raise
+        return True
+
+    async def _call(self, verb: str, fn: Callable[[], T]) -> T:
+        try:
+            return await asyncio.to_thread(fn)
+        except (k8s.ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise errors.LeaseUnavailable(describe_failure(
+                exc, verb=verb, resource="configmaps", where=self.where)) from exc
 
 
-def parse_mirror(data: dict[str, str]) -> tuple[int, dict[int, int]]:
-    """The mirror's (term, table); ValueError when it is not one this agent wrote."""
-    term = int(data.get("version", "").split(".")[0])
-    services = json.loads(data["service-list"])
-    if not isinstance(services, dict):
-        raise ValueError("service-list is not a JSON object")
-    table = {}
-    for ip, replicas in services.items():
-        parts = [int(p) for p in ip.split(".")]
-        if len(parts) != 4 or not all(0 <= p <= 255 for p in parts):
-            raise ValueError(f"{ip!r} is not an IPv4 address")
-        if not isinstance(replicas, int) or not 0 <= replicas < 2**32:
-            raise ValueError(f"replicas {replicas!r} of {ip} is not a u32")
-        table[(parts[0] << 24) | (parts[1] << 16) | (parts[2] << 8) | parts[3]] = replicas
-    return term, table
-
-
-def _dotted(ip: int) -> str:
-    return ".".join(str((ip >> shift) & 0xFF) for shift in (24, 16, 8, 0))
+def _stored_version(data: dict[str, str]) -> tuple[int, int]:
+    try:
+        term, _, seq = data.get("version", "").partition(".")
+        return int(term), int(seq)
+    except ValueError:
+        return (0, 0)  # absent or edited by hand: any real version replaces it
 
 
 def open_lease(*, kind: str, namespace: str, name: str, node: str, timing: KubeTiming,
-               beats: beats_mod.BeatBoard) -> KubeLease:
+               beats: beats_mod.BeatBoard, configmap: str, mirror_interval: float) -> KubeLease:
     api = api_client(node=node)
-    return KubeLease(kind=kind, api=api, namespace=default_namespace(namespace), name=name,
-                     node=node, timing=timing, beats=beats)
+    namespace = default_namespace(namespace)
+    sink = ConfigMapSink(api=api, namespace=namespace, name=configmap,
+                         interval=mirror_interval, timeout=timing.renew_deadline)
+    return KubeLease(kind=kind, api=api, namespace=namespace, name=name, node=node,
+                     timing=timing, beats=beats, sink=sink)

@@ -16,7 +16,8 @@ import pytest
 from kubernetes import client, config
 
 from gossip_agent import errors
-from gossip_agent.core import beats
+from gossip_agent.core import beats, snapshots, versions
+from gossip_agent.gossip import mirror
 from gossip_agent.leases import kube, kuberecord
 from gossip_agent.testing import fakekube
 
@@ -252,29 +253,29 @@ async def test_edit_of_other_fields_does_not_cost_the_leader_its_lease(
     assert obj["data"] == {"service-list": "{}"}
 
 
-async def test_mirror_writes_the_table_into_data_without_touching_the_record(
+async def test_mirror_sink_writes_data_never_goes_back_and_keeps_the_record(
         make_lease: LeaseFactory, fake_kube: fakekube.FakeKube) -> None:
     leader = make_lease("node-a")
     assert await leader.try_acquire(min_term=1) is not None
-    record = annotation(fake_kube)
-    mirror = kube.ConfigMapMirror(api=leader.api, namespace="default",
-                                  name="ebpf-service-list", interval=0.01, timeout=5)
-    state = kube.MirrorState("1.4", "node-a", {0x0A60000A: 3, 0x0A60000B: 0})
-    await __import__("asyncio").to_thread(mirror._write, mirror.data(state))
+    record_before = annotation(fake_kube)
+    clock = Clock()
+    sink = kube.ConfigMapSink(api=leader.api, namespace="default", name="ebpf-service-list",
+                              interval=1.0, timeout=5, clock=clock)
+    snapshot = snapshots.build(version=versions.Version(1, 4), leader="node-a",
+                               leader_address="", entries={0x0A60000A: 3, 0x0A60000B: 0},
+                               names={0x0A60000A: "default/web"})
+    document = mirror.document_of(snapshot)
+    assert await sink.mirror_snapshot(term=1, seq=4, document=document)
     obj: Any = fake_kube.get_object("configmaps", "ebpf-service-list")
     assert json.loads(obj["data"]["service-list"]) == {"10.96.0.10": 3, "10.96.0.11": 0}
     assert obj["data"]["version"] == "1.4" and obj["data"]["leader"] == "node-a"
-    assert annotation(fake_kube) == record
-
-
-async def test_holder_that_stepped_down_reacquires_its_own_record_at_a_new_term(
-        make_lease: LeaseFactory, fake_kube: fakekube.FakeKube) -> None:
-    clock = Clock()
-    leader = make_lease("node-a", clock=clock)
-    grant = await leader.try_acquire(min_term=1)
-    assert grant is not None
-    clock.now += TIMING.renew_deadline + 1
-    assert not await leader.renew()  # past the deadline: stepped down, record still names it
-    again = await leader.try_acquire(min_term=grant.term + 1)
-    assert again is not None and again.term == grant.term + 1
-    assert json.loads(annotation(fake_kube))["leaderTransitions"] == again.term
+    assert annotation(fake_kube) == record_before
+    assert await sink.read_mirror() == document  # a new node's warm start reads this
+    assert mirror.snapshot_of(document).content_hash == snapshot.content_hash
+    older = mirror.document_of(snapshots.build(
+        version=versions.Version(1, 3), leader="node-a", leader_address="", entries={},
+        names={}))
+    assert not await sink.mirror_snapshot(term=1, seq=5, document=document)  # too soon
+    clock.now += 1.5
+    assert not await sink.mirror_snapshot(term=1, seq=3, document=older)  # never back
+    assert await sink.read_mirror() == document

@@ -93,22 +93,12 @@ def test_board_is_quiet_only_while_another_holders_beats_are_fresh() -> None:
     assert not board.quiet(holder="me", window=5, now=16.5)
 
 
-def test_mirror_data_parses_back_to_term_and_table() -> None:
+def test_configmap_mirror_data_has_the_seeds_service_list_and_the_document() -> None:
     from gossip_agent.leases import kube
 
-    state = kube.MirrorState("7.3", "node-a", {0x0A60000A: 3, 0xC0A80001: 0})
-    assert kube.parse_mirror(kube.ConfigMapMirror.data(state)) == (
-        7, {0x0A60000A: 3, 0xC0A80001: 0})
-
-
-@pytest.mark.parametrize("data", [
-    {"service-list": "[]", "version": "1.1"},
-    {"service-list": '{"10.0.0":1}', "version": "1.1"},
-    {"service-list": '{"10.0.0.1":-1}', "version": "1.1"},
-    {"service-list": "{}", "version": "x"},
-])
-def test_unusable_mirror_raises_value_error(data: dict[str, str]) -> None:
-    from gossip_agent.leases import kube
-
-    with pytest.raises(ValueError):
-        kube.parse_mirror(data)
+    document = ('{"term":7,"seq":3,"leader":"node-a","leader_address":"","content_hash":"00",'
+                '"services":[{"ip":"10.96.0.10","replicas":3,"name":"default/web"},'
+                '{"ip":"192.168.0.1","replicas":0,"name":""}]}')
+    assert kube.ConfigMapSink.data_of(document) == {
+        "service-list": '{"10.96.0.10":3,"192.168.0.1":0}', "version": "7.3",
+        "leader": "node-a", "snapshot": document}
