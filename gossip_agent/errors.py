@@ -66,3 +66,9 @@ class ShuttingDown(GossipAgentError):
 class ReportInvalid(GossipAgentError):
     """A node report (Gossip/Report) or a scale-request watch breaks its contract
     (INVALID_ARGUMENT)."""
+class AnnotationInvalid(GossipAgentError):
+    """A Service's scale-to-zero annotation is malformed: that Service is skipped (logged once)."""
+
+
+class SourceUnavailable(GossipAgentError):
+    """The source's backing API cannot be reached or refused a call; retried with backoff."""

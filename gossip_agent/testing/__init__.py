@@ -1,1 +1,1 @@
-"""Test harnesses shipped with the package (fake Kubernetes API, network namespaces)."""
+"""Test doubles of the outside world (fake Kubernetes API, network namespaces), over real I/O."""
