@@ -45,6 +45,13 @@ SA = ("ServiceAccount", NAMESPACE, "gossip-agent")
 # cluster. A new variable must be set in k8s/ or added here with a reason.
 LEFT_AT_DEFAULT = {
     "PROFILE": "cluster is the default profile",
+    # configmap/lease backends (leases/kube.py): the defaults are the seed's names and the pod's
+    # own namespace (read from the service account), which the overlays' Roles are scoped to.
+    "COORDINATION_NAMESPACE": "the pod's namespace, from the service account's namespace file",
+    "COORDINATION_CONFIGMAP": "ebpf-service-list, the seed's name, as the Roles name it",
+    "COORDINATION_LEASE_NAME": "gossip-agent, as the lease overlay's Role names it",
+    "LEASE_DURATION": "client-go's default (15 s)",
+    "COORDINATION_MIRROR_INTERVAL": "cluster default (1 s)",
     # The base keeps pinned maps for the scale-to-zero controller's own XDP program (maps only,
     # no hostNetwork). Attaching ours to the host-side pod veths needs hostNetwork and NET_ADMIN:
     # README, "The XDP data plane", says how to turn it on.
