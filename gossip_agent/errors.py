@@ -66,3 +66,13 @@ class ShuttingDown(GossipAgentError):
 class ReportInvalid(GossipAgentError):
     """A node report (Gossip/Report) or a scale-request watch breaks its contract
     (INVALID_ARGUMENT)."""
+
+
+class PolicyInvalid(GossipAgentError):
+    """A Service's scaling annotation (dependencies, dependents, scaling-priority, hpa-*) is
+    malformed: the Service is scaled without that feature (logged once)."""
+
+
+class ScaleFailed(GossipAgentError):
+    """A scaling write was not made (API refused or unreachable, precondition failed, lease not
+    proven); the leader tries again on its next round."""
