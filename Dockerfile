@@ -7,9 +7,16 @@
 # unrelated project). Its Python package is pure Python over ctypes (libbcc.so.0), so the
 # image's Python 3.11 imports it once a .pth file names a directory holding only a symlink to
 # it (the same trick as tools/link_bcc.sh: nothing else from Debian's dist-packages leaks in).
-# The agent opens pinned maps through libbcc without compiling C, so no kernel headers here.
+# The agent opens pinned maps through libbcc without compiling C, so no kernel headers here; the
+# DaemonSet mounts the node's own (/lib/modules, /usr/src) read-only for bcc if it ever compiles.
+#
+# Checked here: `hadolint Dockerfile` (tests/unit/test_manifests.py). Not checked: that it builds
+# and runs (no container engine, and no base image can be pulled, on these machines).
 FROM python:3.11-slim-bookworm
 
+# Unpinned on purpose: bookworm's point and security releases replace exact versions, so a pin
+# would break the build at the next update; the release (bookworm) fixes bcc 0.26 / bpftool 7.1.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-bpfcc bpftool \
  && rm -rf /var/lib/apt/lists/* \

@@ -126,6 +126,15 @@ def lease_location(cfg: config_mod.Config) -> str:
 
 
 def open_source(cfg: config_mod.Config) -> source_base.Source:
+    if cfg.source.kind == "kubernetes":
+        from gossip_agent.sources import kubernetes  # the client is imported only when used
+
+        return kubernetes.KubernetesSource(
+            namespaces=cfg.source.namespaces, watch_timeout=cfg.source.watch_timeout,
+            backoff_base=cfg.source.backoff_base, backoff_cap=cfg.source.backoff_cap,
+            coalesce_window=cfg.gossip.coalesce_window, max_entries=cfg.dataplane.max_entries,
+            node=cfg.node.name,
+        )
     if cfg.source.kind == "file":
         return file_source.FileSource(
             path=cfg.source.file, poll_interval=cfg.source.poll_interval,
@@ -185,6 +194,8 @@ class Agent:
             backoff=peers.BackoffPolicy(base=cfg.gossip.backoff_base, cap=cfg.gossip.backoff_cap),
             rpc_timeout=cfg.gossip.rpc_timeout,
         )
+        if isinstance(self.source, source_base.LeaderOnly):
+            self.source.follow(self.leadership)  # it watches only while this agent leads
         self.streams = streams_mod.OpenStreams()
         self.health: server_mod.HealthServicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.state_service = state_mod.StateService(

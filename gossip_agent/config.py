@@ -18,12 +18,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from gossip_agent import errors
-from gossip_agent.core import addresses
+from gossip_agent.core import addresses, services
 
 PROFILES = ("cluster", "local")
 BACKENDS = ("bpffs", "redis")
 PLANNED_BACKENDS = ("configmap", "lease")
-SOURCES = ("api", "file")
+SOURCES = ("api", "file", "kubernetes")
 DATAPLANES = ("bpf", "memory", "auto")
 
 
@@ -119,6 +119,14 @@ def _ip(value: str) -> str:
 def _dns_server(value: str) -> str:
     addresses.parse_nameserver(value)  # raises ValueError naming what is wrong
     return value.strip()
+
+
+def _namespaces(value: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+    for name in names:
+        if not services.is_dns_label(name):
+            raise ValueError(f"{name!r} is not a namespace name (DNS-1123 label)")
+    return names
 
 
 def _redis_url(value: str) -> str:
@@ -261,8 +269,9 @@ VARIABLES: tuple[Variable, ...] = (
              "bpf: pinned BPF maps, required; memory: nothing enforced (tests); auto: bpf "
              "when available, else memory with a warning.", _choice(*DATAPLANES)),
     Variable("SOURCE", "-", _default("api"),
-             "Where the leader's truth comes from: api (SetService/DeleteService) or file "
-             "(SOURCE_FILE).", _choice(*SOURCES)),
+             "Where the leader's truth comes from: api (SetService/DeleteService), file "
+             "(SOURCE_FILE) or kubernetes (opted-in Services and their EndpointSlices).",
+             _choice(*SOURCES)),
     Variable("SOURCE_FILE", "path", _default(""),
              "JSON or YAML file of services for SOURCE=file, re-read on change.", _path),
     Variable("SOURCE_POLL_INTERVAL", "seconds", _default("1", "0.2"),
@@ -280,6 +289,21 @@ VARIABLES: tuple[Variable, ...] = (
              "this, so a dead or uninstalled agent cannot leave zeros dropping traffic "
              "forever. 0 disables. Long enough to ride out a restart or an eviction.",
              _minutes(0, 7 * 24 * 60)),
+    Variable("SOURCE_NAMESPACES", "name,...", _default(""),
+             "SOURCE=kubernetes: namespaces whose Services are watched (one watch pair each, "
+             "a Role per namespace is enough). Empty: all namespaces (needs a ClusterRole).",
+             _namespaces),
+    Variable("SOURCE_WATCH_TIMEOUT", "seconds", _default("300", "30"),
+             "SOURCE=kubernetes: a watch asks the API server to end it after this long and "
+             "resumes from its resourceVersion, so a silently dead connection lasts no longer.",
+             _seconds(1, 3600)),
+    Variable("SOURCE_BACKOFF_BASE", "seconds", _default("0.5", "0.1"),
+             "SOURCE=kubernetes: first retry delay after a failed list or watch, doubled per "
+             "consecutive failure (a 410 Gone relists at once: it is not a failure).",
+             _seconds(0.01, 60)),
+    Variable("SOURCE_BACKOFF_CAP", "seconds", _default("30", "2"),
+             "SOURCE=kubernetes: longest retry delay, so an API server in trouble sees at most "
+             "one list per watched kind per this period from the leader.", _seconds(0.01, 600)),
     Variable("LOG_LEVEL", "-", _default("info"),
              "debug, info, warning or error.", _choice("debug", "info", "warning", "error")),
     # -- operating a live agent: logs, metrics, console (gossip_agent.logs/metrics/console) --
@@ -377,6 +401,10 @@ class SourceConfig:
     kind: str
     file: str
     poll_interval: float
+    namespaces: tuple[str, ...] = ()  # () = all namespaces
+    watch_timeout: float = 300.0
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -516,6 +544,9 @@ def _service(values: Mapping[str, Any], problems: list[str]) -> tuple[str, int]:
 def _check_source(values: Mapping[str, Any], problems: list[str]) -> None:
     if values["SOURCE"] == "file" and not values["SOURCE_FILE"]:
         problems.append("SOURCE_FILE: required when SOURCE=file")
+    base, cap = values["SOURCE_BACKOFF_BASE"], values["SOURCE_BACKOFF_CAP"]
+    if base is not None and cap is not None and cap < base:
+        problems.append(f"SOURCE_BACKOFF_CAP={cap:g} must be >= SOURCE_BACKOFF_BASE={base:g}")
 
 
 def _check_backoff(values: Mapping[str, Any], problems: list[str]) -> None:
@@ -566,7 +597,9 @@ def from_env(env: Mapping[str, str], *, hostname: str = "localhost") -> Config:
         ),
         dataplane=DataPlaneConfig(values["DATAPLANE"], pin_dir, values["MAP_MAX_ENTRIES"]),
         source=SourceConfig(values["SOURCE"], values["SOURCE_FILE"] or "",
-                            values["SOURCE_POLL_INTERVAL"]),
+                            values["SOURCE_POLL_INTERVAL"], values["SOURCE_NAMESPACES"] or (),
+                            values["SOURCE_WATCH_TIMEOUT"], values["SOURCE_BACKOFF_BASE"],
+                            values["SOURCE_BACKOFF_CAP"]),
         xdp=XdpConfig(values["XDP_INTERFACES"] or "", values["XDP_MODE"],
                       values["FAIL_OPEN_AFTER"]),
         observe=_observe(values),

@@ -68,6 +68,14 @@ class ReportInvalid(GossipAgentError):
     (INVALID_ARGUMENT)."""
 
 
+class AnnotationInvalid(GossipAgentError):
+    """A Service's scale-to-zero annotation is malformed: that Service is skipped (logged once)."""
+
+
+class SourceUnavailable(GossipAgentError):
+    """The source's backing API cannot be reached or refused a call; retried with backoff."""
+
+
 class PolicyInvalid(GossipAgentError):
     """A Service's scaling annotation (dependencies, dependents, scaling-priority, hpa-*) is
     malformed: the Service is scaled without that feature (logged once)."""

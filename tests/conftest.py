@@ -90,6 +90,21 @@ async def _no_leaked_tasks():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
+def fake_kube() -> Iterator[object]:
+    """A fresh fake Kubernetes API server on 127.0.0.1 (gossip_agent.testing.fakekube)."""
+    from gossip_agent.testing import fakekube
+
+    with fakekube.FakeKube() as kube:
+        yield kube
+
+
+@pytest.fixture
+def kubeconfig(fake_kube, tmp_path) -> str:  # type: ignore[no-untyped-def]
+    """An ordinary kubeconfig file pointing at fake_kube, for KUBECONFIG and kubectl."""
+    return str(fake_kube.write_kubeconfig(str(tmp_path / "kubeconfig")))
+
+
+@pytest.fixture
 def redis_server() -> Iterator[redisserver.RedisServer]:
     """A fresh redis-server on a free loopback port (no persistence), killed by PID after."""
     require(redisserver.available(), "redis-server (Debian package redis-server)")

@@ -189,6 +189,7 @@ class Leadership:
         self._ack_turn = 0  # rotates which peers are asked to acknowledge
         self._surveyed = False  # a digest round with the known peers ran before campaigning
         self.refusal_changed = asyncio.Event()  # set when `refusal` changes (health mirrors it)
+        self.office_changed = asyncio.Event()  # set on taking office and stepping down
         self._previous: snapshots.Snapshot | None = None  # last publication: base of deltas
         engine.transport.set_ack_handler(self.on_ack)
 
@@ -270,6 +271,7 @@ class Leadership:
         self._desired = desired
         self._publisher = asyncio.create_task(self._publish_loop(), name="gossip.publish")
         self._dirty.set()
+        self.office_changed.set()  # a LeaderOnly source starts watching
 
     async def _digest_round(self) -> None:
         """Learn the highest term and newest snapshot around before writing anything."""
@@ -323,6 +325,7 @@ class Leadership:
         self.engine.leading_term = 0
         self.engine.higher_term.clear()
         await self._stop_publishing(errors.NotLeader(f"this agent stopped leading: {reason}"))
+        self.office_changed.set()
 
     async def _resign(self, reason: str, *, cause: str) -> None:
         held = self.holds_lease

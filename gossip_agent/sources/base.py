@@ -10,15 +10,21 @@
   (a retried report is never handed over twice). It must not block: a source that scales
   workloads (kubernetes, later) queues the work. Sources that cannot scale anything (api,
   file) keep the last requests for inspection (RecordsScaleUps).
+
+A source that costs something to watch (SOURCE=kubernetes: API server load) also implements
+LeaderOnly: the agent hands it its Office and the source watches only while this agent leads,
+so at rest only the leader touches the API; read() is None until it has caught up, and the new
+leader continues from the newest adopted snapshot meanwhile (no blank map).
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 # Scale-up requests a recording source keeps: the recent past, for tests and the console.
 RECORDED_SCALE_UPS = 256
@@ -61,3 +67,18 @@ class Source(Protocol):
     async def watch(self, on_change: Callable[[Desired], None]) -> None: ...
 
     def scale_up(self, request: ScaleUp) -> None: ...
+
+
+class Office(Protocol):
+    """What a LeaderOnly source sees of leadership (gossip.leader.Leadership is one)."""
+
+    @property
+    def leading(self) -> bool: ...
+
+    # Set whenever this agent takes office or steps down; its one consumer clears it.
+    office_changed: asyncio.Event
+
+
+@runtime_checkable
+class LeaderOnly(Protocol):
+    def follow(self, office: Office) -> None: ...

@@ -1,1 +1,1 @@
-"""Test harnesses shipped with the package, for this project's tests and later issues'."""
+"""Test doubles of the outside world (fake Kubernetes API, network namespaces), over real I/O."""

@@ -85,7 +85,7 @@ def test_every_invalid_variable_is_reported_at_once_each_by_name() -> None:
         "MAX_MESSAGE_BYTES": "12",
         "MAP_MAX_ENTRIES": "-1",
         "DATAPLANE": "ebpf",
-        "SOURCE": "kubernetes",
+        "SOURCE": "etcd",
         "LOG_LEVEL": "loud",
         "BPF_PIN_DIR": "relative/dir",
         "PEERS": "10.0.0.1:7946, no-port",
@@ -250,6 +250,28 @@ def test_unknown_variables_are_ignored() -> None:
 def test_markdown_table_has_one_row_per_variable() -> None:
     rows = config.markdown_table().splitlines()[2:]
     assert [row.split("`")[1] for row in rows] == [v.name for v in config.VARIABLES]
+
+
+def test_kubernetes_source_watches_all_namespaces_unless_told_otherwise() -> None:
+    cfg = config.from_env({**CLUSTER_ENV, "SOURCE": "kubernetes"})
+    assert cfg.source.kind == "kubernetes"
+    assert cfg.source.namespaces == ()
+    assert (cfg.source.watch_timeout, cfg.source.backoff_base, cfg.source.backoff_cap) == (
+        300.0, 0.5, 30.0)
+    narrowed = config.from_env({**CLUSTER_ENV, "SOURCE": "kubernetes",
+                                "SOURCE_NAMESPACES": " shop, web ,shop,"})
+    assert narrowed.source.namespaces == ("shop", "web")
+
+
+def test_kubernetes_source_settings_are_checked_and_named() -> None:
+    problems = problems_of({**CLUSTER_ENV, "SOURCE_NAMESPACES": "shop,Web_1",
+                            "SOURCE_BACKOFF_BASE": "5", "SOURCE_BACKOFF_CAP": "1",
+                            "SOURCE_WATCH_TIMEOUT": "0"})
+    assert len(problems) == 3
+    assert any(p.startswith("SOURCE_NAMESPACES=") and "'Web_1'" in p for p in problems)
+    assert any(p.startswith("SOURCE_WATCH_TIMEOUT=") for p in problems)
+    assert any(p.startswith("SOURCE_BACKOFF_CAP=1 must be >= SOURCE_BACKOFF_BASE=5")
+               for p in problems)
 
 
 # -- the redis backend -------------------------------------------------------------------------

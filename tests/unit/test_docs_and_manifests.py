@@ -3,8 +3,7 @@
 - Every environment variable the README or a k8s/ manifest names exists in config.VARIABLES,
   and every variable in config.VARIABLES is in the README.
 - The README's env table is exactly config.markdown_table() (`gossip-agent env --markdown`).
-- `kubectl kustomize k8s/coordination-bpf-fs` renders, holds the DaemonSet and the headless
-  Service, its env is a valid configuration, and k8s/coordination-bpf-fs.yaml is that render.
+- k8s/base and the overlays exist (tests/unit/test_manifests.py renders and checks them).
 - gossip_agent/v1/ is byte-for-byte what tools/gen_proto.py generates from the .proto.
 """
 
@@ -34,8 +33,6 @@ pytestmark = pytest.mark.unit
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 K8S = ROOT / "k8s"
-OVERLAY = K8S / "coordination-bpf-fs"
-RENDERED = K8S / "coordination-bpf-fs.yaml"
 TABLE_START = "<!-- env-table:start -->"
 TABLE_END = "<!-- env-table:end -->"
 
@@ -48,6 +45,10 @@ NOT_AGENT_VARIABLES = {
     "PYTEST_ARGS": "a Makefile variable passed to pytest by `make test`",
     "CLOCK_MONOTONIC": "the Linux clock the benchmark's timestamps come from",
     layout.SERVICE_LIST: "the pinned BPF map's name",
+    "CAP_BPF": "a Linux capability (k8s/base/daemonset.yaml adds it)",
+    "SYS_RESOURCE": "a Linux capability as Kubernetes names it (CAP_SYS_RESOURCE)",
+    "SYS_ADMIN": "a Linux capability as Kubernetes names it (CAP_SYS_ADMIN)",
+    "NET_ADMIN": "a Linux capability as Kubernetes names it (CAP_NET_ADMIN)",
     layout.SERVICE_LIST_META: "the pinned BPF map's name",
     layout.SERVICE_STATS: "the pinned BPF map's name",
     layout.EVENT_RATE: "the pinned BPF map's name",
@@ -119,10 +120,13 @@ def manifest_documents() -> Iterator[tuple[pathlib.Path, Any]]:
 
 
 def test_manifests_exist() -> None:
-    for name in ("kustomization.yaml", "daemonset.yaml", "service.yaml", "serviceaccount.yaml"):
+    for name in ("kustomization.yaml", "namespace.yaml", "serviceaccount.yaml", "rbac.yaml",
+                 "daemonset.yaml", "service.yaml"):
         assert (K8S / "base" / name).is_file(), name
-    assert (OVERLAY / "kustomization.yaml").is_file()
-    assert RENDERED.is_file()
+    for overlay in ("configmap", "lease", "redis", "bpffs"):
+        assert (K8S / "overlays" / overlay / "kustomization.yaml").is_file(), overlay
+    for name in ("configmap", "redis", "bpf-fs"):  # the seed's file names
+        assert (K8S / f"coordination-{name}.yaml").is_file(), name
 
 
 def test_exceptions_are_really_not_agent_variables() -> None:
@@ -193,53 +197,6 @@ def by_kind(documents: list[Any], kind: str) -> Any:
     return found
 
 
-@pytest.fixture(scope="module")
-def rendered() -> list[Any]:
-    return kustomize(OVERLAY)
-
-
-def test_kustomize_base_renders() -> None:
-    kinds = sorted(d["kind"] for d in kustomize(K8S / "base"))
-    assert kinds == ["DaemonSet", "Service", "ServiceAccount"]
-
-
-def test_overlay_renders_the_headless_service(rendered: list[Any]) -> None:
-    service = by_kind(rendered, "Service")
-    assert service["metadata"]["name"] == "gossip-agent"
-    assert service["spec"]["clusterIP"] == "None"
-    assert service["spec"]["publishNotReadyAddresses"] is True
-    (port,) = service["spec"]["ports"]
-    assert (port["name"], port["port"]) == ("grpc", 50051)
-
-
-def test_overlay_renders_the_daemonset_the_service_selects(rendered: list[Any]) -> None:
-    daemonset = by_kind(rendered, "DaemonSet")
-    service = by_kind(rendered, "Service")
-    assert daemonset["metadata"]["name"] == "gossip-agent"
-    pod_labels = daemonset["spec"]["template"]["metadata"]["labels"]
-    assert daemonset["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
-    assert service["spec"]["selector"].items() <= pod_labels.items()
-    assert by_kind(rendered, "ServiceAccount")["metadata"]["name"] == (
-        daemonset["spec"]["template"]["spec"]["serviceAccountName"])
-
-
-def test_daemonset_mounts_bpffs_bidirectionally_with_probes_on_the_grpc_port(
-    rendered: list[Any],
-) -> None:
-    pod = by_kind(rendered, "DaemonSet")["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/sys/fs/bpf"]
-    assert mount["mountPropagation"] == "Bidirectional"
-    # Kubernetes allows Bidirectional propagation only in privileged containers.
-    assert container["securityContext"]["privileged"] is True
-    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
-    assert volume["hostPath"]["path"] == "/sys/fs/bpf"
-    assert container["livenessProbe"]["grpc"] == {"port": 50051, "service": ""}
-    assert container["readinessProbe"]["grpc"]["port"] == 50051
-    assert {"name": "grpc", "containerPort": 50051, "protocol": "TCP"} in container["ports"]
-    assert pod["terminationGracePeriodSeconds"] > 2  # the agent's own shutdown grace
-
-
 def resolve_env(entries: list[dict[str, Any]], fields: dict[str, str]) -> dict[str, str]:
     """The env a container would see: fieldRefs from `fields`, $(VAR) expanded like kubelet."""
     env: dict[str, str] = {}
@@ -250,30 +207,6 @@ def resolve_env(entries: list[dict[str, Any]], fields: dict[str, str]) -> dict[s
             env[entry["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]),
                                         str(entry["value"]))
     return env
-
-
-def test_daemonset_env_is_a_valid_configuration(rendered: list[Any]) -> None:
-    (container,) = by_kind(rendered, "DaemonSet")["spec"]["template"]["spec"]["containers"]
-    env = resolve_env(container["env"], {
-        "spec.nodeName": "node-a", "status.podIP": "10.244.1.7", "metadata.namespace": "ops",
-    })
-    assert env["USE_BPF_FS_COORDINATION"] == "true"  # the seed's switch, kept
-    cfg = config.from_env(env)
-    assert cfg.node.name == "node-a"
-    assert cfg.node.advertise_addr == "10.244.1.7:50051"
-    assert (cfg.discovery.service, cfg.discovery.service_port) == (
-        "gossip-agent.ops.svc.cluster.local", 50051)
-    assert cfg.lease.backend == "bpffs"
-    assert cfg.dataplane.pin_dir == "/sys/fs/bpf/gossip-agent"
-
-
-def test_rendered_file_is_the_overlay_rendered(rendered: list[Any]) -> None:
-    committed = [d for d in yaml.safe_load_all(RENDERED.read_text(encoding="utf-8"))
-                 if d is not None]
-    assert committed == rendered, (
-        "k8s/coordination-bpf-fs.yaml differs from the overlay: run `.venv/bin/kubectl "
-        "kustomize k8s/coordination-bpf-fs > k8s/coordination-bpf-fs.yaml`"
-    )
 
 
 # -- generated protobuf code --------------------------------------------------------------------
