@@ -112,6 +112,8 @@ KINDS = (
     Kind("apps", "v1", "statefulsets", "StatefulSet", short_names=("sts",), scalable=True),
     Kind("apps", "v1", "daemonsets", "DaemonSet", short_names=("ds",)),
     Kind("coordination.k8s.io", "v1", "leases", "Lease", create_on_update=True),
+    Kind("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler",
+         short_names=("hpa",)),
     Kind("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice"),
     Kind("rbac.authorization.k8s.io", "v1", "roles", "Role"),
     Kind("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
