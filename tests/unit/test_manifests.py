@@ -46,6 +46,12 @@ SA = ("ServiceAccount", NAMESPACE, "gossip-agent")
 # cluster. A new variable must be set in k8s/ or added here with a reason.
 LEFT_AT_DEFAULT = {
     "PROFILE": "cluster is the default profile",
+    # The base keeps pinned maps for the scale-to-zero controller's own XDP program (maps only,
+    # no hostNetwork). Attaching ours to the host-side pod veths needs hostNetwork and NET_ADMIN:
+    # README, "The XDP data plane", says how to turn it on.
+    "XDP_INTERFACES": "empty: maps only, for the controller's own XDP program",
+    "XDP_MODE": "auto: native where the driver has it, generic otherwise",
+    "FAIL_OPEN_AFTER": "cluster default (10 min) rides out a restart or an eviction",
     "ADVERTISE_ADDR": "derived from POD_IP and LISTEN_ADDR's port",
     "PEERS": "PEER_SERVICE finds the peers; static peers are for local runs",
     "DNS_SERVER": "the pod's resolv.conf (cluster DNS) answers PEER_SERVICE",
