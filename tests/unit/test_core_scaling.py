@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gossip_agent import errors
-from gossip_agent.core import policy, scaling, traffic
+from gossip_agent.core import policy, reports, scaling, traffic
 
 pytestmark = pytest.mark.unit
 
@@ -262,3 +262,21 @@ def test_any_order_lists_each_service_once_and_respects_every_acyclic_edge(
         wake_position = {name: i for i, name in enumerate(woken)}
         assert all(wake_position[y] < wake_position[x]
                    for x, ys in edges.items() if x in wake_position for y in ys)
+
+
+# -- summaries ride the stop-and-wait report --------------------------------------------------
+
+
+def test_a_summary_alone_makes_a_report_resent_unchanged_until_acknowledged() -> None:
+    queue = reports.ReportQueue()
+    assert queue.next_report() is None
+    queue.offer_summary((fact(1),))
+    first = queue.next_report()
+    assert first is not None and first.requests == () and first.summary == (fact(1),)
+    queue.offer_summary((fact(2),))  # arrives while report 1 is in flight
+    queue.offer_summary((fact(3),))  # replaces the waiting one: fresher ages
+    assert queue.next_report() == first
+    assert queue.acknowledged(seq=first.seq)
+    second = queue.next_report()
+    assert second is not None and second.summary == (fact(3),) and second.seq == first.seq + 1
+    assert queue.acknowledged(seq=second.seq) and queue.idle
