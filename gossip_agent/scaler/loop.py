@@ -83,6 +83,7 @@ class Scaler:
         self._requests: collections.deque[int] = collections.deque()
         self._wake = asyncio.Event()
         self._last_error = ""
+        self._warm = False  # the API client has made one call since this agent took office
 
     # -- inputs (called from the inbox, never blocking) ------------------------------------------
 
@@ -103,6 +104,8 @@ class Scaler:
         loop = asyncio.get_running_loop()
         while True:
             if self._in_office():
+                if not self._warm:
+                    await self._attempt(self._warm_up())
                 while self._requests:
                     await self._attempt(self._wake_service(self._requests.popleft()))
                 if loop.time() >= next_round:
@@ -129,6 +132,7 @@ class Scaler:
             self.facts = None
             return False
         if self.facts is None:
+            self._warm = False
             self.facts = scaling.ClusterFacts(window_ns=self.timing.window_ns,
                                               took_office_ns=self.clock())
             self.cooldown = scaling.CoolDown(cooldown_ns=self.timing.cooldown_ns)
@@ -144,6 +148,15 @@ class Scaler:
             if str(exc) != self._last_error:  # one line per distinct trouble
                 log.error("scaling: %s (retried on the next request or round)", exc)
             self._last_error = str(exc)
+
+    async def _warm_up(self) -> None:
+        """One read of a target's /scale as soon as there is one: the client, its connection
+        and its model classes are ready before the first wake-up needs them (the first call
+        of a fresh client costs hundreds of milliseconds)."""
+        targets = self.targets()
+        if targets:
+            self._warm = True
+            await self.workloads.get_scale(next(iter(targets.values())).ref)
 
     def _check_lease(self, what: str) -> None:
         if not self.leading() or not self.proven():

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -51,25 +50,6 @@ ENV = {
 SCALE_DEADLINE = 30.0
 
 
-def start_in(netns_name: str, kube: fakekube.FakeKube) -> None:
-    """Starts the fake API server with its listening socket inside `netns_name` (a socket
-    keeps the namespace it was made in; the serving threads may run anywhere)."""
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            netns._setns(os.path.join(netns.NETNS_DIR, netns_name))
-            kube.start()
-        except BaseException as exc:  # reported in the caller's thread
-            failure.append(exc)
-
-    thread = threading.Thread(target=run, name="fakekube.start-in-netns")
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-
-
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[tuple[netns.Cluster, fakekube.FakeKube]]:
     nc.require_netns_cluster()
@@ -82,7 +62,7 @@ def world(tmp_path: Path) -> Iterator[tuple[netns.Cluster, fakekube.FakeKube]]:
         cluster.__enter__()
         host = cluster.add_host("api")
         kube = fakekube.FakeKube(host=host.ip)
-        start_in(host.netns, kube)
+        netns.run_in(host.netns, kube.start)  # its socket on the cluster network
         cluster.env["KUBECONFIG"] = kube.write_kubeconfig(str(tmp_path / "kubeconfig"))
         yield cluster, kube
     finally:
