@@ -40,6 +40,7 @@ from gossip_agent.gossip import engine as engine_mod
 from gossip_agent.gossip import leader as leader_mod
 from gossip_agent.gossip import mirror as mirror_mod
 from gossip_agent.leases import base as lease_base
+from gossip_agent.scaler import service as scaler_service
 from gossip_agent.scaleup import service as scaleup
 from gossip_agent.sources import api as api_source
 from gossip_agent.sources import base as source_base
@@ -138,6 +139,27 @@ def lease_location(cfg: config_mod.Config) -> str:
     return redis_lease.describe_url(redis.url)
 
 
+def open_scaling(cfg: config_mod.Config, agent: Agent) -> scaler_service.Scaling:
+    """Traffic summaries where an XDP program counts packets; the scaler with SOURCE=kubernetes
+    (the kubernetes client is imported only then)."""
+    plane = agent.dataplane
+    stats = agent.enforcer.plane.stats if agent.enforcer is not None else None
+    source: scaler_service.HasInventory | None = None
+    factory = None
+    if cfg.source.kind == "kubernetes":
+        from gossip_agent.scaler import kube
+        from gossip_agent.sources import kubernetes
+
+        assert isinstance(agent.source, kubernetes.KubernetesSource)
+        k8s_source = source = agent.source
+        # The client is created on the scaler's first use, as the source's is.
+        factory = lambda: kube.KubeWorkloads(api_factory=k8s_source.api)  # noqa: E731
+    return scaler_service.Scaling(
+        cfg=cfg.scaling, engine=agent.engine, leadership=agent.leadership,
+        scale_ups=agent.scale_ups, stats=stats, listed=lambda: plane.read().keys(),
+        source=source, workloads_factory=factory)
+
+
 def open_source(cfg: config_mod.Config) -> source_base.Source:
     if cfg.source.kind == "kubernetes":
         from gossip_agent.sources import kubernetes  # the client is imported only when used
@@ -210,6 +232,7 @@ class Agent:
         )
         if isinstance(self.source, source_base.LeaderOnly):
             self.source.follow(self.leadership)  # it watches only while this agent leads
+        self.scaling = open_scaling(cfg, self)  # issue 8: traffic summaries, the scaler
         self.streams = streams_mod.OpenStreams()
         self.health: server_mod.HealthServicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.state_service = state_mod.StateService(
@@ -252,6 +275,8 @@ class Agent:
         for coro, name in self.enforcer.tasks() if self.enforcer is not None else ():
             self._spawn(coro, name)
         for name, coro in self.scale_ups.tasks():
+            self._spawn(coro, name)
+        for name, coro in self.scaling.tasks():
             self._spawn(coro, name)
         if isinstance(self.lease, mirror_mod.Sink):  # redis: ebpf:service_list, coordination
             self._spawn(mirror_mod.Mirror(

@@ -339,6 +339,20 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("SOURCE_BACKOFF_CAP", "seconds", _default("30", "2"),
              "SOURCE=kubernetes: longest retry delay, so an API server in trouble sees at most "
              "one list per watched kind per this period from the leader.", _seconds(0.01, 600)),
+    # -- the scaling loop (gossip_agent.scaler, core.scaling) --
+    Variable("TRAFFIC_REPORT_INTERVAL", "seconds", _default("5", "0.5"),
+             "How often each node sends the leader its traffic summary (packets and idle age "
+             "per listed service). Bounds the leader's load to nodes/interval reports, and "
+             "delays a scale-down by at most one interval past the idle time.",
+             _seconds(0.05, 300)),
+    Variable("SCALE_REPORT_WINDOW", "seconds", _default("15", "1.5"),
+             "A live node whose latest summary is older than this blocks every scale-down "
+             "(missing facts are never idleness); a new leader waits this long before its "
+             "first one. At least 2x TRAFFIC_REPORT_INTERVAL, so one lost report does not "
+             "block.", _seconds(0.1, 3600)),
+    Variable("SCALE_UP_COOLDOWN", "seconds", _default("5"),
+             "The leader scales a workload up at most once per this period, however many "
+             "nodes and packets ask (the original controller's 5 s).", _seconds(0, 3600)),
     Variable("LOG_LEVEL", "-", _default("info"),
              "debug, info, warning or error.", _choice("debug", "info", "warning", "error")),
     # -- operating a live agent: logs, metrics, console (gossip_agent.logs/metrics/console) --
@@ -449,6 +463,15 @@ class SourceConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ScalingConfig:
+    """The leader's scaling loop (issue 8)."""
+
+    report_interval: float = 5.0
+    report_window: float = 15.0
+    scale_up_cooldown: float = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
 class ObserveConfig:
     """Logs, metrics and the console (issue 7). Ports are 0 when the feature is off."""
 
@@ -474,6 +497,7 @@ class Config:
     source: SourceConfig
     xdp: XdpConfig = XdpConfig()
     observe: ObserveConfig = ObserveConfig()
+    scaling: ScalingConfig = ScalingConfig()
 
 
 def _raw_values(env: Mapping[str, str], problems: list[str]) -> dict[str, Any]:
@@ -617,6 +641,13 @@ def _check_monitor_ports(values: Mapping[str, Any], problems: list[str]) -> None
                         "console ports are derived from it (+1, +2)")
 
 
+def _check_scaling(values: Mapping[str, Any], problems: list[str]) -> None:
+    interval, window = values["TRAFFIC_REPORT_INTERVAL"], values["SCALE_REPORT_WINDOW"]
+    if interval is not None and window is not None and window < 2 * interval:
+        problems.append(f"SCALE_REPORT_WINDOW={window:g}: must be at least 2x "
+                        f"TRAFFIC_REPORT_INTERVAL ({2 * interval:g} seconds)")
+
+
 def from_env(env: Mapping[str, str], *, hostname: str = "localhost") -> Config:
     """The validated configuration, or ConfigError listing every bad variable."""
     problems: list[str] = []
@@ -631,6 +662,7 @@ def from_env(env: Mapping[str, str], *, hostname: str = "localhost") -> Config:
     _check_redis(values, backend, problems)
     _check_kube_timing(backend, values, problems)
     _check_monitor_ports(values, problems)
+    _check_scaling(values, problems)
     if problems:
         raise errors.ConfigError(problems)
     pin_dir = values["BPF_PIN_DIR"]
@@ -664,6 +696,8 @@ def from_env(env: Mapping[str, str], *, hostname: str = "localhost") -> Config:
         xdp=XdpConfig(values["XDP_INTERFACES"] or "", values["XDP_MODE"],
                       values["FAIL_OPEN_AFTER"]),
         observe=_observe(values),
+        scaling=ScalingConfig(values["TRAFFIC_REPORT_INTERVAL"], values["SCALE_REPORT_WINDOW"],
+                              values["SCALE_UP_COOLDOWN"]),
     )
 
 

@@ -32,6 +32,7 @@ import time
 import failover  # tools/failover.py, next to this script
 import grpc.aio
 import mapbench  # tools/ is on sys.path when this file runs as a script
+import wakebench  # tools/wakebench.py: the scaling loop's wake-up latency (issue 8)
 
 from gossip_agent import localcluster
 from gossip_agent.v1 import gossip_pb2 as pb
@@ -182,7 +183,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="run the map-write benchmark instead (tools/mapbench.py)")
     parser.add_argument("--map-runs", type=int, default=1000,
                         help="applications per case for --map")
+    parser.add_argument("--wake", action="store_true",
+                        help="measure wake-up latency, first packet -> /scale PATCH "
+                             "(tools/wakebench.py; root, netns, bcc)")
+    parser.add_argument("--wakes", type=int, default=60, help="--wake: wakes per run")
+    parser.add_argument("--wake-nodes", type=int, default=8, help="--wake: agents")
+    parser.add_argument("--runs", type=int, default=3, help="--wake: runs (medians reported)")
     args = parser.parse_args(argv)
+    if args.wake:
+        return wakebench.report(nodes=args.wake_nodes, wakes=args.wakes, runs=args.runs,
+                                as_json=args.json)
     if args.map:
         return mapbench.report(runs=args.map_runs, as_json=args.json)
     if args.failover:

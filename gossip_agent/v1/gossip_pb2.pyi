@@ -296,16 +296,32 @@ class WatchScaleRequestsRequest(_message.Message):
     def __init__(self, scope: _Optional[str] = ...) -> None: ...
 
 class NodeReport(_message.Message):
-    __slots__ = ("node", "incarnation", "seq", "scale_requests")
+    __slots__ = ("node", "incarnation", "seq", "scale_requests", "traffic", "has_summary")
     NODE_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     SCALE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    TRAFFIC_FIELD_NUMBER: _ClassVar[int]
+    HAS_SUMMARY_FIELD_NUMBER: _ClassVar[int]
     node: str
     incarnation: int
     seq: int
     scale_requests: _containers.RepeatedCompositeFieldContainer[ScaleRequest]
-    def __init__(self, node: _Optional[str] = ..., incarnation: _Optional[int] = ..., seq: _Optional[int] = ..., scale_requests: _Optional[_Iterable[_Union[ScaleRequest, _Mapping]]] = ...) -> None: ...
+    traffic: _containers.RepeatedCompositeFieldContainer[TrafficFact]
+    has_summary: bool
+    def __init__(self, node: _Optional[str] = ..., incarnation: _Optional[int] = ..., seq: _Optional[int] = ..., scale_requests: _Optional[_Iterable[_Union[ScaleRequest, _Mapping]]] = ..., traffic: _Optional[_Iterable[_Union[TrafficFact, _Mapping]]] = ..., has_summary: _Optional[bool] = ...) -> None: ...
+
+class TrafficFact(_message.Message):
+    __slots__ = ("service_ip", "passed", "dropped", "idle_ns")
+    SERVICE_IP_FIELD_NUMBER: _ClassVar[int]
+    PASSED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    IDLE_NS_FIELD_NUMBER: _ClassVar[int]
+    service_ip: str
+    passed: int
+    dropped: int
+    idle_ns: int
+    def __init__(self, service_ip: _Optional[str] = ..., passed: _Optional[int] = ..., dropped: _Optional[int] = ..., idle_ns: _Optional[int] = ...) -> None: ...
 
 class ReportAck(_message.Message):
     __slots__ = ("seq", "duplicate", "leader", "term")
