@@ -30,6 +30,7 @@ from gossip_agent.api import scale as scale_api
 from gossip_agent.api import server as server_mod
 from gossip_agent.api import state as state_mod
 from gossip_agent.api import streams as streams_mod
+from gossip_agent.core import beats as beats_mod
 from gossip_agent.core import peers
 from gossip_agent.dataplane import base as dataplane_base
 from gossip_agent.dataplane import enforcer as enforcer_mod
@@ -41,6 +42,7 @@ from gossip_agent.gossip import leader as leader_mod
 from gossip_agent.gossip import mirror as mirror_mod
 from gossip_agent.gossip import proof as proof_mod
 from gossip_agent.leases import base as lease_base
+from gossip_agent.scaler import service as scaler_service
 from gossip_agent.scaleup import service as scaleup
 from gossip_agent.security import setup as security_setup
 from gossip_agent.sources import api as api_source
@@ -92,9 +94,21 @@ def open_enforcer(
         mode=cfg.xdp.mode, fail_open_after=cfg.xdp.fail_open_after, hub=hub)
 
 
-def open_lease(cfg: config_mod.Config) -> lease_base.Lease:
+def open_lease(cfg: config_mod.Config, *, beats: beats_mod.BeatBoard | None = None
+               ) -> lease_base.Lease:
     if cfg.lease.backend == "redis":
         return open_redis_lease(cfg)
+    if cfg.lease.backend in config_mod.KUBE_BACKENDS:
+        from gossip_agent.leases import kube  # the kubernetes client only when it is used
+
+        name = cfg.lease.configmap if cfg.lease.backend == "configmap" else cfg.lease.lease_name
+        return kube.open_lease(
+            kind=cfg.lease.backend, namespace=cfg.lease.namespace, name=name,
+            node=cfg.node.name, beats=beats or beats_mod.BeatBoard(), timing=kube.KubeTiming(
+                duration=cfg.lease.duration, renew_deadline=cfg.lease.renew_deadline,
+                retry_interval=cfg.lease.retry_interval,
+                renew_interval=cfg.lease.renew_interval),
+            configmap=cfg.lease.configmap, mirror_interval=cfg.lease.mirror_interval)
     from gossip_agent.leases import bpffs
 
     lease = bpffs.BpffsLease(lease_dir=cfg.lease.lease_dir, node=cfg.node.name)
@@ -126,6 +140,27 @@ def lease_location(cfg: config_mod.Config) -> str:
     from gossip_agent.leases import redis as redis_lease
 
     return redis_lease.describe_url(redis.url)
+
+
+def open_scaling(cfg: config_mod.Config, agent: Agent) -> scaler_service.Scaling:
+    """Traffic summaries where an XDP program counts packets; the scaler with SOURCE=kubernetes
+    (the kubernetes client is imported only then)."""
+    plane = agent.dataplane
+    stats = agent.enforcer.plane.stats if agent.enforcer is not None else None
+    source: scaler_service.HasInventory | None = None
+    factory = None
+    if cfg.source.kind == "kubernetes":
+        from gossip_agent.scaler import kube
+        from gossip_agent.sources import kubernetes
+
+        assert isinstance(agent.source, kubernetes.KubernetesSource)
+        k8s_source = source = agent.source
+        # The client is created on the scaler's first use, as the source's is.
+        factory = lambda: kube.KubeWorkloads(api_factory=k8s_source.api)  # noqa: E731
+    return scaler_service.Scaling(
+        cfg=cfg.scaling, engine=agent.engine, leadership=agent.leadership,
+        scale_ups=agent.scale_ups, stats=stats, listed=lambda: plane.read().keys(),
+        source=source, workloads_factory=factory)
 
 
 def open_source(cfg: config_mod.Config) -> source_base.Source:
@@ -166,7 +201,8 @@ class Agent:
             raise
 
     def _build(self, cfg: config_mod.Config) -> None:
-        self.lease = open_lease(cfg)
+        self.beats = beats_mod.BeatBoard()  # lease heartbeats in gossip (Kubernetes backends)
+        self.lease = open_lease(cfg, beats=self.beats)
         self.source = open_source(cfg)
         self.security = security_setup.Security.build(cfg.security)  # mTLS, cluster id, admins
         self.transport = transport.GrpcTransport(
@@ -181,7 +217,7 @@ class Agent:
         self.engine = engine_mod.Engine(
             node=cfg.node.name, address=cfg.node.advertise_addr, boot_id=read_boot_id(),
             dataplane=self.dataplane, transport=self.transport, membership=self.membership,
-            rpc_timeout=cfg.gossip.rpc_timeout, rng=self.rng,
+            rpc_timeout=cfg.gossip.rpc_timeout, rng=self.rng, beats=self.beats,
             telemetry=self.observer.telemetry,
         )
         self.engine.proof = proof_mod.TermProof(lease=self.lease, on_refused=self._unproven)
@@ -202,6 +238,7 @@ class Agent:
         )
         if isinstance(self.source, source_base.LeaderOnly):
             self.source.follow(self.leadership)  # it watches only while this agent leads
+        self.scaling = open_scaling(cfg, self)  # issue 8: traffic summaries, the scaler
         self.streams = streams_mod.OpenStreams()
         self.health: server_mod.HealthServicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.state_service = state_mod.StateService(
@@ -260,6 +297,8 @@ class Agent:
         for coro, name in self.enforcer.tasks() if self.enforcer is not None else ():
             self._spawn(coro, name)
         for name, coro in self.scale_ups.tasks():
+            self._spawn(coro, name)
+        for name, coro in self.scaling.tasks():
             self._spawn(coro, name)
         if isinstance(self.lease, mirror_mod.Sink):  # redis: ebpf:service_list, coordination
             self._spawn(mirror_mod.Mirror(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,8 +22,12 @@ from gossip_agent import errors
 from gossip_agent.core import addresses, services
 
 PROFILES = ("cluster", "local")
-BACKENDS = ("bpffs", "redis")
-PLANNED_BACKENDS = ("configmap", "lease")
+KUBE_BACKENDS = ("configmap", "lease")  # leases/kube.py
+BACKENDS = ("bpffs", "redis", *KUBE_BACKENDS)
+PLANNED_BACKENDS: tuple[str, ...] = ()
+# LEASE_RENEW_DEADLINE's defaults for the Kubernetes backends (client-go's RenewDeadline is 10 s,
+# paired with LEASE_DURATION's 15 s); the variable's own defaults are redis's.
+KUBE_RENEW_DEADLINE = {"cluster": 10.0, "local": 3.0}
 SOURCES = ("api", "file", "kubernetes")
 DATAPLANES = ("bpf", "memory", "auto")
 
@@ -137,6 +142,15 @@ def _redis_url(value: str) -> str:
     return text
 
 
+def _k8s_name(value: str) -> str:
+    """A DNS-1123 subdomain, as Kubernetes requires of object and namespace names."""
+    text = value.strip()
+    if len(text) > 253 or not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", text):
+        raise ValueError("must be a Kubernetes name: lower-case letters, digits, '-' and '.', "
+                         "starting and ending with a letter or digit, at most 253 characters")
+    return text
+
+
 def _interface_list(value: str) -> str:
     names = [item.strip() for item in value.split(",") if item.strip()]
     for name in names:
@@ -229,7 +243,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("COORDINATION_BACKEND", "-", _default("bpffs"),
              "Leader lease backend. bpffs: flock under BPF_LEASE_DIR, spans one host only. "
              "redis: a TTL key in REDIS_URL's Redis with a fencing counter, spans nodes. "
-             "(configmap and lease are planned.)", _text),
+             "configmap / lease: client-go's leader-election record on the ConfigMap "
+             "COORDINATION_CONFIGMAP / the Lease COORDINATION_LEASE_NAME.", _text),
     Variable("USE_BPF_FS_COORDINATION", "bool", _default(""),
              "The seed's switch: true is an alias for COORDINATION_BACKEND=bpffs.", _bool),
     Variable("BPF_PIN_DIR", "path", _default("/sys/fs/bpf/gossip-agent"),
@@ -253,7 +268,8 @@ VARIABLES: tuple[Variable, ...] = (
              "redis: the leader steps down when it has not proven it holds the lease for this "
              "long (local monotonic clock, from the start of its last successful renewal). "
              "Below LEASE_TTL, so it stops acting before the key can expire on the server; "
-             "above LEASE_RENEW_INTERVAL, so one slow renewal is tolerated.",
+             "above LEASE_RENEW_INTERVAL, so one slow renewal is tolerated. configmap / "
+             "lease: default 10 (local 3), client-go's RenewDeadline, below LEASE_DURATION.",
              _seconds(0.05, 600)),
     Variable("REDIS_URL", "URL", _default(""),
              "The seed's variable: redis://[:password@]host:port/db, rediss:// for TLS. "
@@ -273,6 +289,25 @@ VARIABLES: tuple[Variable, ...] = (
              "Connect and per-command timeout for Redis: an unreachable or silent server is "
              "reported (and retried with backoff) after this long. Below LEASE_RENEW_DEADLINE "
              "so a hung renewal cannot outlive the leader's right to act.", _seconds(0.01, 60)),
+    Variable("COORDINATION_NAMESPACE", "-", _default(""),
+             "Namespace of the configmap/lease backends' objects (the seed's variable). "
+             "Default: the pod's own namespace (service account), else the kubeconfig "
+             "context's, else default.", _k8s_name),
+    Variable("COORDINATION_CONFIGMAP", "-", _default("ebpf-service-list"),
+             "ConfigMap holding the leader record (configmap backend) and, with either "
+             "Kubernetes backend, the leader's mirror of SERVICE_LIST for kubectl (the "
+             "seed's name).", _k8s_name),
+    Variable("COORDINATION_LEASE_NAME", "-", _default("gossip-agent"),
+             "coordination.k8s.io/v1 Lease holding the leader record (lease backend).",
+             _k8s_name),
+    Variable("LEASE_DURATION", "seconds", _default("15", "4"),
+             "Kubernetes backends: how long a follower waits, from when it last saw the record "
+             "change, before taking over (client-go's LeaseDuration, default 15). Failover "
+             "after a leader dies takes about this long.", _int_range(1, 3600)),
+    Variable("COORDINATION_MIRROR_INTERVAL", "seconds", _default("1", "0.2"),
+             "Kubernetes backends: at most one write of the leader's SERVICE_LIST into "
+             "COORDINATION_CONFIGMAP's data per this period (a view for kubectl).",
+             _seconds(0.05, 3600)),
     Variable("MAP_MAX_ENTRIES", "entries", _default("1024"),
              "SERVICE_LIST capacity (the XDP program's map size). Larger snapshots are refused.",
              _int_range(1, 1 << 20)),
@@ -315,6 +350,20 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("SOURCE_BACKOFF_CAP", "seconds", _default("30", "2"),
              "SOURCE=kubernetes: longest retry delay, so an API server in trouble sees at most "
              "one list per watched kind per this period from the leader.", _seconds(0.01, 600)),
+    # -- the scaling loop (gossip_agent.scaler, core.scaling) --
+    Variable("TRAFFIC_REPORT_INTERVAL", "seconds", _default("5", "0.5"),
+             "How often each node sends the leader its traffic summary (packets and idle age "
+             "per listed service). Bounds the leader's load to nodes/interval reports, and "
+             "delays a scale-down by at most one interval past the idle time.",
+             _seconds(0.05, 300)),
+    Variable("SCALE_REPORT_WINDOW", "seconds", _default("15", "1.5"),
+             "A live node whose latest summary is older than this blocks every scale-down "
+             "(missing facts are never idleness); a new leader waits this long before its "
+             "first one. At least 2x TRAFFIC_REPORT_INTERVAL, so one lost report does not "
+             "block.", _seconds(0.1, 3600)),
+    Variable("SCALE_UP_COOLDOWN", "seconds", _default("5"),
+             "The leader scales a workload up at most once per this period, however many "
+             "nodes and packets ask (the original controller's 5 s).", _seconds(0, 3600)),
     Variable("LOG_LEVEL", "-", _default("info"),
              "debug, info, warning or error.", _choice("debug", "info", "warning", "error")),
     # -- operating a live agent: logs, metrics, console (gossip_agent.logs/metrics/console) --
@@ -418,6 +467,12 @@ class LeaseConfig:
     ttl: float  # redis: the key's PX
     renew_deadline: float  # redis: step down after this long without a proven renewal
     redis: RedisConfig | None  # set when backend is redis
+    # Kubernetes backends (configmap, lease): see VARIABLES.
+    namespace: str = ""
+    configmap: str = "ebpf-service-list"
+    lease_name: str = "gossip-agent"
+    duration: int = 15
+    mirror_interval: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -443,6 +498,15 @@ class SourceConfig:
     watch_timeout: float = 300.0
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ScalingConfig:
+    """The leader's scaling loop (issue 8)."""
+
+    report_interval: float = 5.0
+    report_window: float = 15.0
+    scale_up_cooldown: float = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -489,6 +553,7 @@ class Config:
     xdp: XdpConfig = XdpConfig()
     observe: ObserveConfig = ObserveConfig()
     security: SecurityConfig = SecurityConfig()
+    scaling: ScalingConfig = ScalingConfig()
 
 
 def _raw_values(env: Mapping[str, str], problems: list[str]) -> dict[str, Any]:
@@ -611,6 +676,19 @@ def _check_backoff(values: Mapping[str, Any], problems: list[str]) -> None:
         problems.append(f"PEER_BACKOFF_CAP={cap:g} must be >= PEER_BACKOFF_BASE={base:g}")
 
 
+def _check_kube_timing(backend: str, values: Mapping[str, Any], problems: list[str]) -> None:
+    """client-go's rule: LeaseDuration > RenewDeadline > 1.2 x RetryPeriod (jitter); the leader
+    must also get a renewal attempt in before its deadline."""
+    duration, deadline = values["LEASE_DURATION"], values["LEASE_RENEW_DEADLINE"]
+    retry, renew = values["LEASE_RETRY_INTERVAL"], values["LEASE_RENEW_INTERVAL"]
+    if backend not in KUBE_BACKENDS or None in (duration, deadline, retry, renew):
+        return
+    if not duration > deadline:
+        problems.append(f"LEASE_RENEW_DEADLINE={deadline:g} must be < LEASE_DURATION="
+                        f"{duration} (client-go's rule)")
+    if not deadline > 1.2 * max(retry, renew):
+        problems.append(f"LEASE_RENEW_DEADLINE={deadline:g} must be > 1.2 x "
+                        f"max(LEASE_RETRY_INTERVAL, LEASE_RENEW_INTERVAL)={max(retry, renew):g}")
 def _check_monitor_ports(values: Mapping[str, Any], problems: list[str]) -> None:
     port = values["AIOMONITOR_PORT"]
     derived = not values["AIOMONITOR_WEBUI_PORT"] or not values["AIOMONITOR_CONSOLE_PORT"]
@@ -619,18 +697,29 @@ def _check_monitor_ports(values: Mapping[str, Any], problems: list[str]) -> None
                         "console ports are derived from it (+1, +2)")
 
 
+def _check_scaling(values: Mapping[str, Any], problems: list[str]) -> None:
+    interval, window = values["TRAFFIC_REPORT_INTERVAL"], values["SCALE_REPORT_WINDOW"]
+    if interval is not None and window is not None and window < 2 * interval:
+        problems.append(f"SCALE_REPORT_WINDOW={window:g}: must be at least 2x "
+                        f"TRAFFIC_REPORT_INTERVAL ({2 * interval:g} seconds)")
+
+
 def from_env(env: Mapping[str, str], *, hostname: str = "localhost") -> Config:
     """The validated configuration, or ConfigError listing every bad variable."""
     problems: list[str] = []
     values = _raw_values(env, problems)
     backend = _backend(values, problems)
+    if backend in KUBE_BACKENDS and not env.get("LEASE_RENEW_DEADLINE", "").strip():
+        values["LEASE_RENEW_DEADLINE"] = KUBE_RENEW_DEADLINE[values["PROFILE"] or "cluster"]
     advertise = _advertise(values, problems)
     service, service_port = _service(values, problems)
     _check_source(values, problems)
     _check_backoff(values, problems)
     _check_redis(values, backend, problems)
+    _check_kube_timing(backend, values, problems)
     _check_monitor_ports(values, problems)
     _check_tls(values, problems)
+    _check_scaling(values, problems)
     if problems:
         raise errors.ConfigError(problems)
     pin_dir = values["BPF_PIN_DIR"]
@@ -651,6 +740,10 @@ def from_env(env: Mapping[str, str], *, hostname: str = "localhost") -> Config:
             backend, values["BPF_LEASE_DIR"] or pin_dir, values["LEASE_RETRY_INTERVAL"],
             values["LEASE_RENEW_INTERVAL"], values["LEASE_TTL"], values["LEASE_RENEW_DEADLINE"],
             _redis_config(values, backend),
+            namespace=values["COORDINATION_NAMESPACE"] or "",
+            configmap=values["COORDINATION_CONFIGMAP"], lease_name=values[
+                "COORDINATION_LEASE_NAME"], duration=values["LEASE_DURATION"],
+            mirror_interval=values["COORDINATION_MIRROR_INTERVAL"],
         ),
         dataplane=DataPlaneConfig(values["DATAPLANE"], pin_dir, values["MAP_MAX_ENTRIES"]),
         source=SourceConfig(values["SOURCE"], values["SOURCE_FILE"] or "",
@@ -660,6 +753,8 @@ def from_env(env: Mapping[str, str], *, hostname: str = "localhost") -> Config:
         xdp=XdpConfig(values["XDP_INTERFACES"] or "", values["XDP_MODE"],
                       values["FAIL_OPEN_AFTER"]),
         observe=_observe(values),
+        scaling=ScalingConfig(values["TRAFFIC_REPORT_INTERVAL"], values["SCALE_REPORT_WINDOW"],
+                              values["SCALE_UP_COOLDOWN"]),
         security=_security(values),
     )
 

@@ -66,6 +66,8 @@ class ShuttingDown(GossipAgentError):
 class ReportInvalid(GossipAgentError):
     """A node report (Gossip/Report) or a scale-request watch breaks its contract
     (INVALID_ARGUMENT)."""
+
+
 class AnnotationInvalid(GossipAgentError):
     """A Service's scale-to-zero annotation is malformed: that Service is skipped (logged once)."""
 
@@ -76,3 +78,11 @@ class SourceUnavailable(GossipAgentError):
 
 class TermUnproven(GossipAgentError):
     """A snapshot's term and leader are not what the lease backend records (gossip/proof.py)."""
+class PolicyInvalid(GossipAgentError):
+    """A Service's scaling annotation (dependencies, dependents, scaling-priority, hpa-*) is
+    malformed: the Service is scaled without that feature (logged once)."""
+
+
+class ScaleFailed(GossipAgentError):
+    """A scaling write was not made (API refused or unreachable, precondition failed, lease not
+    proven); the leader tries again on its next round."""

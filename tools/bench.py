@@ -18,6 +18,7 @@ and prints the medians and the ratio on/off of the p50 (the goal: under 1.2).
 
 --failover measures leader failover instead (tools/failover.py): SIGKILL of the leader -> every
 survivor holds a snapshot of the new term, median and max over --kills rounds per --backend.
+`tools/bench.py kube ...` measures the configmap backend instead (tools/bench_kube.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import time
 
 import failover  # tools/failover.py, next to this script
 import mapbench  # tools/ is on sys.path when this file runs as a script
+import wakebench  # tools/wakebench.py: the scaling loop's wake-up latency (issue 8)
 
 from gossip_agent import localcluster
 from gossip_agent.security import tls
@@ -194,6 +196,11 @@ def failover_main(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["kube"]:  # the Kubernetes backends' failover and API load (bench_kube.py)
+        import bench_kube
+
+        return bench_kube.main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, action="append",
                         help="cluster size; repeat for several (default 8, 16, 32)")
@@ -216,8 +223,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mtls", action="store_true",
                         help="each N with mutual TLS off and on; prints the ratio (default N: "
                              "8 and 32)")
-    parser.add_argument("--runs", type=int, default=3, help="--mtls: runs per N and mode")
+    parser.add_argument("--wake", action="store_true",
+                        help="measure wake-up latency, first packet -> /scale PATCH "
+                             "(tools/wakebench.py; root, netns, bcc)")
+    parser.add_argument("--wakes", type=int, default=60, help="--wake: wakes per run")
+    parser.add_argument("--wake-nodes", type=int, default=8, help="--wake: agents")
+    parser.add_argument("--runs", type=int, default=3,
+                        help="--mtls: runs per N and mode; --wake: runs (medians reported)")
     args = parser.parse_args(argv)
+    if args.wake:
+        return wakebench.report(nodes=args.wake_nodes, wakes=args.wakes, runs=args.runs,
+                                as_json=args.json)
     if args.map:
         return mapbench.report(runs=args.map_runs, as_json=args.json)
     if args.failover:

@@ -23,6 +23,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 
+from gossip_agent.core import traffic
+
 # Requests in one report: a report stays a few KB (each request ~40 bytes on the wire), and
 # 256 distinct sleeping services woken within one round trip is already far beyond real traffic.
 MAX_REPORT_REQUESTS = 256
@@ -47,6 +49,8 @@ class Request:
 class Report:
     seq: int
     requests: tuple[Request, ...]
+    # The node's traffic summary (core.traffic), None when this report carries none.
+    summary: tuple[traffic.Fact, ...] | None = None
 
 
 class ReportQueue:
@@ -59,6 +63,7 @@ class ReportQueue:
         self._in_flight: Report | None = None
         self._in_flight_services: frozenset[int] = frozenset()
         self._seq = 0
+        self._summary: tuple[traffic.Fact, ...] | None = None  # waiting for the next report
         self.absorbed = 0  # events folded into an existing request (for stats and tests)
 
     def add(self, request: Request) -> bool:
@@ -75,17 +80,24 @@ class ReportQueue:
         self._pending[request.service_ip] = request
         return True
 
+    def offer_summary(self, summary: tuple[traffic.Fact, ...]) -> None:
+        """A traffic summary for the next report; a newer one replaces one still waiting (its
+        ages are fresher; the older one's packet deltas are lost, which only costs statistics).
+        """
+        self._summary = summary
+
     def next_report(self) -> Report | None:
         """The report to send now: the one in flight (a retry, unchanged), else a new one with
-        the next seq and up to max_requests pending requests, else None."""
+        the next seq, up to max_requests pending requests and the waiting summary, else None."""
         if self._in_flight is not None:
             return self._in_flight
-        if not self._pending:
+        if not self._pending and self._summary is None:
             return None
         taken = list(self._pending)[: self._max]
         requests = tuple(self._pending.pop(service) for service in taken)
         self._seq += 1
-        self._in_flight = Report(self._seq, requests)
+        self._in_flight = Report(self._seq, requests, self._summary)
+        self._summary = None
         self._in_flight_services = frozenset(taken)
         return self._in_flight
 
@@ -107,7 +119,7 @@ class ReportQueue:
 
     @property
     def idle(self) -> bool:
-        return self._in_flight is None and not self._pending
+        return self._in_flight is None and not self._pending and self._summary is None
 
 
 class Ledger:

@@ -65,6 +65,9 @@ class Entry:
     key: int
     name: str
     opt_in: OptIn
+    # The Service's scale-to-zero/* annotations, for the scaler's policy (core.policy): kept
+    # raw so that a malformed dependency list costs that feature, not the whole Service.
+    annotations: tuple[tuple[str, str], ...] = dataclasses.field(default=(), compare=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,7 +156,8 @@ def service_view(service: Mapping[str, Any]) -> Entry | Skip | None:
         return Skip(full_name, "no ClusterIP assigned")
     for ip in ips:
         if _is_ipv4(ip):
-            return Entry(snapshots.parse_ip(ip), full_name, opt_in)
+            return Entry(snapshots.parse_ip(ip), full_name, opt_in, annotations=tuple(sorted(
+                (k, str(v)) for k, v in annotations.items() if k.startswith("scale-to-zero/"))))
     return Skip(full_name, f"no IPv4 ClusterIP ({', '.join(ips)}): the XDP program matches IPv4")
 
 

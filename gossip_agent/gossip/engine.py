@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from gossip_agent import errors
 from gossip_agent import telemetry as telemetry_mod
+from gossip_agent.core import beats as beats_mod
 from gossip_agent.core import diff, peers, snapshots, versions
 from gossip_agent.dataplane import base as dataplane_base
 from gossip_agent.gossip import proof as proof_mod
@@ -92,6 +93,7 @@ class Engine:
         rpc_timeout: float,
         rng: random.Random,
         clock: Callable[[], float] = time.monotonic,
+        beats: beats_mod.BeatBoard | None = None,
         telemetry: telemetry_mod.Telemetry | None = None,
     ) -> None:
         self.node = node
@@ -115,6 +117,9 @@ class Engine:
         self.last_event: StateEvent | None = None
         self.history: collections.deque[StateEvent] = collections.deque(maxlen=HISTORY_LENGTH)
         self._changed = asyncio.Event()
+        # Lease heartbeats (configmap/lease backends): the lease writes its own, digests
+        # carry the newest known both ways (core.beats).
+        self.beats = beats if beats is not None else beats_mod.BeatBoard()
         self.telemetry: telemetry_mod.Telemetry = telemetry or telemetry_mod.Recorder()
         # The held snapshot's age (since its leader wrote it) when it was adopted here, and
         # when that was on this host's monotonic clock: what we pass on carries age + elapsed.
@@ -340,7 +345,7 @@ class Engine:
 
     def digest(self) -> pb.Digest:
         known = [p.address for p in self.membership.peers() if p.state is not peers.PeerState.DEAD]
-        return pb.Digest(
+        digest = pb.Digest(
             node=self.node,
             address=self.address,
             version=wire.version_to_pb(self.held.version),
@@ -351,6 +356,8 @@ class Engine:
             peers=known[:MAX_DIGEST_PEERS],
             leader=self.leading_term > 0,
         )
+        _add_beat(digest, self.beats.best)
+        return digest
 
     def _newer_than(self, theirs: pb.Digest) -> bool:
         """Whether the peer that sent `theirs` would adopt what this agent holds."""
@@ -375,6 +382,9 @@ class Engine:
             boot_id=theirs.boot_id, leader=theirs.leader,
         ))
         self.note_claimed_term(theirs.max_term_seen)
+        if theirs.beat_term:
+            self.beats.offer(beats_mod.Beat(theirs.beat_holder, theirs.beat_term,
+                                            theirs.beat_seq, theirs.beat_stamp), now=self.clock())
 
     # -- anti-entropy (calling side) ---------------------------------------------------------
 
@@ -438,3 +448,9 @@ class Engine:
     @property
     def leader_address(self) -> str:
         return self.held.snapshot.leader_address if self.held.snapshot else ""
+
+
+def _add_beat(digest: pb.Digest, beat: beats_mod.Beat | None) -> None:
+    if beat is not None:
+        digest.beat_holder, digest.beat_term = beat.holder, beat.term
+        digest.beat_seq, digest.beat_stamp = beat.seq, beat.stamp

@@ -191,6 +191,8 @@ class Leadership:
         self.refusal_changed = asyncio.Event()  # set when `refusal` changes (health mirrors it)
         self.office_changed = asyncio.Event()  # set on taking office and stepping down
         self._previous: snapshots.Snapshot | None = None  # last publication: base of deltas
+        self._beat_task: asyncio.Task[bool] | None = None  # lease.beat: see _spread_beat
+        self._beat_turn = 0
         engine.transport.set_ack_handler(self.on_ack)
 
     @property
@@ -215,6 +217,8 @@ class Leadership:
                     await self._campaign()
                     await self._pause(self.timing.retry_interval)
         finally:
+            if self._beat_task is not None:
+                self._beat_task.cancel()
             await asyncio.shield(self._resign("agent stopping", cause="released"))
 
     async def _pause(self, seconds: float) -> None:
@@ -294,12 +298,29 @@ class Leadership:
             await self._step_down(f"lease {self.lease.backend} lost at term {self.term}",
                                   cause="renew-failed")
             return
+        self._spread_beat()
         if self._check_refusal():
             await self._resign(self.refusal, cause="released")
             return
         if self.engine.max_term_seen > self.term:
             await self._bump()
             self._dirty.set()
+
+    def _spread_beat(self) -> None:
+        """Kubernetes backends: hand this renewal's beat (core.beats) to one peer at once,
+        rotating, with a digest exchange. Followers judge expiry from the last beat they
+        heard; without this, a leader killed right after renewing may have told nobody, and
+        followers would wait a second LEASE_DURATION. One small exchange per renewal."""
+        if not getattr(self.lease, "spreads_beats", False):
+            return  # other backends have no beats
+        if self._beat_task is not None and not self._beat_task.done():
+            return
+        live = [p.address for p in self.engine.membership.peers()
+                if p.state is not peers.PeerState.DEAD]
+        if live:
+            self._beat_turn = (self._beat_turn + 1) % len(live)
+            self._beat_task = asyncio.create_task(
+                self.engine.exchange_with(live[self._beat_turn]), name="lease.beat")
 
     async def _bump(self) -> None:
         old = self.term

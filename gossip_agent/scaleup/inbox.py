@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 
 from gossip_agent import errors
-from gossip_agent.core import reports, snapshots
+from gossip_agent.core import reports, snapshots, traffic
 from gossip_agent.gossip import leader as leader_mod
 from gossip_agent.scaleup import hub as hub_mod
 from gossip_agent.scaleup import wire
@@ -60,6 +60,10 @@ class Inbox:
         self.name_of = name_of
         self.ledger = reports.Ledger()
         self.counts = Counts()
+        # Where a node's traffic summary goes (the scaler's cluster facts); None: dropped.
+        self.on_summary: Callable[[str, tuple[traffic.Fact, ...]], None] | None = None
+        # Who scales workloads (the scaler, with SOURCE=kubernetes), besides the source.
+        self.on_scale_up: Callable[[source_base.ScaleUp], None] | None = None
 
     def take(self, incoming: wire.Incoming) -> Taken:
         """Acts on a report once; raises NotLeader unless this agent is in office."""
@@ -73,6 +77,9 @@ class Inbox:
             self.counts.duplicates += 1
             return Taken(duplicate=True, leader=self.node, term=term)
         self.counts.reports += 1
+        summary = incoming.report.summary
+        if summary is not None and self.on_summary is not None:
+            self.on_summary(incoming.node, summary)
         for request in incoming.report.requests:
             self._act(request, node=incoming.node)
         return Taken(duplicate=False, leader=self.node, term=term)
@@ -88,7 +95,10 @@ class Inbox:
                  self.counts.per_service[request.service_ip])
         if node != self.node:  # this agent's own requests were published when it read them
             self.hub.publish(hub_mod.Seen(request, node=node, via=hub_mod.REPORT, name=name))
-        self.source.scale_up(source_base.ScaleUp(
+        scale_up = source_base.ScaleUp(
             service_ip=request.service_ip, name=name, node=node, source_ip=request.source_ip,
             events=request.events,
-        ))
+        )
+        self.source.scale_up(scale_up)
+        if self.on_scale_up is not None:
+            self.on_scale_up(scale_up)

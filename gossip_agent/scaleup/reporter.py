@@ -22,9 +22,9 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
-from gossip_agent.core import peers, reports, snapshots
+from gossip_agent.core import peers, reports, snapshots, traffic
 from gossip_agent.dataplane import events as events_mod
 from gossip_agent.scaleup import hub as hub_mod
 from gossip_agent.scaleup import wire
@@ -38,6 +38,8 @@ class Undeliverable(Exception):
 
 
 Deliver = Callable[[pb.NodeReport], Awaitable[pb.ReportAck]]
+# Reads this node's XDP counters: service -> totals summed over CPUs (dataplane.bpfmap.stats).
+ReadCounters = Callable[[], Mapping[int, traffic.Counts]]
 
 
 def wall_ms() -> int:
@@ -94,6 +96,21 @@ class Reporter:
             log.debug("scale-up event for %s queued for the leader",
                       snapshots.format_ip(event.service_ip))
             self._wake.set()
+
+    # -- scaleup.traffic ------------------------------------------------------------------------
+
+    async def summarise(self, *, counters: ReadCounters, listed: Callable[[], Iterable[int]],
+                        interval: float,
+                        clock: Callable[[], int] = time.monotonic_ns) -> None:
+        """Every `interval`: sample the counters, offer the summary for the next report. One
+        report per interval at most carries a summary, so the leader's load is bounded by
+        nodes / interval whatever the traffic."""
+        watch = traffic.TrafficWatch()
+        while True:
+            watch.sample(now_ns=clock(), listed=listed(), counts=counters())
+            self.queue.offer_summary(watch.summary(now_ns=clock()))
+            self._wake.set()
+            await asyncio.sleep(interval)
 
     # -- scaleup.report -------------------------------------------------------------------------
 

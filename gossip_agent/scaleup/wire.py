@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from gossip_agent import errors
-from gossip_agent.core import reports, snapshots
+from gossip_agent.core import reports, snapshots, traffic
 from gossip_agent.scaleup import hub
 from gossip_agent.v1 import gossip_pb2 as pb
 
@@ -48,7 +48,14 @@ def report_to_pb(report: reports.Report, *, node: str, incarnation: int) -> pb.N
     return pb.NodeReport(
         node=node, incarnation=incarnation, seq=report.seq,
         scale_requests=[request_to_pb(r, node=node) for r in report.requests],
+        traffic=[fact_to_pb(f) for f in report.summary or ()],
+        has_summary=report.summary is not None,
     )
+
+
+def fact_to_pb(fact: traffic.Fact) -> pb.TrafficFact:
+    return pb.TrafficFact(service_ip=snapshots.format_ip(fact.service_ip), passed=fact.passed,
+                          dropped=fact.dropped, idle_ns=fact.idle_ns)
 
 
 def report_from_pb(message: pb.NodeReport) -> Incoming:
@@ -65,7 +72,26 @@ def report_from_pb(message: pb.NodeReport) -> Incoming:
     if len({r.service_ip for r in requests}) != len(requests):
         raise errors.ReportInvalid(
             f"report from {message.node} names a service twice (requests are per service)")
-    return Incoming(message.node, message.incarnation, reports.Report(message.seq, requests))
+    summary = _summary_from_pb(message) if message.has_summary else None
+    return Incoming(message.node, message.incarnation,
+                    reports.Report(message.seq, requests, summary))
+
+
+def _summary_from_pb(message: pb.NodeReport) -> tuple[traffic.Fact, ...]:
+    if len(message.traffic) > traffic.MAX_FACTS:
+        raise errors.ReportInvalid(
+            f"report from {message.node} carries {len(message.traffic)} traffic facts; "
+            f"at most {traffic.MAX_FACTS} are accepted")
+    try:
+        facts = tuple(traffic.Fact(service_ip=snapshots.parse_ip(f.service_ip), passed=f.passed,
+                                   dropped=f.dropped, idle_ns=f.idle_ns)
+                      for f in message.traffic)
+    except errors.GossipAgentError as exc:
+        raise errors.ReportInvalid(f"report from {message.node}: {exc}") from exc
+    if len({f.service_ip for f in facts}) != len(facts):
+        raise errors.ReportInvalid(
+            f"report from {message.node} has two traffic facts for one service")
+    return facts
 
 
 def _request_from_pb(message: pb.ScaleRequest, *, node: str) -> reports.Request:

@@ -45,7 +45,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from gossip_agent.dataplane import bpfsys, layout
 
@@ -125,6 +125,26 @@ def socket_in(netns: str, family: int = socket.AF_INET,
     if isinstance(outcome, BaseException):
         raise HarnessError(f"cannot create a socket in {netns}: {outcome}") from outcome
     return outcome
+
+
+def run_in(netns: str, call: Callable[[], object]) -> None:
+    """Runs `call` on a thread that entered `netns` (e.g. a server's start(), so its listening
+    socket lives there while the test process stays in the host's namespace); re-raises what
+    it raised."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            _setns(os.path.join(NETNS_DIR, netns))
+            call()
+        except BaseException as exc:  # handed to the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name=f"netns.run-in.{netns}")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
 
 
 class Forwarder:

@@ -42,7 +42,7 @@ class Snapshot(_message.Message):
     def __init__(self, version: _Optional[_Union[Version, _Mapping]] = ..., leader: _Optional[str] = ..., leader_address: _Optional[str] = ..., table: _Optional[bytes] = ..., names: _Optional[_Iterable[str]] = ..., content_hash: _Optional[bytes] = ..., age_us: _Optional[int] = ..., ack: _Optional[bool] = ..., names_hash: _Optional[bytes] = ..., names_omitted: _Optional[bool] = ..., base: _Optional[_Union[Version, _Mapping]] = ...) -> None: ...
 
 class Digest(_message.Message):
-    __slots__ = ("node", "address", "version", "content_hash", "complete", "max_term_seen", "boot_id", "peers", "leader")
+    __slots__ = ("node", "address", "version", "content_hash", "complete", "max_term_seen", "boot_id", "peers", "leader", "beat_holder", "beat_term", "beat_seq", "beat_stamp")
     NODE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,10 @@ class Digest(_message.Message):
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     PEERS_FIELD_NUMBER: _ClassVar[int]
     LEADER_FIELD_NUMBER: _ClassVar[int]
+    BEAT_HOLDER_FIELD_NUMBER: _ClassVar[int]
+    BEAT_TERM_FIELD_NUMBER: _ClassVar[int]
+    BEAT_SEQ_FIELD_NUMBER: _ClassVar[int]
+    BEAT_STAMP_FIELD_NUMBER: _ClassVar[int]
     node: str
     address: str
     version: Version
@@ -61,7 +65,11 @@ class Digest(_message.Message):
     boot_id: str
     peers: _containers.RepeatedScalarFieldContainer[str]
     leader: bool
-    def __init__(self, node: _Optional[str] = ..., address: _Optional[str] = ..., version: _Optional[_Union[Version, _Mapping]] = ..., content_hash: _Optional[bytes] = ..., complete: _Optional[bool] = ..., max_term_seen: _Optional[int] = ..., boot_id: _Optional[str] = ..., peers: _Optional[_Iterable[str]] = ..., leader: _Optional[bool] = ...) -> None: ...
+    beat_holder: str
+    beat_term: int
+    beat_seq: int
+    beat_stamp: str
+    def __init__(self, node: _Optional[str] = ..., address: _Optional[str] = ..., version: _Optional[_Union[Version, _Mapping]] = ..., content_hash: _Optional[bytes] = ..., complete: _Optional[bool] = ..., max_term_seen: _Optional[int] = ..., boot_id: _Optional[str] = ..., peers: _Optional[_Iterable[str]] = ..., leader: _Optional[bool] = ..., beat_holder: _Optional[str] = ..., beat_term: _Optional[int] = ..., beat_seq: _Optional[int] = ..., beat_stamp: _Optional[str] = ...) -> None: ...
 
 class ExchangeRequest(_message.Message):
     __slots__ = ("digest", "snapshot")
@@ -288,16 +296,32 @@ class WatchScaleRequestsRequest(_message.Message):
     def __init__(self, scope: _Optional[str] = ...) -> None: ...
 
 class NodeReport(_message.Message):
-    __slots__ = ("node", "incarnation", "seq", "scale_requests")
+    __slots__ = ("node", "incarnation", "seq", "scale_requests", "traffic", "has_summary")
     NODE_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     SCALE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    TRAFFIC_FIELD_NUMBER: _ClassVar[int]
+    HAS_SUMMARY_FIELD_NUMBER: _ClassVar[int]
     node: str
     incarnation: int
     seq: int
     scale_requests: _containers.RepeatedCompositeFieldContainer[ScaleRequest]
-    def __init__(self, node: _Optional[str] = ..., incarnation: _Optional[int] = ..., seq: _Optional[int] = ..., scale_requests: _Optional[_Iterable[_Union[ScaleRequest, _Mapping]]] = ...) -> None: ...
+    traffic: _containers.RepeatedCompositeFieldContainer[TrafficFact]
+    has_summary: bool
+    def __init__(self, node: _Optional[str] = ..., incarnation: _Optional[int] = ..., seq: _Optional[int] = ..., scale_requests: _Optional[_Iterable[_Union[ScaleRequest, _Mapping]]] = ..., traffic: _Optional[_Iterable[_Union[TrafficFact, _Mapping]]] = ..., has_summary: _Optional[bool] = ...) -> None: ...
+
+class TrafficFact(_message.Message):
+    __slots__ = ("service_ip", "passed", "dropped", "idle_ns")
+    SERVICE_IP_FIELD_NUMBER: _ClassVar[int]
+    PASSED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    IDLE_NS_FIELD_NUMBER: _ClassVar[int]
+    service_ip: str
+    passed: int
+    dropped: int
+    idle_ns: int
+    def __init__(self, service_ip: _Optional[str] = ..., passed: _Optional[int] = ..., dropped: _Optional[int] = ..., idle_ns: _Optional[int] = ...) -> None: ...
 
 class ReportAck(_message.Message):
     __slots__ = ("seq", "duplicate", "leader", "term")

@@ -361,3 +361,43 @@ def test_kubectl_applies_reads_scales_patches_and_deletes(
     deleted = run_kubectl(kubeconfig, tmp_path, "delete", "configmap", "ebpf-service-list")
     assert deleted.returncode == 0, deleted.stderr
     assert fake_kube.get_object("configmaps", "ebpf-service-list") is None
+
+
+def test_endpointslices_list_and_watch_by_service_label_across_namespaces(
+        api: client.ApiClient, fake_kube: fakekube.FakeKube) -> None:
+    discovery = client.DiscoveryV1Api(api)
+    client.CoreV1Api(api).create_namespace({"apiVersion": "v1", "kind": "Namespace",
+                                            "metadata": {"name": "apps"}})
+
+    def slice_of(name: str, service: str, ready: bool | None) -> dict[str, Any]:
+        endpoint: dict[str, Any] = {"addresses": [f"10.1.0.{len(name)}"]}
+        if ready is not None:
+            endpoint["conditions"] = {"ready": ready}
+        return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": name, "labels": {"kubernetes.io/service-name": service}},
+                "addressType": "IPv4", "endpoints": [endpoint]}
+
+    version = discovery.list_endpoint_slice_for_all_namespaces().metadata.resource_version
+    discovery.create_namespaced_endpoint_slice("apps", slice_of("web-a", "web", None))
+    discovery.create_namespaced_endpoint_slice("default", slice_of("web-b", "web", False))
+    discovery.create_namespaced_endpoint_slice("apps", slice_of("db-a", "db", True))
+    listed = discovery.list_endpoint_slice_for_all_namespaces(
+        label_selector="kubernetes.io/service-name=web")
+    assert sorted(i.metadata.name for i in listed.items) == ["web-a", "web-b"]
+    assert listed.items[1].endpoints[0].conditions.ready is False
+    stream = watch.Watch().stream(discovery.list_namespaced_endpoint_slice, "apps",
+                                  label_selector="kubernetes.io/service-name=web",
+                                  resource_version=version, timeout_seconds=2)
+    assert [(e["type"], e["object"].metadata.name) for e in stream] == [("ADDED", "web-a")]
+
+
+def test_statefulset_scale_subresource_like_deployments(api: client.ApiClient) -> None:
+    apps = client.AppsV1Api(api)
+    apps.create_namespaced_stateful_set("default", {
+        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
+        "spec": {"replicas": 1, "serviceName": "db", "selector": {"matchLabels": {"a": "db"}},
+                 "template": {"metadata": {"labels": {"a": "db"}},
+                              "spec": {"containers": [{"name": "c", "image": "i"}]}}}})
+    apps.patch_namespaced_stateful_set_scale("db", "default", {"spec": {"replicas": 3}})
+    assert apps.read_namespaced_stateful_set_scale("db", "default").spec.replicas == 3
+    assert apps.read_namespaced_stateful_set("db", "default").status.ready_replicas == 3

@@ -138,13 +138,6 @@ def test_use_bpf_fs_coordination_with_another_backend_is_a_conflict() -> None:
                for p in problems), problems
 
 
-@pytest.mark.parametrize("backend", config.PLANNED_BACKENDS)
-def test_planned_backends_are_refused_by_name(backend: str) -> None:
-    (problem,) = problems_of({**CLUSTER_ENV, "COORDINATION_BACKEND": backend})
-    assert f"COORDINATION_BACKEND={backend}" in problem
-    assert "not available" in problem
-
-
 def test_unknown_backend_is_refused_naming_the_allowed_ones() -> None:
     (problem,) = problems_of({**CLUSTER_ENV, "COORDINATION_BACKEND": "etcd"})
     assert "COORDINATION_BACKEND" in problem and "bpffs" in problem
@@ -320,3 +313,34 @@ def test_a_redis_timeout_beyond_the_renew_deadline_is_refused() -> None:
     (problem,) = problems_of({**CLUSTER_ENV, "COORDINATION_BACKEND": "redis",
                               "REDIS_URL": "redis://r:6379", "REDIS_TIMEOUT": "4"})
     assert problem.startswith("REDIS_TIMEOUT=4")
+
+
+# -- Kubernetes backends (issue 6) --------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", config.KUBE_BACKENDS)
+def test_kubernetes_backends_are_accepted_with_client_go_default_timing(backend: str) -> None:
+    cfg = config.from_env({**CLUSTER_ENV, "COORDINATION_BACKEND": backend})
+    assert cfg.lease.backend == backend
+    assert (cfg.lease.duration, cfg.lease.renew_deadline) == (15, 10.0)
+    assert cfg.lease.configmap == "ebpf-service-list" and cfg.lease.namespace == ""
+
+
+def test_kubernetes_names_are_validated_naming_the_variable() -> None:
+    problems = problems_of({**CLUSTER_ENV, "COORDINATION_BACKEND": "configmap",
+                            "COORDINATION_CONFIGMAP": "Bad_Name",
+                            "COORDINATION_NAMESPACE": "-x"})
+    assert any(p.startswith("COORDINATION_CONFIGMAP=") for p in problems), problems
+    assert any(p.startswith("COORDINATION_NAMESPACE=") for p in problems), problems
+
+
+@pytest.mark.parametrize(("duration", "deadline", "retry", "expected"), [
+    ("10", "10", "0.5", "LEASE_RENEW_DEADLINE=10 must be < LEASE_DURATION=10"),
+    ("15", "1", "1", "LEASE_RENEW_DEADLINE=1 must be > 1.2 x"),
+])
+def test_client_go_timing_rule_is_enforced_for_kubernetes_backends(
+        duration: str, deadline: str, retry: str, expected: str) -> None:
+    env = {**CLUSTER_ENV, "LEASE_DURATION": duration, "LEASE_RENEW_DEADLINE": deadline,
+           "LEASE_RETRY_INTERVAL": retry}
+    problems = problems_of({**env, "COORDINATION_BACKEND": "lease"})
+    assert any(expected in p for p in problems), problems
+    assert config.from_env(env).lease.backend == "bpffs"  # bpffs does not use these timers

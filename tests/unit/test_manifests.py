@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import functools
 import importlib.util
+import os
 import pathlib
 import re
 import subprocess
@@ -45,6 +46,13 @@ SA = ("ServiceAccount", NAMESPACE, "gossip-agent")
 # cluster. A new variable must be set in k8s/ or added here with a reason.
 LEFT_AT_DEFAULT = {
     "PROFILE": "cluster is the default profile",
+    # configmap/lease backends (leases/kube.py): the defaults are the seed's names and the pod's
+    # own namespace (read from the service account), which the overlays' Roles are scoped to.
+    "COORDINATION_NAMESPACE": "the pod's namespace, from the service account's namespace file",
+    "COORDINATION_CONFIGMAP": "ebpf-service-list, the seed's name, as the Roles name it",
+    "COORDINATION_LEASE_NAME": "gossip-agent, as the lease overlay's Role names it",
+    "LEASE_DURATION": "client-go's default (15 s)",
+    "COORDINATION_MIRROR_INTERVAL": "cluster default (1 s)",
     # The base keeps pinned maps for the scale-to-zero controller's own XDP program (maps only,
     # no hostNetwork). Attaching ours to the host-side pod veths needs hostNetwork and NET_ADMIN:
     # README, "The XDP data plane", says how to turn it on.
@@ -73,6 +81,10 @@ LEFT_AT_DEFAULT = {
     "SOURCE_WATCH_TIMEOUT": "cluster default (300 s)",
     "SOURCE_BACKOFF_BASE": "cluster default",
     "SOURCE_BACKOFF_CAP": "cluster default",
+    # the scaling loop (issue 8)
+    "TRAFFIC_REPORT_INTERVAL": "cluster default (5 s)",
+    "SCALE_REPORT_WINDOW": "cluster default (15 s, 3 report intervals)",
+    "SCALE_UP_COOLDOWN": "cluster default: the original controller's 5 s",
     # redis backend (issue 5): the redis overlay sets REDIS_URL and REDIS_KEY_PREFIX.
     "LEASE_TTL": "cluster default",
     "LEASE_RENEW_DEADLINE": "cluster default",
@@ -312,6 +324,11 @@ SOURCE_RIGHTS = {
     ("cluster", "", "services", "list", "*"), ("cluster", "", "services", "watch", "*"),
     ("cluster", "discovery.k8s.io", "endpointslices", "list", "*"),
     ("cluster", "discovery.k8s.io", "endpointslices", "watch", "*"),
+    # the scaler (issue 8): /scale only, read and patched
+    ("cluster", "apps", "deployments/scale", "get", "*"),
+    ("cluster", "apps", "deployments/scale", "patch", "*"),
+    ("cluster", "apps", "statefulsets/scale", "get", "*"),
+    ("cluster", "apps", "statefulsets/scale", "patch", "*"),
 }
 CONFIGMAP = "ebpf-service-list"  # COORDINATION_CONFIGMAP's default
 LEASE = "gossip-agent"  # COORDINATION_LEASE_NAME's default
@@ -338,6 +355,25 @@ def test_rbac_grants_exactly_what_the_backend_and_the_source_use(
     overlay: str, expected: set[tuple[str, str, str, str, str]],
 ) -> None:
     assert granted(rendered(overlay)) == expected
+
+
+HPA_RIGHTS = {
+    ("cluster", "autoscaling", "horizontalpodautoscalers", verb, "*")
+    for verb in ("get", "create", "delete")
+} | {("cluster", "apps", kind, verb, "*")
+     for kind in ("deployments", "statefulsets") for verb in ("get", "patch")}
+
+
+def test_the_hpa_component_adds_exactly_the_hpa_rights(tmp_path: pathlib.Path) -> None:
+    """An overlay with k8s/components/hpa (for scale-to-zero/hpa-enabled Services) gets the
+    rights to suspend and restore HPAs on top of its own, and nothing else."""
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources:\n  - {os.path.relpath(K8S / 'overlays' / 'configmap', tmp_path)}\n"
+        f"components:\n  - {os.path.relpath(K8S / 'components' / 'hpa', tmp_path)}\n",
+        encoding="utf-8")  # kustomize takes relative paths only
+    with_hpa = granted(kustomize(tmp_path))
+    assert with_hpa == SOURCE_RIGHTS | CONFIGMAP_RIGHTS | HPA_RIGHTS
 
 
 # -- env vars: manifests <-> config -------------------------------------------------------------

@@ -1,0 +1,147 @@
+"""The leader's scaling decisions on cluster-wide facts: scale down only on idleness everywhere,
+scale up once per cool-down.
+
+Clocks: every node measures its facts on its own monotonic clock and sends ages (idle_ns), never
+timestamps. The leader dates a fact on ITS monotonic clock as `received - idle_ns`; no two nodes'
+clocks are ever compared. Transit time makes traffic look older by the delivery delay of one
+report (milliseconds against idle times of seconds to hours); the node's sampling dates packets
+late by up to one sampling period, which leans the other way.
+
+Scale-down of a service with idle time T is allowed at leader time `now` only when ALL hold:
+1. the leader has been in office at least one report window (`window_ns`): a new leader knows
+   nothing of the traffic its predecessor was told about, and a full window gives every live
+   node time to report to it;
+2. every live node (membership's view, this leader included) has a summary received within the
+   window: a silent node blocks (missing facts never count as idleness) until it reports or
+   membership declares it dead;
+3. that summary has a fact for the service (a node that does not list it yet says nothing);
+4. no node's fact dates traffic after `now - T`, and no scale-up was made after `now - T`.
+
+Scale-up: the leader acts at most once per service per cool-down (SCALE_UP_COOLDOWN), however
+many nodes and packets asked; the scaler additionally acts only when the workload's /scale
+shows 0 replicas, so a repeated request is harmless.
+
+Pure: times are passed in (ns of the leader's monotonic clock), no I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+from gossip_agent.core import traffic
+
+NS = 1_000_000_000
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeSummary:
+    """The latest summary the leader received from one node, dated on the leader's clock."""
+
+    node: str
+    received_ns: int
+    last_traffic_ns: dict[int, int]  # service -> leader-clock time of the node's last packet
+    passed: dict[int, int]  # service -> packets passed in that summary
+    dropped: dict[int, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """Whether a service may be scaled down now, and the facts that decided it (for the log)."""
+
+    allowed: bool
+    reason: str
+
+
+class ClusterFacts:
+    """What the leader knows of the cluster's traffic, per node and service."""
+
+    def __init__(self, *, window_ns: int, took_office_ns: int) -> None:
+        self.window_ns = window_ns
+        self.took_office_ns = took_office_ns
+        self._nodes: dict[str, NodeSummary] = {}
+        self._scaled_up: dict[int, int] = {}  # service -> leader time of its last scale-up
+
+    def record(self, *, node: str, facts: Iterable[traffic.Fact], now_ns: int) -> None:
+        """A node's summary arrived now; it replaces that node's previous one."""
+        facts = tuple(facts)
+        self._nodes[node] = NodeSummary(
+            node=node, received_ns=now_ns,
+            last_traffic_ns={f.service_ip: now_ns - f.idle_ns for f in facts},
+            passed={f.service_ip: f.passed for f in facts},
+            dropped={f.service_ip: f.dropped for f in facts},
+        )
+
+    def forget(self, node: str) -> None:
+        """Membership declared the node dead: its facts no longer count, nor does it block."""
+        self._nodes.pop(node, None)
+
+    def note_scaled_up(self, *, service: int, now_ns: int) -> None:
+        """A scale-up counts as traffic: the workload gets its full idle time before it may go
+        down again, even if the waking packets were all dropped before the last summaries."""
+        self._scaled_up[service] = now_ns
+
+    def summary_of(self, node: str) -> NodeSummary | None:
+        return self._nodes.get(node)
+
+    def last_traffic(self, service: int) -> int | None:
+        """Leader time of the latest packet any node reported for the service (or scale-up)."""
+        times = [s.last_traffic_ns[service] for s in self._nodes.values()
+                 if service in s.last_traffic_ns]
+        if service in self._scaled_up:
+            times.append(self._scaled_up[service])
+        return max(times) if times else None
+
+    def scale_down(self, *, service: int, idle_ns: int, live_nodes: Iterable[str],
+                   now_ns: int) -> Verdict:
+        """May the service be scaled down now? See the module docstring for the rule."""
+        in_office = now_ns - self.took_office_ns
+        if in_office < self.window_ns:
+            return Verdict(False, f"leader in office {in_office / NS:.1f}s, waiting one report "
+                                  f"window ({self.window_ns / NS:.1f}s)")
+        live = sorted(set(live_nodes))
+        if not live:
+            return Verdict(False, "no live node is known")
+        for node in live:
+            blocked = self._node_blocks(node, service=service, idle_ns=idle_ns, now_ns=now_ns)
+            if blocked:
+                return Verdict(False, blocked)
+        scaled_up = self._scaled_up.get(service)
+        if scaled_up is not None and now_ns - scaled_up < idle_ns:
+            return Verdict(False, f"scaled up {(now_ns - scaled_up) / NS:.1f}s ago")
+        last = self.last_traffic(service)
+        quiet = ("no traffic seen" if last is None
+                 else f"last traffic {(now_ns - last) / NS:.1f}s ago")
+        return Verdict(True, f"idle on all {len(live)} live node(s) ({', '.join(live)}): {quiet}, "
+                             f"idle time {idle_ns / NS:.0f}s")
+
+    def _node_blocks(self, node: str, *, service: int, idle_ns: int, now_ns: int) -> str:
+        summary = self._nodes.get(node)
+        if summary is None:
+            return f"node {node} has not reported to this leader"
+        age = now_ns - summary.received_ns
+        if age > self.window_ns:
+            return (f"node {node} last reported {age / NS:.1f}s ago "
+                    f"(window {self.window_ns / NS:.1f}s)")
+        last = summary.last_traffic_ns.get(service)
+        if last is None:
+            return f"node {node} reported no facts for the service"
+        if now_ns - last < idle_ns:
+            return f"node {node} saw traffic {(now_ns - last) / NS:.1f}s ago"
+        return ""
+
+
+class CoolDown:
+    """At most one scale-up per service per cool-down period."""
+
+    def __init__(self, *, cooldown_ns: int) -> None:
+        self.cooldown_ns = cooldown_ns
+        self._last: dict[int, int] = {}
+
+    def take(self, *, service: int, now_ns: int) -> bool:
+        """True (and the cool-down starts) when the service may be scaled up now."""
+        last = self._last.get(service)
+        if last is not None and now_ns - last < self.cooldown_ns:
+            return False
+        self._last[service] = now_ns
+        return True

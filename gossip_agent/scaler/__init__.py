@@ -1,0 +1,1 @@
+"""The leader's scaling of workloads: cluster-wide facts in, /scale writes out."""

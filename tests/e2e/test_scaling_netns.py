@@ -1,0 +1,215 @@
+"""End to end: the cluster-wide scale-to-zero loop with real packets through real XDP programs.
+
+Three agent processes in network namespaces (gossip_agent.testing.netns) with SOURCE=kubernetes
+reach the fake Kubernetes API server, which listens on an extra host of the cluster network
+(its socket made inside that namespace; the objects are read and changed in-process). The test
+plays the endpoint controller: an EndpointSlice follows the Deployment's replicas, so what the
+agents publish follows what the scaler did. Packets are UDP datagrams from the pods to the
+service's ClusterIP, through the XDP program on each node's pod veth.
+
+Checked:
+- a burst of packets to the sleeping service through every node at once becomes exactly ONE
+  /scale PATCH at the API server, and packets pass on every node once the endpoints are ready;
+- traffic through one node only keeps the service up although two nodes see nothing; when it
+  stops everywhere, exactly one scale-down (one PATCH to 0) follows after the idle time;
+- a node whose agent is down blocks the scale-down until membership declares it dead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gossip_agent import localcluster
+from gossip_agent.core import services
+from gossip_agent.testing import fakekube, netns
+from gossip_agent.v1 import gossip_pb2 as pb
+from tests.e2e import test_netns_cluster as nc
+
+pytestmark = pytest.mark.e2e
+
+PREFIX = "ga8"
+BPFFS_ROOT = "/sys/fs/bpf/gossip-agent-netns-ga8"
+ZERO, CONTROL = nc.ZERO, nc.CONTROL
+IDLE = 3  # seconds: scale-to-zero/scale-down-time of the test Service
+ENV = {
+    "SOURCE": "kubernetes",
+    "TRAFFIC_REPORT_INTERVAL": "0.3",
+    "SCALE_REPORT_WINDOW": "1.5",
+    "SCALE_UP_COOLDOWN": "5",
+}
+# Scale-down: idle time + one report interval + one window, on a loaded 2-core box: x3 and more.
+SCALE_DEADLINE = 30.0
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[tuple[netns.Cluster, fakekube.FakeKube]]:
+    nc.require_netns_cluster()
+    netns.sweep_stale(PREFIX)
+    cluster = netns.Cluster(3, prefix=PREFIX,
+                            bpffs_root=os.path.join(BPFFS_ROOT, uuid.uuid4().hex),
+                            log_dir=str(tmp_path / "logs"), env=ENV, services=(ZERO, CONTROL))
+    kube: fakekube.FakeKube | None = None
+    try:
+        cluster.__enter__()
+        host = cluster.add_host("api")
+        kube = fakekube.FakeKube(host=host.ip)
+        netns.run_in(host.netns, kube.start)  # its socket on the cluster network
+        cluster.env["KUBECONFIG"] = kube.write_kubeconfig(str(tmp_path / "kubeconfig"))
+        yield cluster, kube
+    finally:
+        for node in cluster.nodes:
+            print(f"--- {node.name} ({node.netns}) log tail:")
+            print(nc._tail(node.log_path, lines=40))
+        if kube is not None:
+            kube.close()
+        cluster.close()
+        with contextlib.suppress(OSError):
+            os.rmdir(BPFFS_ROOT)
+
+
+def objects(replicas: int) -> list[dict[str, Any]]:
+    return [
+        {"apiVersion": "apps/v1", "kind": "Deployment",
+         "metadata": {"name": "web", "namespace": "default"},
+         "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
+                  "template": {"metadata": {"labels": {"app": "web"}},
+                               "spec": {"containers": [{"name": "web", "image": "x"}]}}}},
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": "web", "namespace": "default", "annotations": {
+             services.REFERENCE: "deployment/web", services.SCALE_DOWN_TIME: str(IDLE)}},
+         "spec": {"clusterIP": ZERO, "ports": [{"port": nc.PORT, "protocol": "UDP"}]}},
+        endpoint_slice(replicas),
+    ]
+
+
+def endpoint_slice(ready: int) -> dict[str, Any]:
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-a", "namespace": "default",
+                         "labels": {services.SERVICE_NAME_LABEL: "web"}},
+            "addressType": "IPv4", "ports": [{"port": nc.PORT}],
+            "endpoints": [{"addresses": [f"10.0.0.{i + 1}"], "conditions": {"ready": True}}
+                          for i in range(ready)]}
+
+
+def replicas(kube: fakekube.FakeKube) -> int:
+    obj = kube.get_object("deployments", "web")
+    assert obj is not None
+    return int(obj["spec"]["replicas"])
+
+
+def scale_patches(kube: fakekube.FakeKube) -> int:
+    return kube.request_count(verb="patch", resource="deployments/scale")
+
+
+@contextlib.asynccontextmanager
+async def endpoint_controller(kube: fakekube.FakeKube) -> Any:
+    """The EndpointSlice follows the Deployment's replicas, as pods become ready."""
+
+    async def follow() -> None:
+        shown = replicas(kube)
+        while True:
+            now = replicas(kube)
+            if now != shown:
+                kube.delete_object("endpointslices", "web-a")
+                kube.create_object(endpoint_slice(now))
+                shown = now
+            await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(follow(), name="e2e.endpoint-controller")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def keep_sending(cluster: netns.Cluster, node: netns.Node, seconds: float) -> None:
+    """Traffic through `node` only: a datagram to the service every 0.1 s for `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        cluster.send_from_pod(node, ZERO, port=nc.PORT, count=1)
+        await asyncio.sleep(0.1)
+
+
+async def test_a_burst_through_every_node_is_one_scale_up_and_one_node_s_traffic_keeps_it_up(
+    world: tuple[netns.Cluster, fakekube.FakeKube],
+) -> None:
+    cluster, kube = world
+    for obj in objects(replicas=0):
+        kube.create_object(obj)
+    cluster.start()
+    await nc.enforcing(cluster)
+    await nc.tables_are(cluster, {nc.key(ZERO): 0}, what=f"{ZERO}=0 in every node's map",
+                        timeout=nc.START_DEADLINE)
+    async with endpoint_controller(kube):
+        # A burst to the sleeping service through all nodes at once.
+        for node in cluster.nodes:
+            cluster.send_from_pod(node, ZERO, port=nc.PORT, count=50)
+        await nc.until("web scaled up", lambda: replicas(kube) == 1, timeout=SCALE_DEADLINE)
+        await nc.tables_are(cluster, {nc.key(ZERO): 1}, what=f"{ZERO}=1 in every node's map")
+        for node in cluster.nodes:
+            assert nc.probe(cluster, node) == nc.PROBES, f"{node.name} dropped a woken service"
+        assert scale_patches(kube) == 1, "more than one scale-up PATCH for one burst"
+
+        # Traffic through node-0 only, for twice the idle time: never scaled down, although
+        # node-1 and node-2 see nothing at all.
+        await keep_sending(cluster, cluster.nodes[0], seconds=2 * IDLE + 2)
+        assert replicas(kube) == 1 and scale_patches(kube) == 1
+        # Traffic stops everywhere: exactly one scale-down after the idle time.
+        stopped = time.monotonic()
+        await nc.until("web scaled down", lambda: replicas(kube) == 0, timeout=SCALE_DEADLINE)
+        assert time.monotonic() - stopped >= IDLE - 0.5  # not before the idle time
+        await nc.tables_are(cluster, {nc.key(ZERO): 0}, what=f"{ZERO}=0 again everywhere")
+        await asyncio.sleep(1.0)  # a few more rounds: nothing more is written
+        assert scale_patches(kube) == 2
+
+
+async def follower_state(leader_api: str, follower: netns.Node) -> str:
+    """How the leader's membership sees `follower` now ("alive", "suspect", "dead"...)."""
+    reply = await localcluster.call(leader_api, "ListPeers", pb.ListPeersRequest())
+    assert isinstance(reply, pb.ListPeersResponse)
+    states = [p.state for p in reply.peers if p.node == follower.name]
+    return states[0] if states else "unlisted"
+
+
+async def test_a_node_whose_agent_is_down_blocks_scale_down_until_it_is_declared_dead(
+    world: tuple[netns.Cluster, fakekube.FakeKube],
+) -> None:
+    cluster, kube = world
+    for obj in objects(replicas=1):
+        kube.create_object(obj)
+    cluster.start()
+    leader, leader_api = await nc.enforcing(cluster)
+    await nc.tables_are(cluster, {nc.key(ZERO): 1}, what=f"{ZERO}=1 in every node's map",
+                        timeout=nc.START_DEADLINE)
+    follower = next(n for n in cluster.nodes if n is not leader)
+    cluster.kill_agent(follower)
+    # Idle everywhere, one agent down. Sampled throughout: while the leader's membership does
+    # not count it dead, web stays up (missing facts are not idleness); then web goes down
+    # exactly once, on the two live nodes' facts.
+    started = time.monotonic()
+    deadline = started + 4 * SCALE_DEADLINE
+    seen_dead = False
+    while replicas(kube) != 0:
+        state = await follower_state(leader_api, follower)
+        seen_dead = seen_dead or state == "dead"
+        if time.monotonic() > deadline:
+            pytest.fail(f"web never scaled down; {follower.name} is {state} at the leader")
+        await asyncio.sleep(0.05)
+    assert seen_dead or await follower_state(leader_api, follower) == "dead", (
+        f"scaled down while {follower.name} (down, no reports) was not declared dead")
+    assert scale_patches(kube) == 1
+    # The leader's one log line for it names the facts: the two live nodes, not the dead one.
+    text = nc._tail(leader.log_path, lines=10_000)
+    (line,) = [x for x in text.splitlines() if "scaled deployment/default/web from 1 to 0" in x]
+    assert "idle on all 2 live node(s)" in line and follower.name not in line, line
+    assert time.monotonic() - started >= IDLE - 0.5
