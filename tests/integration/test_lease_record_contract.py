@@ -10,14 +10,18 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from kubernetes import config as kube_config
 
 from gossip_agent import localredis as redisserver
-from gossip_agent.leases import base, bpffs, memory
+from gossip_agent.core import beats
+from gossip_agent.leases import base, bpffs, kube, memory
 from gossip_agent.leases import redis as redis_lease
 
 pytestmark = pytest.mark.integration
 
-BACKENDS = ("memory", "bpffs", "redis")
+BACKENDS = ("memory", "bpffs", "redis", "configmap", "lease")
+# Lease timing for the Kubernetes backends (client-go's rule holds); nothing here waits on it.
+KUBE_TIMING = kube.KubeTiming(duration=15, renew_deadline=10, retry_interval=2, renew_interval=2)
 Make = Callable[[str], base.Lease]
 
 
@@ -28,8 +32,11 @@ async def make_lease(
     made: list[base.Lease] = []
     store = memory.MemoryLeaseStore()
     server: redisserver.RedisServer | None = None
+    kubeconfig = ""
     if request.param == "redis":
         server = request.getfixturevalue("redis_server")
+    elif request.param in ("configmap", "lease"):
+        kubeconfig = request.getfixturevalue("kubeconfig")  # the fake API server over HTTP
 
     def make(node: str) -> base.Lease:
         lease: base.Lease
@@ -37,6 +44,11 @@ async def make_lease(
             lease = memory.MemoryLease(store, node=node)
         elif request.param == "bpffs":
             lease = bpffs.BpffsLease(lease_dir=str(tmp_path), node=node)
+        elif kubeconfig:
+            lease = kube.KubeLease(
+                kind=request.param, api=kube_config.new_client_from_config(config_file=kubeconfig),
+                namespace="default", name="ebpf-service-list", node=node, timing=KUBE_TIMING,
+                beats=beats.BeatBoard())
         else:
             assert server is not None
             lease = redis_lease.RedisLease(settings=redis_lease.Settings(
@@ -50,6 +62,8 @@ async def make_lease(
     finally:
         for lease in made:
             await lease.close()
+            if isinstance(lease, kube.KubeLease):
+                lease.api.close()
 
 
 async def test_the_record_shows_the_holder_at_the_effective_term_of_grant_and_bump(
