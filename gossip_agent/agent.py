@@ -133,6 +133,9 @@ def open_redis_lease(cfg: config_mod.Config) -> lease_base.Lease:
 def lease_location(cfg: config_mod.Config) -> str:
     """Where the lease lives, for the start-up log line (no password)."""
     redis = cfg.lease.redis
+    if cfg.lease.backend in ("configmap", "lease"):
+        name = cfg.lease.configmap if cfg.lease.backend == "configmap" else cfg.lease.lease_name
+        return f"{cfg.lease.backend} {cfg.lease.namespace or '(the pod namespace)'}/{name}"
     if redis is None:
         return cfg.lease.lease_dir
     if redis.sentinels:
