@@ -44,7 +44,6 @@ import dataclasses
 import datetime
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
@@ -53,7 +52,7 @@ import kubernetes.client as k8s
 import kubernetes.config as k8s_config
 import urllib3.exceptions
 
-from gossip_agent import errors
+from gossip_agent import errors, kubeclient
 from gossip_agent.core import beats as beats_mod
 from gossip_agent.core import terms
 from gossip_agent.leases import base, kuberecord
@@ -217,18 +216,7 @@ def default_namespace(configured: str) -> str:
 
 def api_client(*, node: str) -> k8s.ApiClient:
     """In a pod: the service account (in-cluster config); elsewhere: KUBECONFIG, as kubectl."""
-    configuration = k8s.Configuration()
-    try:
-        if os.environ.get("KUBERNETES_SERVICE_HOST"):
-            k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration)
-        else:
-            k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration)
-    except (k8s_config.ConfigException, OSError) as exc:
-        raise errors.LeaseUnavailable(
-            f"no Kubernetes API configuration (in-cluster service account or KUBECONFIG): {exc}"
-        ) from exc
+    configuration = kubeclient.load_configuration(unavailable=errors.LeaseUnavailable)
     # No retries inside urllib3: the election loop retries on its own clock, and a renewal
     # must fail fast enough to be judged against LEASE_RENEW_DEADLINE.
     configuration.retries = 0

@@ -31,7 +31,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import random
 import socket
 import threading
@@ -42,7 +41,7 @@ import kubernetes.client
 import kubernetes.config
 import urllib3
 
-from gossip_agent import errors
+from gossip_agent import errors, kubeclient
 from gossip_agent.core import coalesce, peers, services, snapshots
 from gossip_agent.sources import base
 
@@ -81,19 +80,8 @@ class Gone(Exception):
 def new_api_client() -> kubernetes.client.ApiClient:
     """In a pod: the service account (in-cluster config); elsewhere: KUBECONFIG or ~/.kube/config,
     exactly as kubectl finds its cluster."""
-    configuration = kubernetes.client.Configuration()
-    try:
-        if os.environ.get("KUBERNETES_SERVICE_HOST"):
-            kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration)
-        else:
-            # KUBECONFIG read now: the client reads it once, when it is first imported.
-            kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=os.environ.get("KUBECONFIG") or None,
-                client_configuration=configuration)
-    except (kubernetes.config.ConfigException, OSError) as exc:
-        raise errors.SourceUnavailable(f"no Kubernetes API configuration: {exc}") from exc
-    return kubernetes.client.ApiClient(configuration)
+    return kubernetes.client.ApiClient(
+        kubeclient.load_configuration(unavailable=errors.SourceUnavailable))
 
 
 class ListWatch:
