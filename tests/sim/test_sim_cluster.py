@@ -65,7 +65,7 @@ async def test_after_a_partition_heals_the_newest_term_wins_everywhere():
     side_b = [a.address for a in c.agents[25:]]
     async with sim.running(c, campaigners=1):
         monitor = asyncio.create_task(watch_monotonic(c, stop))
-        first = await c.leader()
+        first = await c.leader(timeout=15)
         assert first is c.agents[0]
         await first.leadership.write(updates={SVC: (1, "default/web")}, deletes=())
         c.network.partition([side_a, side_b])
@@ -77,7 +77,7 @@ async def test_after_a_partition_heals_the_newest_term_wins_everywhere():
         c.lease_store.revoke()
         successor = c.agents[49]
         successor.tasks.append(asyncio.create_task(successor.leadership.run(), name="elect-49"))
-        await c.wait_for("the successor to lead", lambda: successor.leadership.leading, 5)
+        await c.wait_for("the successor to lead", lambda: successor.leadership.leading, 15)
         await successor.leadership.write(updates={SVC: (0, "default/web")}, deletes=())
         new_version = successor.engine.held.version
         assert new_version.term > old_term
