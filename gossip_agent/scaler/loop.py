@@ -113,6 +113,9 @@ class Scaler:
                     await self._attempt(self._scale_down_round())
             else:
                 self._requests.clear()  # the reporters re-raise what still drops packets
+                # Look at the lease again one round from now (or when a request wakes the loop):
+                # a follower's deadline must move on, or the loop would spin on a zero timeout.
+                next_round = loop.time() + self.timing.round_interval
             await self._sleep_until(next_round)
 
     async def _sleep_until(self, deadline: float) -> None:

@@ -240,6 +240,38 @@ async def test_a_leader_whose_lease_is_not_proven_writes_nothing(
     assert "lease is not proven" in caplog.text
 
 
+async def test_a_followers_loop_looks_at_the_lease_once_a_round_and_acts_on_taking_office(
+        fake_kube: fakekube.FakeKube, kube_workloads: kube.KubeWorkloads) -> None:
+    """A follower's loop sleeps between rounds: it once spun on a zero timeout (a deadline only
+    the leader moved on), burning a core per follower; 8 agents saturated 2 cores at rest."""
+    fake_kube.create_object(deployment("api", replicas=0))
+    world = World([target("api", 10)])
+    world.ready[10] = 0
+    world.leading = False
+    looks = 0
+
+    def leading() -> bool:
+        nonlocal looks
+        looks += 1
+        return world.leading
+
+    scaler = loop.Scaler(
+        targets=lambda: world.targets, ready=lambda: world.ready, live_nodes=lambda: world.live,
+        leading=leading, proven=lambda: world.proven, workloads=kube_workloads,
+        timing=loop.Timing(cooldown_ns=5 * S, window_ns=10 * S, round_interval=0.05),
+        telemetry=telemetry.Recorder(), clock=Clock())
+    async with running(scaler):
+        await asyncio.sleep(0.5)  # ten rounds
+        # One look per round, give or take a wake-up; a spinning loop looks thousands of times.
+        assert 1 <= looks <= 30, f"a follower's loop looked at the lease {looks} times in 0.5 s"
+        scaler.scale_up(request(10))  # a follower drops it: the reporter re-raises it later
+        await rounds(scaler)
+        assert replicas(fake_kube, "api") == 0
+        world.leading = True
+        scaler.scale_up(request(10))
+        await until(lambda: replicas(fake_kube, "api") == 1, "api scaled up by the new leader")
+
+
 async def test_dependencies_are_scaled_up_first_in_the_annotated_order(
         fake_kube: fakekube.FakeKube, kube_workloads: kube.KubeWorkloads) -> None:
     for name in ("web", "api", "db"):
