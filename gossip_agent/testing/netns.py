@@ -284,6 +284,7 @@ class Cluster:
         log_dir: str,
         env: Mapping[str, str] | None = None,
         services: Sequence[str] = (),
+        wrapper: Sequence[str] = (),
     ) -> None:
         if not 1 <= nodes <= MAX_NODES:
             raise ValueError(f"nodes must be 1..{MAX_NODES}")
@@ -293,6 +294,9 @@ class Cluster:
         self.log_dir = log_dir
         self.env = dict(env or {})
         self.services = list(services)
+        # A command the agent runs under, inside its namespace (e.g. setpriv limiting its
+        # capabilities to what a manifest grants); nsenter itself keeps the test's rights.
+        self.wrapper = list(wrapper)
         self.switch = f"{self.run_id}-sw"
         self.nodes = [self._node(i) for i in range(nodes)]
         self._namespaces: list[str] = []
@@ -418,7 +422,7 @@ class Cluster:
         with open(node.log_path, "ab") as log_file:
             node.process = subprocess.Popen(
                 ["nsenter", f"--net={os.path.join(NETNS_DIR, node.netns)}", "--",
-                 sys.executable, "-m", "gossip_agent", "run"],
+                 *self.wrapper, sys.executable, "-m", "gossip_agent", "run"],
                 env=self.agent_env(node), stdout=log_file, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )

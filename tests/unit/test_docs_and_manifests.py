@@ -50,6 +50,8 @@ NOT_AGENT_VARIABLES = {
     "SYS_RESOURCE": "a Linux capability as Kubernetes names it (CAP_SYS_RESOURCE)",
     "SYS_ADMIN": "a Linux capability as Kubernetes names it (CAP_SYS_ADMIN)",
     "NET_ADMIN": "a Linux capability as Kubernetes names it (CAP_NET_ADMIN)",
+    "CAP_SYS_ADMIN": "a Linux capability (k8s/components/xdp adds it)",
+    "BPF_MAP_GET_FD_BY_ID": "the bpf() command bcc opens pinned maps with (needs CAP_SYS_ADMIN)",
     layout.SERVICE_LIST_META: "the pinned BPF map's name",
     layout.SERVICE_STATS: "the pinned BPF map's name",
     layout.EVENT_RATE: "the pinned BPF map's name",

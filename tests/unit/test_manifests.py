@@ -22,6 +22,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import tempfile
 from typing import Any
 
 import kubernetes_validate
@@ -53,10 +54,6 @@ LEFT_AT_DEFAULT = {
     "COORDINATION_LEASE_NAME": "gossip-agent, as the lease overlay's Role names it",
     "LEASE_DURATION": "client-go's default (15 s)",
     "COORDINATION_MIRROR_INTERVAL": "cluster default (1 s)",
-    # The base keeps pinned maps for the scale-to-zero controller's own XDP program (maps only,
-    # no hostNetwork). Attaching ours to the host-side pod veths needs hostNetwork and NET_ADMIN:
-    # README, "The XDP data plane", says how to turn it on.
-    "XDP_INTERFACES": "empty: maps only, for the controller's own XDP program",
     "XDP_MODE": "auto: native where the driver has it, generic otherwise",
     "FAIL_OPEN_AFTER": "cluster default (10 min) rides out a restart or an eviction",
     "ADVERTISE_ADDR": "derived from POD_IP and LISTEN_ADDR's port",
@@ -115,6 +112,23 @@ def rendered(overlay: str) -> list[dict[str, Any]]:
     return copy.deepcopy(list(_rendered(overlay)))
 
 
+@functools.cache
+def _with_component(overlay: str, component: str) -> tuple[dict[str, Any], ...]:
+    with tempfile.TemporaryDirectory() as directory:
+        here = pathlib.Path(directory)
+        (here / "kustomization.yaml").write_text(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+            f"resources:\n  - {os.path.relpath(K8S / 'overlays' / overlay, here)}\n"
+            f"components:\n  - {os.path.relpath(K8S / 'components' / component, here)}\n",
+            encoding="utf-8")  # kustomize takes relative paths only
+        return tuple(kustomize(here))
+
+
+def with_component(overlay: str, component: str) -> list[dict[str, Any]]:
+    """The overlay with k8s/components/<component> added, as a user adds it."""
+    return copy.deepcopy(list(_with_component(overlay, component)))
+
+
 def one(objects: list[dict[str, Any]], kind: str, name: str = "gossip-agent") -> dict[str, Any]:
     (found,) = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
     return found
@@ -141,6 +155,12 @@ def test_every_rendered_object_passes_the_kubernetes_schemas(overlay: str) -> No
     assert {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service",
             "DaemonSet"} <= {o["kind"] for o in objects}
     for obj in objects:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_object_with_the_xdp_component_passes_the_kubernetes_schemas(overlay: str) -> None:
+    for obj in with_component(overlay, "xdp"):
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
 
 
@@ -205,6 +225,29 @@ def test_the_pod_runs_with_bpf_capabilities_not_privileged_and_off_the_host_netw
         assert mounts[name] == {"name": name, "mountPath": path, "readOnly": True}
         assert volumes[name]["path"] == path
     assert pod_env(objects)["BPF_PIN_DIR"].startswith("/sys/fs/bpf/")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_xdp_component_adds_the_host_network_attach_rights_and_pod_veths_and_nothing_else(
+    overlay: str,
+) -> None:
+    """k8s/components/xdp changes exactly what attaching the program needs (its comment says
+    why; tests/e2e/test_xdp_component.py runs agents with these capabilities)."""
+    base, xdp = rendered(overlay), with_component(overlay, "xdp")
+    pod = one(xdp, "DaemonSet")["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True
+    assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"  # PEER_SERVICE still resolves
+    security = container(xdp)["securityContext"]
+    assert security["privileged"] is False and security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {
+        "drop": ["ALL"], "add": ["BPF", "SYS_RESOURCE", "NET_ADMIN", "SYS_ADMIN"]}
+    env = pod_env(xdp)
+    assert env["XDP_INTERFACES"] == "veth*,cali*,lxc*"
+    assert config.from_env(env).xdp.interfaces == "veth*,cali*,lxc*"
+    assert {k: v for k, v in env.items() if k != "XDP_INTERFACES"} == pod_env(base)
+    # Everything but the DaemonSet's pod spec is the overlay's, untouched.
+    assert [o for o in xdp if o["kind"] != "DaemonSet"] == [
+        o for o in base if o["kind"] != "DaemonSet"]
 
 
 def test_the_tls_secret_is_mounted_whole_read_only_where_the_tls_variables_point() -> None:
@@ -384,6 +427,8 @@ def manifest_env_names() -> dict[str, set[str]]:
     for overlay in OVERLAYS:
         for name in docs.containers_env_names(rendered(overlay)):
             found.setdefault(name, set()).add(overlay)
+        for name in docs.containers_env_names(with_component(overlay, "xdp")):
+            found.setdefault(name, set()).add(f"{overlay}+xdp")
     return found
 
 
