@@ -687,11 +687,13 @@ class FakeKube:
         return matches
 
     def watch_events(self, target: Target, query: dict[str, str]) -> Iterator[JSON]:
-        """The events of one watch, as JSON objects, until timeout, close or compaction."""
+        """The events of one watch, as JSON objects, until timeout, close or compaction.
+
+        Not a generator itself: a bad query raises ApiError here, before the 200 goes out, and
+        a good one returns at once, so the headers are sent before any event exists (a real API
+        server answers a quiet watch with its headers at once, not with the first event)."""
         matches = self.matcher(query)
         timeout = float(query.get("timeoutSeconds") or DEFAULT_WATCH_SECONDS)
-        deadline = time.monotonic() + timeout
-        bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
         since = query.get("resourceVersion", "")
         with self.store.cond:
             epoch = self.store.stream_epoch
@@ -701,6 +703,12 @@ class FakeKube:
                            self.store.items(target.kind, target.namespace) if matches(o)]
             else:
                 cursor, initial = self._watch_start(since)
+        return self._follow(target, matches=matches, initial=initial, cursor=cursor,
+                            epoch=epoch, deadline=time.monotonic() + timeout,
+                            bookmarks=query.get("allowWatchBookmarks") in ("true", "1"))
+
+    def _follow(self, target: Target, *, matches: Callable[[JSON], bool], initial: list[JSON],
+                cursor: int, epoch: int, deadline: float, bookmarks: bool) -> Iterator[JSON]:
         yield from initial
         if any(e["type"] == "ERROR" for e in initial):
             return
@@ -983,14 +991,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _stream(self, target: Target, query: dict[str, str]) -> None:
         events = self.fake.watch_events(target, query)  # validates before the 200 goes out
-        first = next(events, None)
         self.send_response(200)
         self.send_header("Content-Type", JSON_TYPE)
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         self.close_connection = True
         try:
-            for event in itertools.chain([first] if first is not None else [], events):
+            for event in events:
                 line = json.dumps(event).encode() + b"\n"
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
                 self.wfile.flush()

@@ -222,6 +222,23 @@ def test_watch_ends_at_timeout_seconds_and_sends_bookmarks_only_when_asked(
     assert b'"type": "BOOKMARK"' in raw.read()
 
 
+def test_a_quiet_watch_gets_its_headers_at_once_not_with_its_first_event(
+        api: client.ApiClient) -> None:
+    """A real API server answers a watch with 200 and its headers at once; the fake once held
+    them back until the first event, so a client waiting on a quiet watch's response saw a hang."""
+    core = client.CoreV1Api(api)
+    version = core.list_namespaced_config_map("default").metadata.resource_version
+    started = time.monotonic()
+    response = api.call_api(*api.param_serialize(
+        "GET", "/api/v1/namespaces/default/configmaps", query_params=[
+            ("watch", "true"), ("resourceVersion", version), ("timeoutSeconds", "30")]))
+    try:
+        assert response.status == 200
+        assert time.monotonic() - started < 10, "the headers waited for an event"
+    finally:
+        response.response.release_conn()
+
+
 def test_close_streams_ends_open_watches(
         api: client.ApiClient, fake_kube: fakekube.FakeKube) -> None:
     core = client.CoreV1Api(api)
