@@ -12,7 +12,9 @@ Checked:
   /scale PATCH at the API server, and packets pass on every node once the endpoints are ready;
 - traffic through one node only keeps the service up although two nodes see nothing; when it
   stops everywhere, exactly one scale-down (one PATCH to 0) follows after the idle time;
-- a node whose agent is down blocks the scale-down until membership declares it dead.
+- a node whose agent is down blocks the scale-down until membership declares it dead;
+- after a leader change (SIGKILL), traffic through one follower still keeps the service up: the
+  new leader scales down on nothing from before its term, and exactly once when traffic stops.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -213,3 +216,45 @@ async def test_a_node_whose_agent_is_down_blocks_scale_down_until_it_is_declared
     (line,) = [x for x in text.splitlines() if "scaled deployment/default/web from 1 to 0" in x]
     assert "idle on all 2 live node(s)" in line and follower.name not in line, line
     assert time.monotonic() - started >= IDLE - 0.5
+
+
+async def test_after_a_leader_change_one_node_s_traffic_still_keeps_the_service_up(
+    world: tuple[netns.Cluster, fakekube.FakeKube],
+) -> None:
+    """The new leader trusts no fact from before its term: it waits one report window and then
+    needs every live node's own summary. Traffic through one follower keeps the service up
+    across the change (a leader that counted missing facts as idleness would scale it down);
+    when the traffic stops, the new leader scales it down exactly once, on all three nodes'
+    facts (the old leader's agent restarted as a follower)."""
+    cluster, kube = world
+    for obj in objects(replicas=1):
+        kube.create_object(obj)
+    cluster.start()
+    old, _ = await nc.enforcing(cluster)
+    await nc.tables_are(cluster, {nc.key(ZERO): 1}, what=f"{ZERO}=1 in every node's map",
+                        timeout=nc.START_DEADLINE)
+    sender = next(n for n in cluster.nodes if n is not old)
+    traffic = asyncio.create_task(keep_sending(cluster, sender, seconds=3600),
+                                  name="e2e.traffic")
+    try:
+        await asyncio.sleep(1.0)  # the old leader has the sender's facts
+        assert cluster.kill_agent(old) == -signal.SIGKILL
+        survivors = [n.api_address for n in cluster.nodes if n is not old]
+        _, reply = await localcluster.find_leader(survivors, timeout=nc.START_DEADLINE)
+        new = cluster.node(reply.leader_node)
+        assert new is not old
+        cluster.start_agent(old)  # back as a follower: three live nodes again
+        # Past the new leader's window and twice the idle time, with traffic through one node.
+        await asyncio.sleep(2 * IDLE + 2.0)
+        assert replicas(kube) == 1 and scale_patches(kube) == 0, "scaled down a served service"
+    finally:
+        traffic.cancel()
+        await asyncio.gather(traffic, return_exceptions=True)
+    stopped = time.monotonic()
+    await nc.until("web scaled down by the new leader", lambda: replicas(kube) == 0,
+                   timeout=SCALE_DEADLINE)
+    assert time.monotonic() - stopped >= IDLE - 0.5
+    assert scale_patches(kube) == 1
+    (line,) = [x for x in nc._tail(new.log_path, lines=10_000).splitlines()
+               if "scaled deployment/default/web from 1 to 0" in x]
+    assert "idle on all 3 live node(s)" in line, line
