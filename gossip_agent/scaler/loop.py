@@ -9,6 +9,9 @@ Thin over the pure core (core.scaling for the rules, core.policy for the order):
   shows 0 replicas (a map value of 0 may also mean "not ready yet"), from 0 to 1, with the read
   resourceVersion as a precondition. Its HPA, if one was suspended, is restored afterwards (also
   when the workload was already up: a leader that died between the two steps left it saved).
+  A leader fresh in office whose source has not listed every Service yet holds the requests
+  (it polls every HELD_POLL) rather than dropping those for a Service it does not know yet: the
+  reporting node's request was acknowledged and would not come again.
 - Every report window, a scale-down round: Services that are idle on every live node (the
   rule in core.scaling) go to 0, dependents first, never under an awake dependent; an HPA is
   suspended (its spec saved on the workload) before.
@@ -34,6 +37,9 @@ from gossip_agent.sources import base as source_base
 log = logging.getLogger("gossip_agent.scaler")
 
 RECEIVED, SCALED, COALESCED, FAILED = "received", "scaled", "coalesced", "failed"
+# Seconds between looks at the source while requests are held for its first complete list: a
+# wake-up waits at most this much beyond the list itself.
+HELD_POLL = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +65,7 @@ class Scaler:
         self,
         *,
         targets: Callable[[], Mapping[int, Target]],
+        targets_known: Callable[[], bool],
         ready: Callable[[], Mapping[int, int]],
         live_nodes: Callable[[], Iterable[str]],
         leading: Callable[[], bool],
@@ -69,6 +76,7 @@ class Scaler:
         clock: Callable[[], int] = time.monotonic_ns,
     ) -> None:
         self.targets = targets
+        self.targets_known = targets_known  # the source has listed every Service this term
         self.ready = ready  # the held snapshot: service key -> ready replicas
         self.live_nodes = live_nodes
         self.leading = leading
@@ -106,8 +114,7 @@ class Scaler:
             if self._in_office():
                 if not self._warm:
                     await self._attempt(self._warm_up())
-                while self._requests:
-                    await self._attempt(self._wake_service(self._requests.popleft()))
+                await self._handle_requests()
                 if loop.time() >= next_round:
                     next_round = loop.time() + self.timing.round_interval
                     await self._attempt(self._scale_down_round())
@@ -116,7 +123,15 @@ class Scaler:
                 # Look at the lease again one round from now (or when a request wakes the loop):
                 # a follower's deadline must move on, or the loop would spin on a zero timeout.
                 next_round = loop.time() + self.timing.round_interval
-            await self._sleep_until(next_round)
+            held = bool(self._requests)  # waiting for the source's first complete list
+            await self._sleep_until(min(next_round, loop.time() + HELD_POLL) if held
+                                    else next_round)
+
+    async def _handle_requests(self) -> None:
+        if self._requests and not self.targets_known():
+            return  # held, not dropped: see the module docstring
+        while self._requests:
+            await self._attempt(self._wake_service(self._requests.popleft()))
 
     async def _sleep_until(self, deadline: float) -> None:
         timeout = max(0.0, deadline - asyncio.get_running_loop().time())

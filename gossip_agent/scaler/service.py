@@ -26,9 +26,13 @@ log = logging.getLogger("gossip_agent.scaler")
 
 
 class HasInventory(Protocol):
-    """What the scaler reads of the Kubernetes source: the Services it currently watches."""
+    """What the scaler reads of the Kubernetes source: the Services it currently watches, and
+    whether that view is complete yet (every list done since this agent took office)."""
 
     inventory: services.Inventory
+
+    @property
+    def synced(self) -> bool: ...
 
 
 class Policies:
@@ -131,7 +135,8 @@ class Scaling:
         self.scaler: loop.Scaler | None = None
         if source is not None and workloads_factory is not None:
             self.scaler = loop.Scaler(
-                targets=targets_of(source), ready=ready_of(engine),
+                targets=targets_of(source), targets_known=lambda: source.synced,
+                ready=ready_of(engine),
                 live_nodes=live_nodes_of(engine), leading=lambda: leadership.leading,
                 proven=leadership.lease.proven, workloads=workloads_factory(),
                 timing=loop.Timing(cooldown_ns=int(cfg.scale_up_cooldown * scaling.NS),

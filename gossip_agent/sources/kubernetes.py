@@ -298,8 +298,8 @@ class Reflector:
 
 
 class KubernetesSource(base.RecordsScaleUps):
-    """Scale-up requests are only recorded for now: scaling workloads through the /scale
-    subresource is the scale-to-zero loop's work (issue 8)."""
+    """Scale-up requests are only recorded here: the scaler (scaler/loop.py) scales the
+    workloads, reading the Services this source keeps in `inventory`."""
 
     kind = "kubernetes"
     accepts_writes = False
@@ -342,6 +342,13 @@ class KubernetesSource(base.RecordsScaleUps):
     def read(self) -> base.Desired | None:
         """The table as of the last complete view; None until every reflector has listed."""
         return self._current
+
+    @property
+    def synced(self) -> bool:
+        """Every reflector of this term has listed once: the inventory is complete, so a
+        ClusterIP missing from it is not an opted-in Service (until then, it may be one not
+        listed yet: the scaler holds such requests instead of dropping them)."""
+        return bool(self._reflectors) and all(r.listed for r in self._reflectors)
 
     async def watch(self, on_change: Callable[[base.Desired], None]) -> None:
         while True:

@@ -14,7 +14,10 @@ Checked:
   stops everywhere, exactly one scale-down (one PATCH to 0) follows after the idle time;
 - a node whose agent is down blocks the scale-down until membership declares it dead;
 - after a leader change (SIGKILL), traffic through one follower still keeps the service up: the
-  new leader scales down on nothing from before its term, and exactly once when traffic stops.
+  new leader scales down on nothing from before its term, and exactly once when traffic stops;
+- dependencies: a dependent goes down before what it needs and wakes after it, an HPA is
+  suspended while its workload sleeps and comes back with the same spec, also when the leader
+  changed in between.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Any
 import pytest
 
 from gossip_agent import localcluster
-from gossip_agent.core import services
+from gossip_agent.core import policy, services
 from gossip_agent.testing import fakekube, netns
 from gossip_agent.v1 import gossip_pb2 as pb
 from tests.e2e import test_netns_cluster as nc
@@ -258,3 +261,118 @@ async def test_after_a_leader_change_one_node_s_traffic_still_keeps_the_service_
     (line,) = [x for x in nc._tail(new.log_path, lines=10_000).splitlines()
                if "scaled deployment/default/web from 1 to 0" in x]
     assert "idle on all 3 live node(s)" in line, line
+
+
+API_IP = "10.96.0.11"  # the api Service web depends on (never probed: only its map value counts)
+HPA_SPEC = {
+    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "api"},
+    "minReplicas": 1, "maxReplicas": 5,
+    "metrics": [{"type": "Resource", "resource": {
+        "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}],
+}
+
+
+def workload(name: str, ip: str, *, annotations: dict[str, str]) -> list[dict[str, Any]]:
+    return [
+        {"apiVersion": "apps/v1", "kind": "Deployment",
+         "metadata": {"name": name, "namespace": "default"},
+         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                  "template": {"metadata": {"labels": {"app": name}},
+                               "spec": {"containers": [{"name": name, "image": "x"}]}}}},
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": name, "namespace": "default", "annotations": {
+             services.REFERENCE: f"deployment/{name}", services.SCALE_DOWN_TIME: str(IDLE),
+             **annotations}},
+         "spec": {"clusterIP": ip, "ports": [{"port": nc.PORT, "protocol": "UDP"}]}},
+        slice_of(name, ready=1),
+    ]
+
+
+def slice_of(name: str, *, ready: int) -> dict[str, Any]:
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": f"{name}-a", "namespace": "default",
+                         "labels": {services.SERVICE_NAME_LABEL: name}},
+            "addressType": "IPv4", "ports": [{"port": nc.PORT}],
+            "endpoints": [{"addresses": [f"10.0.{len(name)}.{i + 1}"],
+                           "conditions": {"ready": True}} for i in range(ready)]}
+
+
+def replicas_of(kube: fakekube.FakeKube, name: str) -> int:
+    obj = kube.get_object("deployments", name)
+    assert obj is not None
+    return int(obj["spec"]["replicas"])
+
+
+@contextlib.asynccontextmanager
+async def endpoints_following(kube: fakekube.FakeKube, names: tuple[str, ...]) -> Any:
+    """Each Deployment's EndpointSlice follows its replicas, as pods become ready."""
+
+    async def follow() -> None:
+        shown = {name: replicas_of(kube, name) for name in names}
+        while True:
+            for name in names:
+                now = replicas_of(kube, name)
+                if now != shown[name]:
+                    kube.delete_object("endpointslices", f"{name}-a")
+                    kube.create_object(slice_of(name, ready=now))
+                    shown[name] = now
+            await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(follow(), name="e2e.endpoint-controller")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def scale_writes(kube: fakekube.FakeKube) -> list[str]:
+    """The deployment of every /scale PATCH, in the order the API server took them."""
+    return [r.name for r in list(kube.requests)
+            if r.verb == "patch" and r.resource == "deployments/scale"]
+
+
+async def test_dependencies_wake_first_and_the_hpa_comes_back_after_a_leader_change(
+    world: tuple[netns.Cluster, fakekube.FakeKube],
+) -> None:
+    """web needs api (scale-to-zero/dependencies); api has an HPA. Idle everywhere: web goes
+    down before api, and api's HPA is suspended (its spec saved on the Deployment). The leader
+    is SIGKILLed; a packet to web through a survivor makes the NEW leader wake api, then web,
+    and re-create the HPA with exactly the spec it had."""
+    cluster, kube = world
+    for obj in (*workload("web", ZERO, annotations={policy.DEPENDENCIES: "api"}),
+                *workload("api", API_IP, annotations={policy.HPA_ENABLED: "true",
+                                                      policy.HPA_NAME: "api-cpu"})):
+        kube.create_object(obj)
+    kube.create_object({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+                        "metadata": {"name": "api-cpu", "namespace": "default"},
+                        "spec": HPA_SPEC})
+    cluster.start()
+    old, _ = await nc.enforcing(cluster)
+    async with endpoints_following(kube, ("web", "api")):
+        await nc.until("web and api scaled down", lambda: (
+            replicas_of(kube, "web"), replicas_of(kube, "api")) == (0, 0), timeout=SCALE_DEADLINE)
+        assert scale_writes(kube) == ["web", "api"], "api went down before web"
+        assert kube.get_object("horizontalpodautoscalers", "api-cpu") is None
+        api = kube.get_object("deployments", "api")
+        assert api is not None and "gossip-agent/suspended-hpa" in api["metadata"]["annotations"]
+        await nc.tables_are(cluster, {nc.key(ZERO): 0, nc.key(API_IP): 0},
+                            what="web and api at 0 in every node's map")
+
+        assert cluster.kill_agent(old) == -signal.SIGKILL
+        survivors = [n for n in cluster.nodes if n is not old]
+        _, reply = await localcluster.find_leader([n.api_address for n in survivors],
+                                                  timeout=nc.START_DEADLINE)
+        assert reply.leader_node != old.name
+        cluster.send_from_pod(survivors[0], ZERO, port=nc.PORT, count=5)
+        await nc.until("web woken by the new leader", lambda: replicas_of(kube, "web") == 1,
+                       timeout=SCALE_DEADLINE)
+        assert scale_writes(kube)[2:] == ["api", "web"], "web woke before api"
+        assert replicas_of(kube, "api") == 1
+        await nc.until("api's HPA re-created", lambda: kube.get_object(
+            "horizontalpodautoscalers", "api-cpu") is not None, timeout=SCALE_DEADLINE)
+    hpa = kube.get_object("horizontalpodautoscalers", "api-cpu")
+    assert hpa is not None and hpa["spec"] == HPA_SPEC
+    api = kube.get_object("deployments", "api")
+    assert api is not None
+    assert "gossip-agent/suspended-hpa" not in (api["metadata"].get("annotations") or {})

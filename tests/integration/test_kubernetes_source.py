@@ -281,15 +281,15 @@ async def test_only_the_leader_watches_and_a_follower_makes_no_api_calls(
     source.follow(office)
     async with watching(source) as published:
         await asyncio.sleep(0)  # let the source start: following, it must not call the API
-        assert source.read() is None
+        assert source.read() is None and not source.synced
         assert fake_kube.request_count(resource="services") == 0
         office.set(True)
         await published.until({"default/web": 0}, "the table once leading")
-        assert source.read() is not None
+        assert source.read() is not None and source.synced  # the scaler trusts its inventory
         office.set(False)
         await until(lambda: not source_threads(),
                     "the source's watch threads to end after stepping down")
-        assert source.read() is None  # a later term starts from a fresh list
+        assert source.read() is None and not source.synced  # a later term lists afresh
         calls = fake_kube.request_count()
         fake_kube.create_object(service("api"))
         office.set(True)

@@ -85,6 +85,7 @@ class World:
         self.live = ["a", "b", "c"]
         self.leading = True
         self.proven = True
+        self.known = True  # the source has listed every Service this term
 
 
 @pytest.fixture
@@ -104,8 +105,9 @@ def kube_workloads(api_factory: Callable[[], Any]) -> Iterator[kube.KubeWorkload
 def make_scaler(world: World, wl: workloads.Workloads, clock: Clock, *,
                 recorder: telemetry.Recorder | None = None) -> loop.Scaler:
     return loop.Scaler(
-        targets=lambda: world.targets, ready=lambda: world.ready, live_nodes=lambda: world.live,
-        leading=lambda: world.leading, proven=lambda: world.proven, workloads=wl,
+        targets=lambda: world.targets, targets_known=lambda: world.known,
+        ready=lambda: world.ready, live_nodes=lambda: world.live, leading=lambda: world.leading,
+        proven=lambda: world.proven, workloads=wl,
         timing=loop.Timing(cooldown_ns=5 * S, window_ns=10 * S, round_interval=0.05),
         telemetry=recorder or telemetry.Recorder(), clock=clock)
 
@@ -256,8 +258,9 @@ async def test_a_followers_loop_looks_at_the_lease_once_a_round_and_acts_on_taki
         return world.leading
 
     scaler = loop.Scaler(
-        targets=lambda: world.targets, ready=lambda: world.ready, live_nodes=lambda: world.live,
-        leading=leading, proven=lambda: world.proven, workloads=kube_workloads,
+        targets=lambda: world.targets, targets_known=lambda: world.known,
+        ready=lambda: world.ready, live_nodes=lambda: world.live, leading=leading,
+        proven=lambda: world.proven, workloads=kube_workloads,
         timing=loop.Timing(cooldown_ns=5 * S, window_ns=10 * S, round_interval=0.05),
         telemetry=telemetry.Recorder(), clock=Clock())
     async with running(scaler):
@@ -270,6 +273,32 @@ async def test_a_followers_loop_looks_at_the_lease_once_a_round_and_acts_on_taki
         world.leading = True
         scaler.scale_up(request(10))
         await until(lambda: replicas(fake_kube, "api") == 1, "api scaled up by the new leader")
+
+
+async def test_a_request_before_the_sources_first_list_is_held_then_acted_on(
+        fake_kube: fakekube.FakeKube, kube_workloads: kube.KubeWorkloads,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A new leader's source has not listed the Services yet, so the request's ClusterIP is
+    unknown: it is held (the reporting node was acknowledged and will not ask again), and acted
+    on once the list is complete. After that, an unknown ClusterIP is dropped with a warning."""
+    fake_kube.create_object(deployment("api", replicas=0))
+    world = World([])
+    world.known = False
+    scaler = make_scaler(world, kube_workloads, Clock())
+    since = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="gossip_agent.scaler"):
+        async with running(scaler):
+            scaler.scale_up(request(10))
+            await rounds(scaler)
+            assert scale_patches(fake_kube, since) == [] and "no opted-in" not in caplog.text
+            world.targets = {10: target("api", 10)}
+            world.ready[10] = 0
+            world.known = True
+            await until(lambda: replicas(fake_kube, "api") == 1, "the held request acted on")
+            scaler.scale_up(request(99))
+            await until(lambda: "no opted-in Service has that ClusterIP" in caplog.text,
+                        "the unknown ClusterIP dropped once the list is complete")
+    assert scale_patches(fake_kube, since) == ["api"]
 
 
 async def test_dependencies_are_scaled_up_first_in_the_annotated_order(
