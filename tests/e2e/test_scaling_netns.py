@@ -82,187 +82,6 @@ def world(tmp_path: Path) -> Iterator[tuple[netns.Cluster, fakekube.FakeKube]]:
             os.rmdir(BPFFS_ROOT)
 
 
-def objects(replicas: int) -> list[dict[str, Any]]:
-    return [
-        {"apiVersion": "apps/v1", "kind": "Deployment",
-         "metadata": {"name": "web", "namespace": "default"},
-         "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
-                  "template": {"metadata": {"labels": {"app": "web"}},
-                               "spec": {"containers": [{"name": "web", "image": "x"}]}}}},
-        {"apiVersion": "v1", "kind": "Service",
-         "metadata": {"name": "web", "namespace": "default", "annotations": {
-             services.REFERENCE: "deployment/web", services.SCALE_DOWN_TIME: str(IDLE)}},
-         "spec": {"clusterIP": ZERO, "ports": [{"port": nc.PORT, "protocol": "UDP"}]}},
-        endpoint_slice(replicas),
-    ]
-
-
-def endpoint_slice(ready: int) -> dict[str, Any]:
-    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": "web-a", "namespace": "default",
-                         "labels": {services.SERVICE_NAME_LABEL: "web"}},
-            "addressType": "IPv4", "ports": [{"port": nc.PORT}],
-            "endpoints": [{"addresses": [f"10.0.0.{i + 1}"], "conditions": {"ready": True}}
-                          for i in range(ready)]}
-
-
-def replicas(kube: fakekube.FakeKube) -> int:
-    obj = kube.get_object("deployments", "web")
-    assert obj is not None
-    return int(obj["spec"]["replicas"])
-
-
-def scale_patches(kube: fakekube.FakeKube) -> int:
-    return kube.request_count(verb="patch", resource="deployments/scale")
-
-
-@contextlib.asynccontextmanager
-async def endpoint_controller(kube: fakekube.FakeKube) -> Any:
-    """The EndpointSlice follows the Deployment's replicas, as pods become ready."""
-
-    async def follow() -> None:
-        shown = replicas(kube)
-        while True:
-            now = replicas(kube)
-            if now != shown:
-                kube.delete_object("endpointslices", "web-a")
-                kube.create_object(endpoint_slice(now))
-                shown = now
-            await asyncio.sleep(0.05)
-
-    task = asyncio.create_task(follow(), name="e2e.endpoint-controller")
-    try:
-        yield
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-
-async def keep_sending(cluster: netns.Cluster, node: netns.Node, seconds: float) -> None:
-    """Traffic through `node` only: a datagram to the service every 0.1 s for `seconds`."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        cluster.send_from_pod(node, ZERO, port=nc.PORT, count=1)
-        await asyncio.sleep(0.1)
-
-
-async def test_a_burst_through_every_node_is_one_scale_up_and_one_node_s_traffic_keeps_it_up(
-    world: tuple[netns.Cluster, fakekube.FakeKube],
-) -> None:
-    cluster, kube = world
-    for obj in objects(replicas=0):
-        kube.create_object(obj)
-    cluster.start()
-    await nc.enforcing(cluster)
-    await nc.tables_are(cluster, {nc.key(ZERO): 0}, what=f"{ZERO}=0 in every node's map",
-                        timeout=nc.START_DEADLINE)
-    async with endpoint_controller(kube):
-        # A burst to the sleeping service through all nodes at once.
-        for node in cluster.nodes:
-            cluster.send_from_pod(node, ZERO, port=nc.PORT, count=50)
-        await nc.until("web scaled up", lambda: replicas(kube) == 1, timeout=SCALE_DEADLINE)
-        await nc.tables_are(cluster, {nc.key(ZERO): 1}, what=f"{ZERO}=1 in every node's map")
-        for node in cluster.nodes:
-            assert nc.probe(cluster, node) == nc.PROBES, f"{node.name} dropped a woken service"
-        assert scale_patches(kube) == 1, "more than one scale-up PATCH for one burst"
-
-        # Traffic through node-0 only, for twice the idle time: never scaled down, although
-        # node-1 and node-2 see nothing at all.
-        await keep_sending(cluster, cluster.nodes[0], seconds=2 * IDLE + 2)
-        assert replicas(kube) == 1 and scale_patches(kube) == 1
-        # Traffic stops everywhere: exactly one scale-down after the idle time.
-        stopped = time.monotonic()
-        await nc.until("web scaled down", lambda: replicas(kube) == 0, timeout=SCALE_DEADLINE)
-        assert time.monotonic() - stopped >= IDLE - 0.5  # not before the idle time
-        await nc.tables_are(cluster, {nc.key(ZERO): 0}, what=f"{ZERO}=0 again everywhere")
-        await asyncio.sleep(1.0)  # a few more rounds: nothing more is written
-        assert scale_patches(kube) == 2
-
-
-async def follower_state(leader_api: str, follower: netns.Node) -> str:
-    """How the leader's membership sees `follower` now ("alive", "suspect", "dead"...)."""
-    reply = await localcluster.call(leader_api, "ListPeers", pb.ListPeersRequest())
-    assert isinstance(reply, pb.ListPeersResponse)
-    states = [p.state for p in reply.peers if p.node == follower.name]
-    return states[0] if states else "unlisted"
-
-
-async def test_a_node_whose_agent_is_down_blocks_scale_down_until_it_is_declared_dead(
-    world: tuple[netns.Cluster, fakekube.FakeKube],
-) -> None:
-    cluster, kube = world
-    for obj in objects(replicas=1):
-        kube.create_object(obj)
-    cluster.start()
-    leader, leader_api = await nc.enforcing(cluster)
-    await nc.tables_are(cluster, {nc.key(ZERO): 1}, what=f"{ZERO}=1 in every node's map",
-                        timeout=nc.START_DEADLINE)
-    follower = next(n for n in cluster.nodes if n is not leader)
-    cluster.kill_agent(follower)
-    # Idle everywhere, one agent down. Sampled throughout: while the leader's membership does
-    # not count it dead, web stays up (missing facts are not idleness); then web goes down
-    # exactly once, on the two live nodes' facts.
-    started = time.monotonic()
-    deadline = started + 4 * SCALE_DEADLINE
-    seen_dead = False
-    while replicas(kube) != 0:
-        state = await follower_state(leader_api, follower)
-        seen_dead = seen_dead or state == "dead"
-        if time.monotonic() > deadline:
-            pytest.fail(f"web never scaled down; {follower.name} is {state} at the leader")
-        await asyncio.sleep(0.05)
-    assert seen_dead or await follower_state(leader_api, follower) == "dead", (
-        f"scaled down while {follower.name} (down, no reports) was not declared dead")
-    assert scale_patches(kube) == 1
-    # The leader's one log line for it names the facts: the two live nodes, not the dead one.
-    text = nc._tail(leader.log_path, lines=10_000)
-    (line,) = [x for x in text.splitlines() if "scaled deployment/default/web from 1 to 0" in x]
-    assert "idle on all 2 live node(s)" in line and follower.name not in line, line
-    assert time.monotonic() - started >= IDLE - 0.5
-
-
-async def test_after_a_leader_change_one_node_s_traffic_still_keeps_the_service_up(
-    world: tuple[netns.Cluster, fakekube.FakeKube],
-) -> None:
-    """The new leader trusts no fact from before its term: it waits one report window and then
-    needs every live node's own summary. Traffic through one follower keeps the service up
-    across the change (a leader that counted missing facts as idleness would scale it down);
-    when the traffic stops, the new leader scales it down exactly once, on all three nodes'
-    facts (the old leader's agent restarted as a follower)."""
-    cluster, kube = world
-    for obj in objects(replicas=1):
-        kube.create_object(obj)
-    cluster.start()
-    old, _ = await nc.enforcing(cluster)
-    await nc.tables_are(cluster, {nc.key(ZERO): 1}, what=f"{ZERO}=1 in every node's map",
-                        timeout=nc.START_DEADLINE)
-    sender = next(n for n in cluster.nodes if n is not old)
-    traffic = asyncio.create_task(keep_sending(cluster, sender, seconds=3600),
-                                  name="e2e.traffic")
-    try:
-        await asyncio.sleep(1.0)  # the old leader has the sender's facts
-        assert cluster.kill_agent(old) == -signal.SIGKILL
-        survivors = [n.api_address for n in cluster.nodes if n is not old]
-        _, reply = await localcluster.find_leader(survivors, timeout=nc.START_DEADLINE)
-        new = cluster.node(reply.leader_node)
-        assert new is not old
-        cluster.start_agent(old)  # back as a follower: three live nodes again
-        # Past the new leader's window and twice the idle time, with traffic through one node.
-        await asyncio.sleep(2 * IDLE + 2.0)
-        assert replicas(kube) == 1 and scale_patches(kube) == 0, "scaled down a served service"
-    finally:
-        traffic.cancel()
-        await asyncio.gather(traffic, return_exceptions=True)
-    stopped = time.monotonic()
-    await nc.until("web scaled down by the new leader", lambda: replicas(kube) == 0,
-                   timeout=SCALE_DEADLINE)
-    assert time.monotonic() - stopped >= IDLE - 0.5
-    assert scale_patches(kube) == 1
-    (line,) = [x for x in nc._tail(new.log_path, lines=10_000).splitlines()
-               if "scaled deployment/default/web from 1 to 0" in x]
-    assert "idle on all 3 live node(s)" in line, line
-
-
 API_IP = "10.96.0.11"  # the api Service web depends on (never probed: only its map value counts)
 HPA_SPEC = {
     "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "api"},
@@ -272,19 +91,21 @@ HPA_SPEC = {
 }
 
 
-def workload(name: str, ip: str, *, annotations: dict[str, str]) -> list[dict[str, Any]]:
+def workload(name: str, ip: str, *, replicas: int = 1,
+             annotations: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """An opted-in Service at `ip` whose Deployment has `replicas`, all ready."""
     return [
         {"apiVersion": "apps/v1", "kind": "Deployment",
          "metadata": {"name": name, "namespace": "default"},
-         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+         "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
                   "template": {"metadata": {"labels": {"app": name}},
                                "spec": {"containers": [{"name": name, "image": "x"}]}}}},
         {"apiVersion": "v1", "kind": "Service",
          "metadata": {"name": name, "namespace": "default", "annotations": {
              services.REFERENCE: f"deployment/{name}", services.SCALE_DOWN_TIME: str(IDLE),
-             **annotations}},
+             **(annotations or {})}},
          "spec": {"clusterIP": ip, "ports": [{"port": nc.PORT, "protocol": "UDP"}]}},
-        slice_of(name, ready=1),
+        slice_of(name, ready=replicas),
     ]
 
 
@@ -330,6 +151,154 @@ def scale_writes(kube: fakekube.FakeKube) -> list[str]:
     """The deployment of every /scale PATCH, in the order the API server took them."""
     return [r.name for r in list(kube.requests)
             if r.verb == "patch" and r.resource == "deployments/scale"]
+
+
+def objects(replicas: int) -> list[dict[str, Any]]:
+    return workload("web", ZERO, replicas=replicas)
+
+
+def replicas(kube: fakekube.FakeKube) -> int:
+    return replicas_of(kube, "web")
+
+
+def scale_patches(kube: fakekube.FakeKube) -> int:
+    return kube.request_count(verb="patch", resource="deployments/scale")
+
+
+async def web_up(cluster: netns.Cluster, kube: fakekube.FakeKube) -> tuple[netns.Node, str]:
+    """Starts the cluster with web at 1 replica; returns the leader once every map holds it."""
+    for obj in objects(replicas=1):
+        kube.create_object(obj)
+    cluster.start()
+    leader, leader_api = await nc.enforcing(cluster)
+    await nc.tables_are(cluster, {nc.key(ZERO): 1}, what=f"{ZERO}=1 in every node's map",
+                        timeout=nc.START_DEADLINE)
+    return leader, leader_api
+
+
+async def scale_down_lines(leader: netns.Node) -> list[str]:
+    """The leader's log lines for web's scale-down. The agent logs once the PATCH is answered,
+    so the line may come a moment after the API server shows 0 replicas: wait for it."""
+
+    def lines() -> list[str]:
+        return [x for x in nc._tail(leader.log_path, lines=10_000).splitlines()
+                if "scaled deployment/default/web from 1 to 0" in x]
+
+    await nc.until(f"the scale-down in {leader.name}'s log", lines, timeout=10.0)
+    return lines()
+
+
+async def keep_sending(cluster: netns.Cluster, node: netns.Node, seconds: float) -> None:
+    """Traffic through `node` only: a datagram to the service every 0.1 s for `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        cluster.send_from_pod(node, ZERO, port=nc.PORT, count=1)
+        await asyncio.sleep(0.1)
+
+
+async def test_a_burst_through_every_node_is_one_scale_up_and_one_node_s_traffic_keeps_it_up(
+    world: tuple[netns.Cluster, fakekube.FakeKube],
+) -> None:
+    cluster, kube = world
+    for obj in objects(replicas=0):
+        kube.create_object(obj)
+    cluster.start()
+    await nc.enforcing(cluster)
+    await nc.tables_are(cluster, {nc.key(ZERO): 0}, what=f"{ZERO}=0 in every node's map",
+                        timeout=nc.START_DEADLINE)
+    async with endpoints_following(kube, ("web",)):
+        # A burst to the sleeping service through all nodes at once.
+        for node in cluster.nodes:
+            cluster.send_from_pod(node, ZERO, port=nc.PORT, count=50)
+        await nc.until("web scaled up", lambda: replicas(kube) == 1, timeout=SCALE_DEADLINE)
+        await nc.tables_are(cluster, {nc.key(ZERO): 1}, what=f"{ZERO}=1 in every node's map")
+        for node in cluster.nodes:
+            assert nc.probe(cluster, node) == nc.PROBES, f"{node.name} dropped a woken service"
+        assert scale_patches(kube) == 1, "more than one scale-up PATCH for one burst"
+
+        # Traffic through node-0 only, for twice the idle time: never scaled down, although
+        # node-1 and node-2 see nothing at all.
+        await keep_sending(cluster, cluster.nodes[0], seconds=2 * IDLE + 2)
+        assert replicas(kube) == 1 and scale_patches(kube) == 1
+        # Traffic stops everywhere: exactly one scale-down after the idle time.
+        stopped = time.monotonic()
+        await nc.until("web scaled down", lambda: replicas(kube) == 0, timeout=SCALE_DEADLINE)
+        assert time.monotonic() - stopped >= IDLE - 0.5  # not before the idle time
+        await nc.tables_are(cluster, {nc.key(ZERO): 0}, what=f"{ZERO}=0 again everywhere")
+        await asyncio.sleep(1.0)  # a few more rounds: nothing more is written
+        assert scale_patches(kube) == 2
+
+
+async def follower_state(leader_api: str, follower: netns.Node) -> str:
+    """How the leader's membership sees `follower` now ("alive", "suspect", "dead"...)."""
+    reply = await localcluster.call(leader_api, "ListPeers", pb.ListPeersRequest())
+    assert isinstance(reply, pb.ListPeersResponse)
+    states = [p.state for p in reply.peers if p.node == follower.name]
+    return states[0] if states else "unlisted"
+
+
+async def test_a_node_whose_agent_is_down_blocks_scale_down_until_it_is_declared_dead(
+    world: tuple[netns.Cluster, fakekube.FakeKube],
+) -> None:
+    cluster, kube = world
+    leader, leader_api = await web_up(cluster, kube)
+    follower = next(n for n in cluster.nodes if n is not leader)
+    cluster.kill_agent(follower)
+    # Idle everywhere, one agent down. Sampled throughout: while the leader's membership does
+    # not count it dead, web stays up (missing facts are not idleness); then web goes down
+    # exactly once, on the two live nodes' facts.
+    started = time.monotonic()
+    deadline = started + 4 * SCALE_DEADLINE
+    seen_dead = False
+    while replicas(kube) != 0:
+        state = await follower_state(leader_api, follower)
+        seen_dead = seen_dead or state == "dead"
+        if time.monotonic() > deadline:
+            pytest.fail(f"web never scaled down; {follower.name} is {state} at the leader")
+        await asyncio.sleep(0.05)
+    assert seen_dead or await follower_state(leader_api, follower) == "dead", (
+        f"scaled down while {follower.name} (down, no reports) was not declared dead")
+    assert scale_patches(kube) == 1
+    # The leader's one log line for it names the facts: the two live nodes, not the dead one.
+    (line,) = await scale_down_lines(leader)
+    assert "idle on all 2 live node(s)" in line and follower.name not in line, line
+    assert time.monotonic() - started >= IDLE - 0.5
+
+
+async def test_after_a_leader_change_one_node_s_traffic_still_keeps_the_service_up(
+    world: tuple[netns.Cluster, fakekube.FakeKube],
+) -> None:
+    """The new leader trusts no fact from before its term: it waits one report window and then
+    needs every live node's own summary. Traffic through one follower keeps the service up
+    across the change (a leader that counted missing facts as idleness would scale it down);
+    when the traffic stops, the new leader scales it down exactly once, on all three nodes'
+    facts (the old leader's agent restarted as a follower)."""
+    cluster, kube = world
+    old, _ = await web_up(cluster, kube)
+    sender = next(n for n in cluster.nodes if n is not old)
+    traffic = asyncio.create_task(keep_sending(cluster, sender, seconds=3600),
+                                  name="e2e.traffic")
+    try:
+        await asyncio.sleep(1.0)  # the old leader has the sender's facts
+        assert cluster.kill_agent(old) == -signal.SIGKILL
+        survivors = [n.api_address for n in cluster.nodes if n is not old]
+        _, reply = await localcluster.find_leader(survivors, timeout=nc.START_DEADLINE)
+        new = cluster.node(reply.leader_node)
+        assert new is not old
+        cluster.start_agent(old)  # back as a follower: three live nodes again
+        # Past the new leader's window and twice the idle time, with traffic through one node.
+        await asyncio.sleep(2 * IDLE + 2.0)
+        assert replicas(kube) == 1 and scale_patches(kube) == 0, "scaled down a served service"
+    finally:
+        traffic.cancel()
+        await asyncio.gather(traffic, return_exceptions=True)
+    stopped = time.monotonic()
+    await nc.until("web scaled down by the new leader", lambda: replicas(kube) == 0,
+                   timeout=SCALE_DEADLINE)
+    assert time.monotonic() - stopped >= IDLE - 0.5
+    assert scale_patches(kube) == 1
+    (line,) = await scale_down_lines(new)
+    assert "idle on all 3 live node(s)" in line, line
 
 
 async def test_dependencies_wake_first_and_the_hpa_comes_back_after_a_leader_change(
