@@ -10,7 +10,8 @@ this sandbox, which kernels from 5.11 do not need for BPF maps) is left out and 
 
 Checked:
 - with the component's capabilities, every node attaches the program on its pod veth, drops
-  packets to a service at 0, counts them, and its scale-up requests reach the leader;
+  packets to a service at 0, counts them, and its scale-up requests reach the leader; a
+  restarted agent replaces its predecessor's program atomically and keeps dropping;
 - with the base's capabilities, an agent asked to attach the program cannot load it (so the
   cut-down set is real and the component's additions are needed), while maps only work.
 """
@@ -20,10 +21,12 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import signal
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import grpc.aio
 import pytest
 
 from gossip_agent import localcluster
@@ -125,6 +128,21 @@ async def test_agents_with_exactly_the_xdp_components_capabilities_attach_drop_a
         await nc.until("a scale-up request from every node at the leader",
                        lambda: watch.nodes(nc.ZERO) == {n.name for n in cluster.nodes},
                        timeout=nc.CONVERGE_DEADLINE)
+    # A rolling update: the restarted agent swaps its predecessor's program for its own in
+    # one step (found by id, which also takes SYS_ADMIN), with the same capabilities.
+    restarted = next(n for n in cluster.nodes if n is not leader)
+    assert cluster.kill_agent(restarted, signal.SIGTERM) == 0
+    cluster.start_agent(restarted)
+    await nc.until(f"{restarted.name}'s program replaced atomically", lambda: replaced(restarted),
+                   timeout=nc.START_DEADLINE)
+    assert nc.probe(cluster, restarted) == 0, "the restarted node let a packet to 0 pass"
+
+
+async def replaced(node: netns.Node) -> bool:
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        reply = await nc.get_dataplane(node)
+        return any(i.name == node.veth and i.status == "replaced" for i in reply.interfaces)
+    return False
 
 
 async def test_the_bases_capabilities_keep_maps_but_cannot_load_the_program(
