@@ -1,6 +1,7 @@
 """The main job on one machine: a cluster of gossip-agent processes on loopback.
 
-    tools/local_cluster.py --nodes 5            live view of every agent; Ctrl-C stops them all
+    tools/local_cluster.py --nodes 5            live view of every agent; Ctrl-C (or SIGTERM,
+                                                SIGHUP) stops them all
     tools/local_cluster.py --nodes 5 --check    make a change through the leader, wait until
                                                 every agent's map holds it, print one JSON line
 
@@ -19,15 +20,19 @@ import json
 import os
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from gossip_agent import localcluster
 from gossip_agent.security import tls
 from gossip_agent.v1 import gossip_pb2 as pb
 
 CHECK_IP = "10.96.0.10"
+T = TypeVar("T")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -137,8 +142,48 @@ async def live_view(cluster: localcluster.LocalCluster) -> None:
         await asyncio.sleep(1.0)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+_signalled: list[int] = []  # stop signals that arrived while no event loop was running
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGHUP (`timeout`, `kill`, a closed terminal) stop the agents as Ctrl-C does.
+    By default they end this process without running its `finally`, and the agents, each in a
+    session of its own, went on running. Outside the event loop the handler only records the
+    signal (raising from it could land inside grpc's C core); inside, stoppable() ends the
+    work."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda signum, frame: _signalled.append(signum))
+
+
+async def stoppable(work: Coroutine[Any, Any, T]) -> T | None:
+    """work's result, or None if a stop signal came first (before or while it ran)."""
+    loop = asyncio.get_running_loop()
+    stopped = asyncio.Event()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stopped.set)
+    try:
+        if _signalled:
+            work.close()
+            return None
+        task = asyncio.create_task(work, name="local-cluster.work")
+        waiter = asyncio.create_task(stopped.wait(), name="local-cluster.signal")
+        await asyncio.wait((task, waiter), return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return None
+    finally:
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+        stop_on_signals()  # the agents' shutdown that follows is not cut short either
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    stop_on_signals()
     log_dir = args.log_dir or tempfile.mkdtemp(prefix="gossip-agent-logs-")
     root = choose_root(args)
     cluster = localcluster.LocalCluster(
@@ -152,11 +197,15 @@ def main(argv: list[str] | None = None) -> int:
     cluster.start()
     try:
         if args.check:
-            result = asyncio.run(check(cluster, args.timeout))
+            result = asyncio.run(stoppable(check(cluster, args.timeout)))
+            if result is None:
+                print("local_cluster.py: stopped by a signal before the check ended",
+                      file=sys.stderr)
+                return 1
             print(json.dumps(result))
             return 0 if result["converged"] else 1
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(live_view(cluster))
+            asyncio.run(stoppable(live_view(cluster)))
         return 0
     except TimeoutError as exc:
         print(json.dumps({"nodes": args.nodes, "converged": False, "error": str(exc),

@@ -88,15 +88,9 @@ def require_bpf() -> None:
 def kill_stragglers(root: str) -> None:
     """SIGKILLs every process whose environment names this test's unique lease directory: only
     agents this test started (directly or through tools/local_cluster.py) can match."""
-    marker = f"BPF_LEASE_DIR={root}".encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            with open(f"/proc/{entry}/environ", "rb") as handle:
-                environ = handle.read().split(b"\0")
-            if marker in environ:
-                os.kill(int(entry), signal.SIGKILL)
+    for pid in agent_pids(root):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def log_tail(path: str, lines: int = 25) -> str:
@@ -640,6 +634,56 @@ def test_local_cluster_check_prints_a_converged_json_summary_last(
     assert len(values) == 1 and None not in values, values
     for i in range(3):
         assert pin_version(os.path.join(e2e_root, f"node-{i}"))[0] >= summary["term"]
+
+
+@pytest.mark.parametrize(("sig", "when"), [(signal.SIGTERM, "live view"),
+                                           (signal.SIGHUP, "start-up")],
+                         ids=["sigterm-in-live-view", "sighup-at-start-up"])
+def test_local_cluster_stops_its_agents_when_terminated(
+    e2e_root: str, tmp_path: Path, sig: signal.Signals, when: str,
+) -> None:
+    """`make demo` stopped by `timeout`, `kill` or a closed terminal takes its agents with it
+    (they run in sessions of their own, so nothing else would stop them): while it shows the
+    live view, and as soon as its agents exist (before its event loop runs)."""
+    command = [sys.executable, str(REPO / "tools" / "local_cluster.py"), "--nodes", "2",
+               "--root", e2e_root, "--log-dir", str(tmp_path / "tool-logs")]
+    tool = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(agent_pids(e2e_root)) < 2:
+            assert tool.poll() is None, f"local_cluster.py exited {tool.returncode}"
+            assert time.monotonic() < deadline, "the demo's 2 agents never started"
+            time.sleep(0.1)
+        if when == "live view":
+            assert tool.stdout is not None
+            first = tool.stdout.readline()  # the view's header: its loop is running
+            assert first.startswith("NODE"), first
+        tool.send_signal(sig)
+        out, err = tool.communicate(timeout=30)
+    finally:
+        if tool.poll() is None:
+            tool.kill()
+            tool.communicate()
+    assert tool.returncode == 0, f"exit {tool.returncode}\nstdout: {out[-2000:]}\nstderr: {err}"
+    assert agent_pids(e2e_root) == [], "agents outlived the demo that started them"
+
+
+def agent_pids(root: str) -> list[int]:
+    """Running processes whose environment names this test's lease directory (its agents)."""
+    marker = f"BPF_LEASE_DIR={root}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                environ = handle.read().split(b"\0")
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                zombie = handle.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+            if marker in environ and not zombie:
+                found.append(int(entry))
+    return found
 
 
 async def test_file_source_edits_reach_every_map_and_a_broken_file_changes_nothing(
