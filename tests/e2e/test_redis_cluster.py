@@ -26,6 +26,8 @@ import pytest
 
 from gossip_agent import localcluster
 from gossip_agent import localredis as redisserver
+from gossip_agent.core import snapshots, versions
+from gossip_agent.gossip import mirror
 from tests.conftest import require
 from tests.e2e.test_local_cluster import (
     Agent,
@@ -42,6 +44,7 @@ from tests.e2e.test_local_cluster import (
     version,
     version_recorder,
     wait_exit,
+    wait_serving,
 )
 
 pytestmark = pytest.mark.e2e
@@ -271,6 +274,30 @@ async def test_redis_del_and_flushall_force_new_elections_at_higher_terms_maps_n
     assert_never_backwards(versions)
     assert_one_leader_per_term(leaders)
     assert version(second.version) > version(first.version)
+
+
+async def test_a_cold_cluster_warm_starts_from_the_redis_mirror_above_its_term(
+    redis_server: redisserver.RedisServer, redis_env: dict[str, str],
+    start_cluster: Callable[..., localcluster.LocalCluster], clients: Clients,
+) -> None:
+    """New nodes (no pins) and a Redis that kept only the mirror (no lease keys, no fencing
+    counter): the first leader publishes the mirrored table, at a term above the mirror's, and
+    never an empty one first (the election and the warm-start read race at start-up)."""
+    document = mirror.document_of(snapshots.build(
+        version=versions.Version(6, 3), leader="old", leader_address="",
+        entries={key("10.96.0.7"): 5, key("10.96.0.8"): 0}, names={}))
+    cli(redis_server, "SET", f"{redis_env['REDIS_KEY_PREFIX']}service_list", document)
+    cluster = start_cluster(3, redis_env)
+    await wait_serving(clients, cluster.agents, timeout=60)
+    async with version_recorder(clients, cluster.agents) as versions_seen:
+        address, reply = await localcluster.find_leader(
+            [a.address for a in cluster.agents], timeout=30)
+        assert reply.term > 6, f"{address} leads at term {reply.term}, not above the mirror's"
+        await until("every map to hold the mirror's table", pins_hold(
+            cluster.agents, {key("10.96.0.7"): 5, key("10.96.0.8"): 0}, (7, 1)), timeout=15)
+    assert_never_backwards(versions_seen)
+    for agent in cluster.agents:  # the mirrored table, never an empty one, in every map
+        assert pin_table(agent.pin_dir) == {key("10.96.0.7"): 5, key("10.96.0.8"): 0}
 
 
 async def test_redis_mirror_shows_the_leaders_snapshot_and_every_nodes_heartbeat(
