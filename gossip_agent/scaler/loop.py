@@ -102,6 +102,11 @@ class Scaler:
 
     def scale_up(self, request: source_base.ScaleUp) -> None:
         self.telemetry.scale_requested(result=RECEIVED)
+        if request.service_ip in self._requests:
+            # One waiting request per service (so held ones cannot pile up): this one is
+            # answered by the one already queued.
+            self.telemetry.scale_requested(result=COALESCED)
+            return
         self._requests.append(request.service_ip)
         self._wake.set()
 

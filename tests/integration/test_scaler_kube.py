@@ -288,9 +288,11 @@ async def test_a_request_before_the_sources_first_list_is_held_then_acted_on(
     since = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="gossip_agent.scaler"):
         async with running(scaler):
-            scaler.scale_up(request(10))
+            for node in ("a", "b", "c") * 100:  # nodes keep asking while it is held
+                scaler.scale_up(request(10, node))
             await rounds(scaler)
             assert scale_patches(fake_kube, since) == [] and "no opted-in" not in caplog.text
+            assert len(scaler._requests) == 1, "held requests for one service piled up"
             world.targets = {10: target("api", 10)}
             world.ready[10] = 0
             world.known = True
