@@ -170,6 +170,7 @@ async def stoppable(work: Coroutine[Any, Any, T]) -> T | None:
         waiter = asyncio.create_task(stopped.wait(), name="local-cluster.signal")
         await asyncio.wait((task, waiter), return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
         if task.done():
             return task.result()
         task.cancel()

@@ -32,30 +32,14 @@ import pytest
 from gossip_agent import localcluster
 from gossip_agent.testing import netns
 from tests.e2e import test_netns_cluster as nc
-from tests.unit import test_docs_and_manifests as docs
+from tests.unit import test_manifests as manifests
 
 pytestmark = pytest.mark.e2e
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 PREFIX = "gaxc"
 BPFFS_ROOT = "/sys/fs/bpf/gossip-agent-netns-gaxc"
 # Capability numbers (linux/capability.h) of the names Kubernetes manifests use.
 CAPABILITIES = {"NET_ADMIN": 12, "SYS_ADMIN": 21, "SYS_RESOURCE": 24, "PERFMON": 38, "BPF": 39}
-
-
-def rendered_container(tmp_path: pathlib.Path, *, component: bool) -> dict[str, Any]:
-    """The gossip-agent container of the configmap overlay, with k8s/components/xdp or not."""
-    lines = ["apiVersion: kustomize.config.k8s.io/v1beta1", "kind: Kustomization",
-             "resources:",
-             f"  - {os.path.relpath(ROOT / 'k8s' / 'overlays' / 'configmap', tmp_path)}"]
-    if component:
-        lines += ["components:",
-                  f"  - {os.path.relpath(ROOT / 'k8s' / 'components' / 'xdp', tmp_path)}"]
-    (tmp_path / "kustomization.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (daemonset,) = [o for o in docs.kustomize(tmp_path) if o["kind"] == "DaemonSet"]
-    (agent,) = daemonset["spec"]["template"]["spec"]["containers"]
-    assert isinstance(agent, dict)
-    return agent
 
 
 def granted(agent: dict[str, Any]) -> list[str]:
@@ -111,9 +95,8 @@ def build(clusters: list[netns.Cluster], tmp_path: pathlib.Path, nodes: int, *,
 async def test_agents_with_exactly_the_xdp_components_capabilities_attach_drop_and_report(
     clusters: list[netns.Cluster], tmp_path: pathlib.Path,
 ) -> None:
-    agent = rendered_container(tmp_path, component=True)
-    env = docs.resolve_env(agent["env"], {"spec.nodeName": "n", "status.podIP": "10.0.0.1",
-                                          "metadata.namespace": "gossip-agent"})
+    objects = manifests.with_component("configmap", "xdp")
+    agent, env = manifests.container(objects), manifests.pod_env(objects)
     assert netns.XDP_GLOB in env["XDP_INTERFACES"].split(",")  # the harness's pod veths match
     cluster = build(clusters, tmp_path, 2, wrapper=setpriv(granted(agent)),
                     xdp_interfaces=env["XDP_INTERFACES"])
@@ -148,7 +131,7 @@ async def replaced(node: netns.Node) -> bool:
 async def test_the_bases_capabilities_keep_maps_but_cannot_load_the_program(
     clusters: list[netns.Cluster], tmp_path: pathlib.Path,
 ) -> None:
-    capabilities = granted(rendered_container(tmp_path, component=False))
+    capabilities = granted(manifests.container(manifests.rendered("configmap")))
     assert "NET_ADMIN" not in capabilities and "SYS_ADMIN" not in capabilities
     refused = build(clusters, tmp_path, 1, wrapper=setpriv(capabilities),
                     xdp_interfaces=netns.XDP_GLOB)
