@@ -103,11 +103,12 @@ def kube_workloads(api_factory: Callable[[], Any]) -> Iterator[kube.KubeWorkload
 
 
 def make_scaler(world: World, wl: workloads.Workloads, clock: Clock, *,
-                recorder: telemetry.Recorder | None = None) -> loop.Scaler:
+                recorder: telemetry.Recorder | None = None,
+                leading: Callable[[], bool] | None = None) -> loop.Scaler:
     return loop.Scaler(
         targets=lambda: world.targets, targets_known=lambda: world.known,
-        ready=lambda: world.ready, live_nodes=lambda: world.live, leading=lambda: world.leading,
-        proven=lambda: world.proven, workloads=wl,
+        ready=lambda: world.ready, live_nodes=lambda: world.live,
+        leading=leading or (lambda: world.leading), proven=lambda: world.proven, workloads=wl,
         timing=loop.Timing(cooldown_ns=5 * S, window_ns=10 * S, round_interval=0.05),
         telemetry=recorder or telemetry.Recorder(), clock=clock)
 
@@ -257,12 +258,7 @@ async def test_a_followers_loop_looks_at_the_lease_once_a_round_and_acts_on_taki
         looks += 1
         return world.leading
 
-    scaler = loop.Scaler(
-        targets=lambda: world.targets, targets_known=lambda: world.known,
-        ready=lambda: world.ready, live_nodes=lambda: world.live, leading=leading,
-        proven=lambda: world.proven, workloads=kube_workloads,
-        timing=loop.Timing(cooldown_ns=5 * S, window_ns=10 * S, round_interval=0.05),
-        telemetry=telemetry.Recorder(), clock=Clock())
+    scaler = make_scaler(world, kube_workloads, Clock(), leading=leading)
     async with running(scaler):
         await asyncio.sleep(0.5)  # ten rounds
         # One look per round, give or take a wake-up; a spinning loop looks thousands of times.

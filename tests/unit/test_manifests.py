@@ -407,15 +407,10 @@ HPA_RIGHTS = {
      for kind in ("deployments", "statefulsets") for verb in ("get", "patch")}
 
 
-def test_the_hpa_component_adds_exactly_the_hpa_rights(tmp_path: pathlib.Path) -> None:
+def test_the_hpa_component_adds_exactly_the_hpa_rights() -> None:
     """An overlay with k8s/components/hpa (for scale-to-zero/hpa-enabled Services) gets the
     rights to suspend and restore HPAs on top of its own, and nothing else."""
-    (tmp_path / "kustomization.yaml").write_text(
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
-        f"resources:\n  - {os.path.relpath(K8S / 'overlays' / 'configmap', tmp_path)}\n"
-        f"components:\n  - {os.path.relpath(K8S / 'components' / 'hpa', tmp_path)}\n",
-        encoding="utf-8")  # kustomize takes relative paths only
-    with_hpa = granted(kustomize(tmp_path))
+    with_hpa = granted(with_component("configmap", "hpa"))
     assert with_hpa == SOURCE_RIGHTS | CONFIGMAP_RIGHTS | HPA_RIGHTS
 
 
