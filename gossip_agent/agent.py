@@ -224,7 +224,10 @@ class Agent:
             rpc_timeout=cfg.gossip.rpc_timeout, rng=self.rng, beats=self.beats,
             telemetry=self.observer.telemetry,
         )
-        self.engine.proof = proof_mod.TermProof(lease=self.lease, on_refused=self._unproven)
+        self.engine.proof = proof_mod.TermProof(
+            lease=self.lease, on_refused=self._unproven,
+            mirrored=(mirror_mod.pair_of(self.lease)
+                      if isinstance(self.lease, mirror_mod.Sink) else None))
         self.leadership = leader_mod.Leadership(
             engine=self.engine, lease=self.lease, source=self.source,
             timing=leader_mod.Timing(

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, runtime_checkable
 
 from gossip_agent import errors
@@ -105,6 +106,23 @@ def snapshot_of(document: str) -> snapshots.Snapshot:
     if claimed != snapshot.content_hash:
         raise errors.SnapshotInvalid("mirror document's table does not match its content_hash")
     return snapshot
+
+
+def pair_of(sink: Sink) -> Callable[[], Awaitable[tuple[int, str] | None]]:
+    """Reads the (term, leader) of the snapshot `sink` mirrors (None: none, or unreadable):
+    the term proof's second witness (gossip.proof)."""
+
+    async def read() -> tuple[int, str] | None:
+        document = await sink.read_mirror()
+        if document is None:
+            return None
+        try:
+            snapshot = snapshot_of(document)
+        except errors.SnapshotInvalid:
+            return None
+        return snapshot.version.term, snapshot.leader
+
+    return read
 
 
 class Mirror:

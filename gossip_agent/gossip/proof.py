@@ -15,6 +15,13 @@ recreated ConfigMap: the peers' terms are above the record, and the leader must 
 them); it bounds what a lying member can do to the epoch: each leadership step moves it at
 most CLAIM_SLACK up, against 2^63 of room.
 
+One more witness, for a cold cluster's warm start: a former leader's last snapshot, which the
+backend keeps as the mirror (gossip.mirror, written only by the holder of that term's lease).
+Agents adopt it from the backend at start-up and relay it to peers that have not read it yet;
+those peers find its pair in the mirror (one more read, on a record miss only) instead of
+refusing it with an error line each. It adds no trust: the mirror lives in the same backend,
+writable by the same credentials as the record.
+
 What this stops: a member with a valid certificate that is not the leader, or a replayed or
 forged message, pushing a snapshot with a made-up term (say 2^62) that every agent would
 adopt and never leave. What remains trusted: whoever can write the lease backend (Redis
@@ -29,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from gossip_agent import errors
 from gossip_agent.leases import base as lease_base
@@ -43,12 +50,17 @@ MAX_REMEMBERED = 256
 # terms than a cluster's backend could lose in a restart, a negligible part of 2^63.
 CLAIM_SLACK = 1 << 20
 
+# Reads the (term, leader) of the snapshot the backend mirrors, or None (gossip.mirror.pair_of).
+Mirrored = Callable[[], Awaitable[tuple[int, str] | None]]
+
 
 class TermProof:
     def __init__(self, *, lease: lease_base.Lease,
-                 on_refused: Callable[[], None] = lambda: None) -> None:
+                 on_refused: Callable[[], None] = lambda: None,
+                 mirrored: Mirrored | None = None) -> None:
         self.lease = lease
         self.on_refused = on_refused
+        self.mirrored = mirrored  # None: the backend keeps no mirror
         self.highest = 0  # the highest term the record has shown
         self._proven: collections.OrderedDict[tuple[int, str], str] = collections.OrderedDict()
         self._refused: collections.OrderedDict[tuple[int, str], str] = collections.OrderedDict()
@@ -66,24 +78,25 @@ class TermProof:
             return
         reason = self._refused.get(pair)
         if reason is None:
-            record = await self.lease.read()  # LeaseUnavailable: refused this time, retried later
-            reason = self._judge(pair, record)
+            # LeaseUnavailable from either read: refused this time, retried later.
+            reason = self._judge(pair, await self.lease.read())
+            if reason and self.mirrored is not None and await self.mirrored() == pair:
+                reason = ""
+            _remember(self._refused if reason else self._proven, pair, reason)
         if reason:
             self._refuse(pair, reason, sender=sender)
 
     def _judge(self, pair: tuple[int, str], record: lease_base.LeaseRecord | None) -> str:
+        """"" when the record shows the pair, else why not."""
         term, leader = pair
         if record is not None:
             self.highest = max(self.highest, record.term)
             if record.term == term and record.holder and record.node == leader:
-                _remember(self._proven, pair, "")
                 return ""
         shown = (f"term {record.term} held by {record.node or 'nobody'}" if record is not None
                  else "no record")
-        reason = (f"term {term} of leader {leader or '?'} is not proven by the "
-                  f"{self.lease.backend} lease record ({shown}); not adopted")
-        _remember(self._refused, pair, reason)
-        return reason
+        return (f"term {term} of leader {leader or '?'} is not proven by the "
+                f"{self.lease.backend} lease record ({shown}); not adopted")
 
     def _refuse(self, pair: tuple[int, str], reason: str, *, sender: str) -> None:
         self.on_refused()

@@ -282,7 +282,8 @@ async def test_a_cold_cluster_warm_starts_from_the_redis_mirror_above_its_term(
 ) -> None:
     """New nodes (no pins) and a Redis that kept only the mirror (no lease keys, no fencing
     counter): the first leader publishes the mirrored table, at a term above the mirror's, and
-    never an empty one first (the election and the warm-start read race at start-up)."""
+    never an empty one first (the election and the warm-start read race at start-up); no agent
+    refuses the mirrored snapshot when a peer relays it."""
     document = mirror.document_of(snapshots.build(
         version=versions.Version(6, 3), leader="old", leader_address="",
         entries={key("10.96.0.7"): 5, key("10.96.0.8"): 0}, names={}))
@@ -298,6 +299,10 @@ async def test_a_cold_cluster_warm_starts_from_the_redis_mirror_above_its_term(
     assert_never_backwards(versions_seen)
     for agent in cluster.agents:  # the mirrored table, never an empty one, in every map
         assert pin_table(agent.pin_dir) == {key("10.96.0.7"): 5, key("10.96.0.8"): 0}
+        # A peer relaying the mirrored snapshot before this agent read the mirror itself is
+        # proven by the mirror, not refused as an unproven term (an ERROR line per peer).
+        refusals = [x for x in log_tail(agent.log_path, 400).splitlines() if "refused" in x]
+        assert not refusals, refusals
 
 
 async def test_redis_mirror_shows_the_leaders_snapshot_and_every_nodes_heartbeat(

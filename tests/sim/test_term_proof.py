@@ -1,5 +1,5 @@
 """gossip/proof.py over the in-memory lease: one backend read per new (term, leader) pair,
-refusals remembered, bare term claims bounded."""
+refusals remembered, bare term claims bounded, the backend's mirror as a second witness."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import asyncio
 import pytest
 
 from gossip_agent import errors
-from gossip_agent.gossip import proof
+from gossip_agent.core import snapshots, versions
+from gossip_agent.gossip import mirror, proof
 from gossip_agent.leases import base, memory
 
 pytestmark = pytest.mark.sim
@@ -70,3 +71,34 @@ async def test_bare_claims_are_believed_only_within_the_slack_or_once_the_record
     checker.claimed(1 << 40, accept=accepted.append)
     await asyncio.wait_for(checker.pending_claim, timeout=2.0)
     assert accepted[-1] == 1 << 40
+
+
+async def test_a_pair_the_backends_mirror_shows_is_proven_and_nothing_else_is() -> None:
+    """A cold cluster's warm start: agents relay the mirrored snapshot of a former leader (term
+    6, "old") that no lease record shows; a peer finds it in the mirror instead of refusing it.
+    A pair neither the record nor the mirror shows is still refused, and read once."""
+    lease, checker = await leader_at(7)
+    sink = mirror.MemorySink()
+    sink.document = mirror.document_of(snapshots.build(
+        version=versions.Version(6, 3), leader="old", leader_address="", entries={1: 1},
+        names={}))
+    mirror_reads: list[None] = []
+
+    async def mirrored() -> tuple[int, str] | None:
+        mirror_reads.append(None)
+        return await mirror.pair_of(sink)()
+
+    checker.mirrored = mirrored
+    for _ in range(3):
+        await checker.check(term=6, leader="old", sender="ipv4:10.0.0.2:1")
+    assert checker.known(term=6, leader="old") and (lease.reads, len(mirror_reads)) == (1, 1)
+    await checker.check(term=7, leader="node-a", sender="x")  # the record proves: no mirror read
+    assert len(mirror_reads) == 1
+    for term, leader in ((6, "rogue"), (1 << 62, "old")):
+        for _ in range(2):
+            with pytest.raises(errors.TermUnproven, match=f"term {term} of leader {leader}"):
+                await checker.check(term=term, leader=leader, sender="ipv4:10.0.0.9:2")
+    assert (lease.reads, len(mirror_reads)) == (4, 3)  # one of each per new pair
+    sink.document = "{not json"
+    with pytest.raises(errors.TermUnproven):  # an unreadable mirror proves nothing
+        await checker.check(term=5, leader="old", sender="x")
