@@ -87,7 +87,7 @@ class TermProof:
             self._refuse(pair, reason, sender=sender)
 
     def _judge(self, pair: tuple[int, str], record: lease_base.LeaseRecord | None) -> str:
-        """"" when the record shows the pair, else why not."""
+        """Empty when the record shows the pair, else why it does not."""
         term, leader = pair
         if record is not None:
             self.highest = max(self.highest, record.term)
