@@ -46,6 +46,7 @@ from gossip_agent import agent as agent_mod
 from gossip_agent import localcluster
 from gossip_agent.dataplane import bpfmap, bpfsys, layout
 from gossip_agent.leases import bpffs
+from gossip_agent.testing import netns
 from gossip_agent.v1 import gossip_pb2 as pb
 from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc
 from tests.conftest import require
@@ -670,20 +671,9 @@ def test_local_cluster_stops_its_agents_when_terminated(
 
 
 def agent_pids(root: str) -> list[int]:
-    """Running processes whose environment names this test's lease directory (its agents)."""
-    marker = f"BPF_LEASE_DIR={root}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            with open(f"/proc/{entry}/environ", "rb") as handle:
-                environ = handle.read().split(b"\0")
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                zombie = handle.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-            if marker in environ and not zombie:
-                found.append(int(entry))
-    return found
+    """Running processes whose environment names this test's lease directory (its agents; an
+    exited one, even unreaped, has no environment left to match)."""
+    return netns.marked_processes(f"BPF_LEASE_DIR={root}")
 
 
 async def test_file_source_edits_reach_every_map_and_a_broken_file_changes_nothing(

@@ -36,6 +36,7 @@ import pytest
 
 from gossip_agent import localcluster
 from gossip_agent.core import policy, services
+from gossip_agent.scaler import workloads
 from gossip_agent.testing import fakekube, netns
 from gossip_agent.v1 import gossip_pb2 as pb
 from tests.e2e import test_netns_cluster as nc
@@ -114,8 +115,8 @@ def slice_of(name: str, *, ready: int) -> dict[str, Any]:
             "metadata": {"name": f"{name}-a", "namespace": "default",
                          "labels": {services.SERVICE_NAME_LABEL: name}},
             "addressType": "IPv4", "ports": [{"port": nc.PORT}],
-            "endpoints": [{"addresses": [f"10.0.{len(name)}.{i + 1}"],
-                           "conditions": {"ready": True}} for i in range(ready)]}
+            "endpoints": [{"addresses": [f"10.0.0.{i + 1}"], "conditions": {"ready": True}}
+                          for i in range(ready)]}
 
 
 def replicas_of(kube: fakekube.FakeKube, name: str) -> int:
@@ -162,7 +163,7 @@ def replicas(kube: fakekube.FakeKube) -> int:
 
 
 def scale_patches(kube: fakekube.FakeKube) -> int:
-    return kube.request_count(verb="patch", resource="deployments/scale")
+    return len(scale_writes(kube))
 
 
 async def web_up(cluster: netns.Cluster, kube: fakekube.FakeKube) -> tuple[netns.Node, str]:
@@ -324,7 +325,7 @@ async def test_dependencies_wake_first_and_the_hpa_comes_back_after_a_leader_cha
         assert scale_writes(kube) == ["web", "api"], "api went down before web"
         assert kube.get_object("horizontalpodautoscalers", "api-cpu") is None
         api = kube.get_object("deployments", "api")
-        assert api is not None and "gossip-agent/suspended-hpa" in api["metadata"]["annotations"]
+        assert api is not None and workloads.SUSPENDED_HPA in api["metadata"]["annotations"]
         await nc.tables_are(cluster, {nc.key(ZERO): 0, nc.key(API_IP): 0},
                             what="web and api at 0 in every node's map")
 
@@ -344,4 +345,4 @@ async def test_dependencies_wake_first_and_the_hpa_comes_back_after_a_leader_cha
     assert hpa is not None and hpa["spec"] == HPA_SPEC
     api = kube.get_object("deployments", "api")
     assert api is not None
-    assert "gossip-agent/suspended-hpa" not in (api["metadata"].get("annotations") or {})
+    assert workloads.SUSPENDED_HPA not in (api["metadata"].get("annotations") or {})
