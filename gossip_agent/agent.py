@@ -18,6 +18,7 @@ import gc
 import logging
 import random
 import signal
+from collections.abc import Callable
 from typing import Any
 
 import grpc.aio
@@ -163,8 +164,15 @@ def open_scaling(cfg: config_mod.Config, agent: Agent) -> scaler_service.Scaling
         factory = lambda: kube.KubeWorkloads(api_factory=k8s_source.api)  # noqa: E731
     return scaler_service.Scaling(
         cfg=cfg.scaling, engine=agent.engine, leadership=agent.leadership,
-        scale_ups=agent.scale_ups, stats=stats, listed=lambda: plane.read().keys(),
-        source=source, workloads_factory=factory)
+        scale_ups=agent.scale_ups, stats=stats, blind=blindness_of(agent.enforcer),
+        listed=lambda: plane.read().keys(), source=source, workloads_factory=factory)
+
+
+def blindness_of(enforcer: enforcer_mod.Enforcer | None) -> Callable[[], str]:
+    """Why this node cannot count its traffic (scaler.service's `blind`)."""
+    if enforcer is None:
+        return lambda: f"{enforcer_mod.NO_PROGRAM}: no BPF data plane, nothing is enforced"
+    return enforcer.blindness
 
 
 def open_source(cfg: config_mod.Config) -> source_base.Source:
@@ -254,6 +262,7 @@ class Agent:
             forward_timeout=cfg.gossip.write_ack_timeout + 2 * cfg.gossip.rpc_timeout,
             streams=self.streams, scale_hub=self.scale_ups.hub,
             policy=self.security.policy, security_note=self.security.note,
+            scaling_status=self.scaling.status,
         )
         self.dataplane_service = dataplane_api.DataPlaneService(
             node=cfg.node.name, plane=self.dataplane, enforcer=self.enforcer,
@@ -292,7 +301,7 @@ class Agent:
         await server_mod.set_health(self.health, serving=self.security.files is not None,
                                     names=(server_mod.TLS_HEALTH,))
         await self.observer.start(leadership=self.leadership, scale_events=self.scale_events,
-                                  enforcer=self.enforcer)
+                                  enforcer=self.enforcer, scaling=self.scaling.status)
         await self._first_discovery()
         self._spawn(antientropy.run(self.engine, interval=self.cfg.gossip.interval,
                                     rng=self.rng), "gossip.anti-entropy")

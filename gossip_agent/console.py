@@ -12,6 +12,8 @@ agent's named tasks; this module adds the agent's commands to aiomonitor's click
                         rejections, pushes, exchanges, bytes
     dataplane [-n N]    map kind and path, entries in the map now, last apply time, repairs,
                         the last N map writes
+    scaling             whether this node counts its traffic (or why it is blind), and on the
+                        leader why each awake Service may or may not be scaled down
     anti-entropy [--peer ADDR]   run one anti-entropy round now (with a map check) and show it
 
 aiomonitor serves the console (AIOMONITOR_PORT), a web UI (AIOMONITOR_WEBUI_PORT) and, only when
@@ -36,7 +38,7 @@ import click
 from aiomonitor.termui import commands as aiomonitor_commands
 
 from gossip_agent.api import probes
-from gossip_agent.core import snapshots
+from gossip_agent.core import scaling, snapshots
 from gossip_agent.dataplane import enforcer as enforcer_mod
 from gossip_agent.dataplane import events
 from gossip_agent.gossip import antientropy
@@ -63,6 +65,7 @@ class AgentMonitor(aiomonitor.Monitor):
     timers: dict[str, float]
     scale_events: events.EventHub
     enforcer: enforcer_mod.Enforcer | None
+    scaling: scaling.Status
     failure: BaseException | None = None
 
     def _ui_main(self) -> None:
@@ -82,6 +85,7 @@ class AgentMonitor(aiomonitor.Monitor):
 def start(
     *, leadership: leader_mod.Leadership, ports: Ports, timers: dict[str, float],
     scale_events: events.EventHub, enforcer: enforcer_mod.Enforcer | None,
+    scaling: scaling.Status,
 ) -> AgentMonitor:
     """Starts the console thread on the running loop; close() it at shutdown. Raises OSError
     naming the variable when a port cannot be bound."""
@@ -101,6 +105,7 @@ def start(
     monitor.timers = timers
     monitor.scale_events = scale_events
     monitor.enforcer = enforcer
+    monitor.scaling = scaling
     monitor.start()
     if monitor.failure is not None:
         raise OSError(f"aiomonitor console on {ports.host}: {monitor.failure}")
@@ -332,6 +337,28 @@ def _xdp_rows(enforcer: enforcer_mod.Enforcer | None) -> list[str]:
         detail = f" ({state.detail})" if state.detail else ""
         rows.append(_row("  interface", f"{state.name} {state.status} {state.mode}{detail}"))
     return rows
+
+
+# -- scaling --------------------------------------------------------------------------------
+
+
+@_command("scaling")
+def do_scaling(ctx: click.Context) -> None:
+    """Whether this node counts its traffic, and the leader's scale-down verdicts"""
+    _run(ctx, render_scaling)
+
+
+async def render_scaling(monitor: AgentMonitor) -> str:
+    status = monitor.scaling
+    lines = [_row("this node", f"blind: {status.blind}" if status.blind
+                  else "counts its traffic")]
+    if not monitor.leadership.leading:
+        lines.append(_row("verdicts", "none here: the leader decides scale-downs"))
+    elif not status.outlooks:
+        lines.append(_row("verdicts", "no awake opted-in Service (or no round yet)"))
+    for outlook in status.outlooks:
+        lines.append(f"  {status.describe(outlook)}")
+    return "\n".join(lines)
 
 
 # -- anti-entropy now -----------------------------------------------------------------------

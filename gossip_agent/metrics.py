@@ -26,6 +26,7 @@ from prometheus_client import exposition, registry
 
 from gossip_agent import telemetry
 from gossip_agent.core import peers
+from gossip_agent.core import scaling as scaling_mod
 from gossip_agent.dataplane import enforcer as enforcer_mod
 from gossip_agent.dataplane import events
 from gossip_agent.gossip import engine as engine_mod
@@ -95,12 +96,13 @@ class Metrics:
 
     def watch(
         self, *, leadership: leader_mod.Leadership, node: str, scale_events: events.EventHub,
-        enforcer: enforcer_mod.Enforcer | None,
+        enforcer: enforcer_mod.Enforcer | None, scaling: scaling_mod.Status,
     ) -> None:
         """Adds the scrape-time series of one agent (call once)."""
         self._acquired.labels(backend=leadership.lease.backend)
         self.registry.register(AgentCollector(leadership=leadership, node=node))
         self.registry.register(XdpCollector(scale_events=scale_events, enforcer=enforcer))
+        self.registry.register(ScalingCollector(scaling))
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """The exposition in the format the scraper asked for, and its content type."""
@@ -218,6 +220,29 @@ class XdpCollector(registry.Collector):
         for (status, mode), count in sorted(counts.items()):
             interfaces.add_metric([status, mode], count)
         yield interfaces
+
+
+class ScalingCollector(registry.Collector):
+    """Whether this node is blind, and (leader) why awake Services are not scaled down."""
+
+    def __init__(self, status: scaling_mod.Status) -> None:
+        self._status = status
+
+    def collect(self) -> Iterator[prom_core.Metric]:
+        yield _gauge("blind", "1 while this node cannot count its traffic (no program of ours "
+                     "loaded, or an interface failed or carries another program): the leader "
+                     "scales nothing down meanwhile. The reason is in GetState.",
+                     1 if self._status.blind else 0)
+        blocked = prom_core.GaugeMetricFamily(
+            f"{PREFIX}_scale_down_blocked", "On the leader: awake opted-in Services whose "
+            "scale-down the last round refused, by cause (office, no-live, silent, stale, "
+            "blind, no-facts, traffic, scaled-up). Sentences in GetState.", labels=["cause"])
+        counts = dict.fromkeys(scaling_mod.CAUSES, 0)
+        for outlook in self._status.blocked():
+            counts[outlook.verdict.cause] = counts.get(outlook.verdict.cause, 0) + 1
+        for cause, count in counts.items():
+            blocked.add_metric([cause], count)
+        yield blocked
 
 
 def _gauge(name: str, documentation: str, value: float) -> prom_core.Metric:

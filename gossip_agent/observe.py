@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from gossip_agent import config as config_mod
 from gossip_agent import telemetry as telemetry_mod
+from gossip_agent.core import scaling as scaling_mod
 from gossip_agent.gossip import leader as leader_mod
 
 if TYPE_CHECKING:
@@ -65,24 +66,25 @@ class Observer:
 
     async def start(
         self, *, leadership: leader_mod.Leadership, scale_events: events.EventHub,
-        enforcer: enforcer_mod.Enforcer | None,
+        enforcer: enforcer_mod.Enforcer | None, scaling: scaling_mod.Status,
     ) -> None:
-        """scale_events and enforcer: the node's XDP side (events read, interfaces, program)."""
+        """scale_events and enforcer: the node's XDP side (events read, interfaces, program);
+        scaling: whether this node is blind and the leader's scale-down verdicts."""
         observe = self._cfg.observe
         if self.metrics is not None:
             from gossip_agent import metrics
 
             self.metrics.watch(leadership=leadership, node=self._cfg.node.name,
-                               scale_events=scale_events, enforcer=enforcer)
+                               scale_events=scale_events, enforcer=enforcer, scaling=scaling)
             server = metrics.MetricsServer(self.metrics)
             await server.start(host=observe.metrics_host, port=observe.metrics_port)
             self.metrics_server = server
         if observe.monitor_port:
-            self.monitor = self._start_console(leadership, scale_events, enforcer)
+            self.monitor = self._start_console(leadership, scale_events, enforcer, scaling)
 
     def _start_console(
         self, leadership: leader_mod.Leadership, scale_events: events.EventHub,
-        enforcer: enforcer_mod.Enforcer | None,
+        enforcer: enforcer_mod.Enforcer | None, scaling: scaling_mod.Status,
     ) -> console.AgentMonitor:
         from gossip_agent import console
 
@@ -93,7 +95,7 @@ class Observer:
             python_enabled=observe.python_console,
         )
         monitor = console.start(leadership=leadership, ports=ports, scale_events=scale_events,
-                                enforcer=enforcer, timers={
+                                enforcer=enforcer, scaling=scaling, timers={
             "renew_interval": self._cfg.lease.renew_interval,
             "retry_interval": self._cfg.lease.retry_interval,
         })

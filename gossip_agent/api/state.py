@@ -17,7 +17,7 @@ import grpc.aio
 from gossip_agent import errors
 from gossip_agent.api import scale, status
 from gossip_agent.api import streams as streams_mod
-from gossip_agent.core import snapshots, versions
+from gossip_agent.core import scaling, snapshots, versions
 from gossip_agent.gossip import engine as engine_mod
 from gossip_agent.gossip import leader as leader_mod
 from gossip_agent.gossip import transport as transport_mod
@@ -34,6 +34,14 @@ FORWARDED = "x-gossip-agent-forwarded"
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
+def outlook_to_pb(outlook: scaling.Outlook) -> pb.ScaleDownOutlook:
+    verdict = outlook.verdict
+    return pb.ScaleDownOutlook(
+        service=outlook.name, ip=snapshots.format_ip(outlook.service), allowed=verdict.allowed,
+        cause=verdict.cause,
+        reason=f"scale-down {'allowed' if verdict.allowed else 'blocked'}: {verdict.reason}")
+
+
 class StateService(pb_grpc.StateServicer):
     def __init__(
         self,
@@ -47,11 +55,13 @@ class StateService(pb_grpc.StateServicer):
         scale_hub: scale_hub_mod.Hub | None = None,
         policy: identity.Policy | None = None,
         security_note: str = "",
+        scaling_status: scaling.Status | None = None,
     ) -> None:
         # Who may write (security/identity.py); None: nobody is checked (plaintext).
         self.policy = policy or identity.Policy(enforced=False, admins=frozenset(),
                                                 member_name="")
         self.security_note = security_note  # e.g. "plaintext": shown in GetLeader
+        self.scaling = scaling_status or scaling.Status()  # blindness, scale-down verdicts
         self.engine = engine
         self.scale_hub = scale_hub or scale_hub_mod.Hub()
         self.leadership = leadership
@@ -80,6 +90,8 @@ class StateService(pb_grpc.StateServicer):
             map_path=engine.dataplane.location,
             map_max_entries=engine.dataplane.max_entries,
             max_term_seen=engine.max_term_seen,
+            blind=self.scaling.blind,
+            scale_down=[outlook_to_pb(o) for o in self.scaling.outlooks],
         )
 
     async def ListPeers(

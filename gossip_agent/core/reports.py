@@ -51,6 +51,9 @@ class Report:
     requests: tuple[Request, ...]
     # The node's traffic summary (core.traffic), None when this report carries none.
     summary: tuple[traffic.Fact, ...] | None = None
+    # With a summary: why the node cannot count its traffic ("" when it can). A blind node's
+    # summary carries no facts, and the leader blocks every scale-down while it is live.
+    blind: str = ""
 
 
 class ReportQueue:
@@ -64,6 +67,7 @@ class ReportQueue:
         self._in_flight_services: frozenset[int] = frozenset()
         self._seq = 0
         self._summary: tuple[traffic.Fact, ...] | None = None  # waiting for the next report
+        self._blind = ""  # the waiting summary's blindness
         self.absorbed = 0  # events folded into an existing request (for stats and tests)
 
     def add(self, request: Request) -> bool:
@@ -80,11 +84,13 @@ class ReportQueue:
         self._pending[request.service_ip] = request
         return True
 
-    def offer_summary(self, summary: tuple[traffic.Fact, ...]) -> None:
+    def offer_summary(self, summary: tuple[traffic.Fact, ...], *, blind: str = "") -> None:
         """A traffic summary for the next report; a newer one replaces one still waiting (its
         ages are fresher; the older one's packet deltas are lost, which only costs statistics).
+        A blind summary (`blind` says why) carries no facts.
         """
-        self._summary = summary
+        self._summary = () if blind else summary
+        self._blind = blind
 
     def next_report(self) -> Report | None:
         """The report to send now: the one in flight (a retry, unchanged), else a new one with
@@ -96,8 +102,10 @@ class ReportQueue:
         taken = list(self._pending)[: self._max]
         requests = tuple(self._pending.pop(service) for service in taken)
         self._seq += 1
-        self._in_flight = Report(self._seq, requests, self._summary)
+        self._in_flight = Report(self._seq, requests, self._summary,
+                                 self._blind if self._summary is not None else "")
         self._summary = None
+        self._blind = ""
         self._in_flight_services = frozenset(taken)
         return self._in_flight
 

@@ -14,8 +14,14 @@ Scale-down of a service with idle time T is allowed at leader time `now` only wh
 2. every live node (membership's view, this leader included) has a summary received within the
    window: a silent node blocks (missing facts never count as idleness) until it reports or
    membership declares it dead;
-3. that summary has a fact for the service (a node that does not list it yet says nothing);
-4. no node's fact dates traffic after `now - T`, and no scale-up was made after `now - T`.
+3. no live node's latest summary says it is blind: a node whose XDP program cannot count its
+   traffic (no program of ours loaded, or an interface it should watch failed or carries a
+   foreign program) sends no facts and says why, and "saw nothing" from it means nothing;
+4. that summary has a fact for the service (a node that does not list it yet says nothing);
+5. no node's fact dates traffic after `now - T`, and no scale-up was made after `now - T`.
+
+Each refusal carries a cause (CAUSES), so operators see why a service stays up (GetState's
+scale_down, the console's `scaling`, gossip_agent_scale_down_blocked{cause}).
 
 Scale-up: the leader acts at most once per service per cool-down (SCALE_UP_COOLDOWN), however
 many nodes and packets asked; the scaler additionally acts only when the workload's /scale
@@ -33,6 +39,11 @@ from gossip_agent.core import traffic
 
 NS = 1_000_000_000
 
+# Why a scale-down is refused, one word each (metric label values; GetState shows the sentence).
+OFFICE, NO_LIVE, SILENT, STALE, BLIND, NO_FACTS, TRAFFIC, SCALED_UP = (
+    "office", "no-live", "silent", "stale", "blind", "no-facts", "traffic", "scaled-up")
+CAUSES = (OFFICE, NO_LIVE, SILENT, STALE, BLIND, NO_FACTS, TRAFFIC, SCALED_UP)
+
 
 @dataclasses.dataclass(frozen=True)
 class NodeSummary:
@@ -43,6 +54,7 @@ class NodeSummary:
     last_traffic_ns: dict[int, int]  # service -> leader-clock time of the node's last packet
     passed: dict[int, int]  # service -> packets passed in that summary
     dropped: dict[int, int]
+    blind: str = ""  # why the node cannot count its traffic; "" when it can
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +63,7 @@ class Verdict:
 
     allowed: bool
     reason: str
+    cause: str = ""  # one of CAUSES when refused, "" when allowed
 
 
 class ClusterFacts:
@@ -62,14 +75,17 @@ class ClusterFacts:
         self._nodes: dict[str, NodeSummary] = {}
         self._scaled_up: dict[int, int] = {}  # service -> leader time of its last scale-up
 
-    def record(self, *, node: str, facts: Iterable[traffic.Fact], now_ns: int) -> None:
-        """A node's summary arrived now; it replaces that node's previous one."""
-        facts = tuple(facts)
+    def record(self, *, node: str, facts: Iterable[traffic.Fact], now_ns: int,
+               blind: str = "") -> None:
+        """A node's summary arrived now; it replaces that node's previous one. A blind node's
+        facts (it should send none) are ignored: they would only be zeros it did not see."""
+        facts = () if blind else tuple(facts)
         self._nodes[node] = NodeSummary(
             node=node, received_ns=now_ns,
             last_traffic_ns={f.service_ip: now_ns - f.idle_ns for f in facts},
             passed={f.service_ip: f.passed for f in facts},
             dropped={f.service_ip: f.dropped for f in facts},
+            blind=blind,
         )
 
     def forget(self, node: str) -> None:
@@ -98,37 +114,42 @@ class ClusterFacts:
         in_office = now_ns - self.took_office_ns
         if in_office < self.window_ns:
             return Verdict(False, f"leader in office {in_office / NS:.1f}s, waiting one report "
-                                  f"window ({self.window_ns / NS:.1f}s)")
+                                  f"window ({self.window_ns / NS:.1f}s)", OFFICE)
         live = sorted(set(live_nodes))
         if not live:
-            return Verdict(False, "no live node is known")
+            return Verdict(False, "no live node is known", NO_LIVE)
         for node in live:
             blocked = self._node_blocks(node, service=service, idle_ns=idle_ns, now_ns=now_ns)
-            if blocked:
-                return Verdict(False, blocked)
+            if blocked is not None:
+                return blocked
         scaled_up = self._scaled_up.get(service)
         if scaled_up is not None and now_ns - scaled_up < idle_ns:
-            return Verdict(False, f"scaled up {(now_ns - scaled_up) / NS:.1f}s ago")
+            return Verdict(False, f"scaled up {(now_ns - scaled_up) / NS:.1f}s ago", SCALED_UP)
         last = self.last_traffic(service)
         quiet = ("no traffic seen" if last is None
                  else f"last traffic {(now_ns - last) / NS:.1f}s ago")
         return Verdict(True, f"idle on all {len(live)} live node(s) ({', '.join(live)}): {quiet}, "
                              f"idle time {idle_ns / NS:.0f}s")
 
-    def _node_blocks(self, node: str, *, service: int, idle_ns: int, now_ns: int) -> str:
+    def _node_blocks(self, node: str, *, service: int, idle_ns: int,
+                     now_ns: int) -> Verdict | None:
+        """The refusal this node's facts impose on the service, None when they allow it."""
         summary = self._nodes.get(node)
         if summary is None:
-            return f"node {node} has not reported to this leader"
+            return Verdict(False, f"node {node} has not reported to this leader", SILENT)
         age = now_ns - summary.received_ns
         if age > self.window_ns:
-            return (f"node {node} last reported {age / NS:.1f}s ago "
-                    f"(window {self.window_ns / NS:.1f}s)")
+            return Verdict(False, f"node {node} last reported {age / NS:.1f}s ago "
+                                  f"(window {self.window_ns / NS:.1f}s)", STALE)
+        if summary.blind:
+            return Verdict(False, f"node {node} is blind ({summary.blind})", BLIND)
         last = summary.last_traffic_ns.get(service)
         if last is None:
-            return f"node {node} reported no facts for the service"
+            return Verdict(False, f"node {node} reported no facts for the service", NO_FACTS)
         if now_ns - last < idle_ns:
-            return f"node {node} saw traffic {(now_ns - last) / NS:.1f}s ago"
-        return ""
+            return Verdict(False, f"node {node} saw traffic {(now_ns - last) / NS:.1f}s ago",
+                           TRAFFIC)
+        return None
 
 
 class CoolDown:
@@ -145,3 +166,32 @@ class CoolDown:
             return False
         self._last[service] = now_ns
         return True
+
+
+@dataclasses.dataclass(frozen=True)
+class Outlook:
+    """The leader's latest verdict on one awake opted-in service."""
+
+    name: str  # "namespace/name"
+    service: int  # its SERVICE_LIST key
+    verdict: Verdict
+
+
+class Status:
+    """What operators see of scaling on one agent (GetState, the console's `scaling`, metrics).
+
+    Written by the agent's own loops, read at any time: `blind` by the traffic summariser on
+    every agent, `outlooks` by the leader's scale-down round (empty on followers)."""
+
+    def __init__(self) -> None:
+        self.blind = ""  # why this node cannot count its traffic; "" when it can
+        self.outlooks: tuple[Outlook, ...] = ()
+
+    def blocked(self) -> tuple[Outlook, ...]:
+        return tuple(o for o in self.outlooks if not o.verdict.allowed)
+
+    def describe(self, outlook: Outlook) -> str:
+        """One line per service, e.g. "default/web: scale-down blocked: node b is blind (...)"."""
+        if outlook.verdict.allowed:
+            return f"{outlook.name}: scale-down allowed: {outlook.verdict.reason}"
+        return f"{outlook.name}: scale-down blocked: {outlook.verdict.reason}"

@@ -24,6 +24,8 @@ from gossip_agent.dataplane import bpfmap, events, interfaces, xdp
 log = logging.getLogger("gossip_agent.xdp")
 
 HEARTBEAT_MAX_INTERVAL = 10.0  # seconds; a refresh is one map write
+# The start of every "blind" reason of a node with no program of ours (GetState, logs).
+NO_PROGRAM = "no counting program"
 
 
 def heartbeat_interval(fail_open_after: float) -> float:
@@ -50,6 +52,7 @@ class Enforcer:
         self.hub = hub
         self.interfaces: dict[str, xdp.InterfaceState] = {}
         self.program: xdp.Program | None = None
+        self.scanned = False  # the interfaces were looked at once (sync ran)
 
     @classmethod
     def build(
@@ -90,9 +93,27 @@ class Enforcer:
             await asyncio.sleep(interval)
             self.beat()
 
+    def blindness(self) -> str:
+        """Why this node's program cannot count all the traffic it should; "" when it can.
+
+        A program that follows XDP_INTERFACES but has no matching interface yet (no pod veth
+        on the node) still observes: it would count any pod traffic there is. Before the first
+        scan it is unknown what it misses, so that counts as blind too."""
+        if self.program is None:
+            return f"{NO_PROGRAM}: XDP_INTERFACES is empty, maps only"
+        if not self.scanned:
+            return "interfaces matching XDP_INTERFACES not scanned yet"
+        for state in sorted(self.interfaces.values(), key=lambda s: s.name):
+            if state.status == "failed":
+                return f"XDP failed on {state.name}: {state.detail}"
+            if state.status == "foreign":
+                return f"{state.name} is not counted: {state.detail}"
+        return ""
+
     def sync(self, found: dict[str, int]) -> None:
         """Attaches to every matching interface; forgets vanished ones; logs what changed."""
         assert self.program is not None
+        self.scanned = True
         for name in set(self.interfaces) - set(found):
             log.info("interface %s is gone", name)
             del self.interfaces[name]

@@ -73,6 +73,7 @@ class Scaler:
         workloads: workloads_mod.Workloads,
         timing: Timing,
         telemetry: telemetry.Telemetry,
+        status: scaling.Status,
         clock: Callable[[], int] = time.monotonic_ns,
     ) -> None:
         self.targets = targets
@@ -84,6 +85,7 @@ class Scaler:
         self.workloads = workloads
         self.timing = timing
         self.telemetry = telemetry
+        self.status = status  # the last round's verdicts, for operators
         self.clock = clock
         self.facts: scaling.ClusterFacts | None = None
         self.cooldown = scaling.CoolDown(cooldown_ns=timing.cooldown_ns)
@@ -95,10 +97,10 @@ class Scaler:
 
     # -- inputs (called from the inbox, never blocking) ------------------------------------------
 
-    def record(self, node: str, facts: tuple[traffic.Fact, ...]) -> None:
+    def record(self, node: str, facts: tuple[traffic.Fact, ...], blind: str = "") -> None:
         if self._in_office():
             assert self.facts is not None
-            self.facts.record(node=node, facts=facts, now_ns=self.clock())
+            self.facts.record(node=node, facts=facts, now_ns=self.clock(), blind=blind)
 
     def scale_up(self, request: source_base.ScaleUp) -> None:
         self.telemetry.scale_requested(result=RECEIVED)
@@ -153,6 +155,7 @@ class Scaler:
             if self.facts is not None:
                 log.info("scaler: no longer leading; dropping the cluster's traffic facts")
             self.facts = None
+            self.status.outlooks = ()
             return False
         if self.facts is None:
             self._warm = False
@@ -233,12 +236,15 @@ class Scaler:
         live = list(self.live_nodes())
         now = self.clock()
         due: dict[str, scaling.Verdict] = {}
+        outlooks = []
         for name in sorted(awake):
             target = targets[name]
             verdict = facts.scale_down(service=target.key, idle_ns=target.idle_ns,
                                        live_nodes=live, now_ns=now)
+            outlooks.append(scaling.Outlook(name, target.key, verdict))
             if verdict.allowed:
                 due[name] = verdict
+        self.status.outlooks = tuple(outlooks)
         for name in policy.sleep_order(due, policies):
             if policy.held_up_by(name, policies, awake=awake):
                 continue  # a dependent is still up: it goes first, this one a later round

@@ -1,9 +1,12 @@
 """The scaling loop wired into one agent. agent.py builds one Scaling and spawns its tasks().
 
-- Every agent with an XDP program (a BPF data plane) summarises its counters for the leader
-  every TRAFFIC_REPORT_INTERVAL (task `scaler.traffic`, through the scale-up reporter's
-  stop-and-wait report). Agents without one send nothing: they have no facts, and a node
-  without facts blocks scale-downs rather than pretending to be idle.
+- Every agent summarises what its XDP program counted for the leader every
+  TRAFFIC_REPORT_INTERVAL (task `scaler.traffic`, through the scale-up reporter's stop-and-wait
+  report). A node whose program cannot count its traffic is blind (no program of ours loaded:
+  maps only or no BPF data plane; or an interface matching XDP_INTERFACES failed or carries
+  another program): it sends no facts and says why, so the leader blocks scale-downs rather
+  than taking "saw nothing" for idleness. The reason shows in GetState, the console and
+  metrics (core.scaling.Status).
 - With SOURCE=kubernetes the agent also runs the Scaler (task `scaler.loop`), which acts only
   while this agent leads; its targets are the opted-in Services the leader's source watches.
 """
@@ -124,6 +127,7 @@ class Scaling:
         leadership: leader_mod.Leadership,
         scale_ups: scaleup_service.ScaleUps,
         stats: Callable[[], Mapping[int, Iterable[tuple[int, int, int]]]] | None,
+        blind: Callable[[], str],
         listed: Callable[[], Iterable[int]],
         source: HasInventory | None,
         workloads_factory: Callable[[], workloads.Workloads] | None,
@@ -131,7 +135,9 @@ class Scaling:
         self.cfg = cfg
         self.reporter = scale_ups.reporter
         self.stats = stats
+        self.blind = blind
         self.listed = listed
+        self.status = scaling.Status()
         self.scaler: loop.Scaler | None = None
         if source is not None and workloads_factory is not None:
             self.scaler = loop.Scaler(
@@ -142,16 +148,26 @@ class Scaling:
                 timing=loop.Timing(cooldown_ns=int(cfg.scale_up_cooldown * scaling.NS),
                                    window_ns=int(cfg.report_window * scaling.NS),
                                    round_interval=cfg.report_interval),
-                telemetry=engine.telemetry)
+                telemetry=engine.telemetry, status=self.status)
             scale_ups.inbox.on_summary = self.scaler.record
             scale_ups.inbox.on_scale_up = self.scaler.scale_up
 
+    def _sight(self) -> str:
+        reason = self.blind()
+        if reason != self.status.blind:
+            if reason:
+                log.warning("this node is blind: %s; the leader scales nothing down until it "
+                            "sees again", reason)
+            else:
+                log.info("this node counts its traffic again (was blind: %s)", self.status.blind)
+        self.status.blind = reason
+        return reason
+
     def tasks(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:
-        tasks: list[tuple[str, Coroutine[Any, Any, None]]] = []
-        if self.stats is not None:
-            tasks.append(("scaler.traffic", self.reporter.summarise(
-                counters=counters_of(self.stats), listed=self.listed,
-                interval=self.cfg.report_interval)))
+        tasks: list[tuple[str, Coroutine[Any, Any, None]]] = [
+            ("scaler.traffic", self.reporter.summarise(
+                counters=counters_of(self.stats) if self.stats is not None else dict,
+                listed=self.listed, blind=self._sight, interval=self.cfg.report_interval))]
         if self.scaler is not None:
             tasks.append(("scaler.loop", self.scaler.run()))
         return tasks

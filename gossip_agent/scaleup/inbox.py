@@ -60,8 +60,9 @@ class Inbox:
         self.name_of = name_of
         self.ledger = reports.Ledger()
         self.counts = Counts()
-        # Where a node's traffic summary goes (the scaler's cluster facts); None: dropped.
-        self.on_summary: Callable[[str, tuple[traffic.Fact, ...]], None] | None = None
+        # Where a node's traffic summary goes (the scaler's cluster facts): (node, facts,
+        # blind reason); None: dropped.
+        self.on_summary: Callable[[str, tuple[traffic.Fact, ...], str], None] | None = None
         # Who scales workloads (the scaler, with SOURCE=kubernetes), besides the source.
         self.on_scale_up: Callable[[source_base.ScaleUp], None] | None = None
 
@@ -79,7 +80,7 @@ class Inbox:
         self.counts.reports += 1
         summary = incoming.report.summary
         if summary is not None and self.on_summary is not None:
-            self.on_summary(incoming.node, summary)
+            self.on_summary(incoming.node, summary, incoming.report.blind)
         for request in incoming.report.requests:
             self._act(request, node=incoming.node)
         return Taken(duplicate=False, leader=self.node, term=term)

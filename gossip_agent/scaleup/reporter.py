@@ -100,15 +100,24 @@ class Reporter:
     # -- scaleup.traffic ------------------------------------------------------------------------
 
     async def summarise(self, *, counters: ReadCounters, listed: Callable[[], Iterable[int]],
-                        interval: float,
+                        blind: Callable[[], str], interval: float,
                         clock: Callable[[], int] = time.monotonic_ns) -> None:
         """Every `interval`: sample the counters, offer the summary for the next report. One
         report per interval at most carries a summary, so the leader's load is bounded by
-        nodes / interval whatever the traffic."""
+        nodes / interval whatever the traffic.
+
+        While `blind()` gives a reason (the node's program cannot count its traffic), the
+        summary carries that reason and no facts, and the watch starts afresh when the node
+        sees again: idleness is measured only over time the node could observe."""
         watch = traffic.TrafficWatch()
         while True:
-            watch.sample(now_ns=clock(), listed=listed(), counts=counters())
-            self.queue.offer_summary(watch.summary(now_ns=clock()))
+            reason = blind()
+            if reason:
+                watch = traffic.TrafficWatch()
+                self.queue.offer_summary((), blind=reason)
+            else:
+                watch.sample(now_ns=clock(), listed=listed(), counts=counters())
+                self.queue.offer_summary(watch.summary(now_ns=clock()))
             self._wake.set()
             await asyncio.sleep(interval)
 

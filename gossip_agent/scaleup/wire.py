@@ -15,6 +15,8 @@ from gossip_agent.v1 import gossip_pb2 as pb
 
 # Longest node name accepted in a report: a Kubernetes node name is a DNS subdomain.
 MAX_NODE_NAME = 253
+# Longest blindness reason accepted: a sentence naming an interface and a kernel error.
+MAX_BLIND_REASON = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +52,7 @@ def report_to_pb(report: reports.Report, *, node: str, incarnation: int) -> pb.N
         scale_requests=[request_to_pb(r, node=node) for r in report.requests],
         traffic=[fact_to_pb(f) for f in report.summary or ()],
         has_summary=report.summary is not None,
+        blind=report.blind,
     )
 
 
@@ -73,8 +76,23 @@ def report_from_pb(message: pb.NodeReport) -> Incoming:
         raise errors.ReportInvalid(
             f"report from {message.node} names a service twice (requests are per service)")
     summary = _summary_from_pb(message) if message.has_summary else None
+    _check_blind(message)
     return Incoming(message.node, message.incarnation,
-                    reports.Report(message.seq, requests, summary))
+                    reports.Report(message.seq, requests, summary,
+                                   message.blind if summary is not None else ""))
+
+
+def _check_blind(message: pb.NodeReport) -> None:
+    """A blind node counts nothing, so a blind summary with facts contradicts itself."""
+    if not message.blind:
+        return
+    if len(message.blind) > MAX_BLIND_REASON:
+        raise errors.ReportInvalid(
+            f"report from {message.node}: blind reason of {len(message.blind)} characters; "
+            f"at most {MAX_BLIND_REASON} are accepted")
+    if message.traffic:
+        raise errors.ReportInvalid(
+            f"report from {message.node} says the node is blind but carries traffic facts")
 
 
 def _summary_from_pb(message: pb.NodeReport) -> tuple[traffic.Fact, ...]:

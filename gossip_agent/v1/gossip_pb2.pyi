@@ -130,7 +130,7 @@ class GetStateRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStateResponse(_message.Message):
-    __slots__ = ("node", "version", "leader", "content_hash", "complete", "entries", "dataplane", "map_path", "map_max_entries", "max_term_seen")
+    __slots__ = ("node", "version", "leader", "content_hash", "complete", "entries", "dataplane", "map_path", "map_max_entries", "max_term_seen", "blind", "scale_down")
     NODE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LEADER_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +141,8 @@ class GetStateResponse(_message.Message):
     MAP_PATH_FIELD_NUMBER: _ClassVar[int]
     MAP_MAX_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     MAX_TERM_SEEN_FIELD_NUMBER: _ClassVar[int]
+    BLIND_FIELD_NUMBER: _ClassVar[int]
+    SCALE_DOWN_FIELD_NUMBER: _ClassVar[int]
     node: str
     version: Version
     leader: str
@@ -151,7 +153,23 @@ class GetStateResponse(_message.Message):
     map_path: str
     map_max_entries: int
     max_term_seen: int
-    def __init__(self, node: _Optional[str] = ..., version: _Optional[_Union[Version, _Mapping]] = ..., leader: _Optional[str] = ..., content_hash: _Optional[str] = ..., complete: _Optional[bool] = ..., entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., dataplane: _Optional[str] = ..., map_path: _Optional[str] = ..., map_max_entries: _Optional[int] = ..., max_term_seen: _Optional[int] = ...) -> None: ...
+    blind: str
+    scale_down: _containers.RepeatedCompositeFieldContainer[ScaleDownOutlook]
+    def __init__(self, node: _Optional[str] = ..., version: _Optional[_Union[Version, _Mapping]] = ..., leader: _Optional[str] = ..., content_hash: _Optional[str] = ..., complete: _Optional[bool] = ..., entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., dataplane: _Optional[str] = ..., map_path: _Optional[str] = ..., map_max_entries: _Optional[int] = ..., max_term_seen: _Optional[int] = ..., blind: _Optional[str] = ..., scale_down: _Optional[_Iterable[_Union[ScaleDownOutlook, _Mapping]]] = ...) -> None: ...
+
+class ScaleDownOutlook(_message.Message):
+    __slots__ = ("service", "ip", "allowed", "cause", "reason")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    IP_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    ip: str
+    allowed: bool
+    cause: str
+    reason: str
+    def __init__(self, service: _Optional[str] = ..., ip: _Optional[str] = ..., allowed: _Optional[bool] = ..., cause: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ListPeersRequest(_message.Message):
     __slots__ = ()
@@ -296,20 +314,22 @@ class WatchScaleRequestsRequest(_message.Message):
     def __init__(self, scope: _Optional[str] = ...) -> None: ...
 
 class NodeReport(_message.Message):
-    __slots__ = ("node", "incarnation", "seq", "scale_requests", "traffic", "has_summary")
+    __slots__ = ("node", "incarnation", "seq", "scale_requests", "traffic", "has_summary", "blind")
     NODE_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     SCALE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     TRAFFIC_FIELD_NUMBER: _ClassVar[int]
     HAS_SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    BLIND_FIELD_NUMBER: _ClassVar[int]
     node: str
     incarnation: int
     seq: int
     scale_requests: _containers.RepeatedCompositeFieldContainer[ScaleRequest]
     traffic: _containers.RepeatedCompositeFieldContainer[TrafficFact]
     has_summary: bool
-    def __init__(self, node: _Optional[str] = ..., incarnation: _Optional[int] = ..., seq: _Optional[int] = ..., scale_requests: _Optional[_Iterable[_Union[ScaleRequest, _Mapping]]] = ..., traffic: _Optional[_Iterable[_Union[TrafficFact, _Mapping]]] = ..., has_summary: _Optional[bool] = ...) -> None: ...
+    blind: str
+    def __init__(self, node: _Optional[str] = ..., incarnation: _Optional[int] = ..., seq: _Optional[int] = ..., scale_requests: _Optional[_Iterable[_Union[ScaleRequest, _Mapping]]] = ..., traffic: _Optional[_Iterable[_Union[TrafficFact, _Mapping]]] = ..., has_summary: _Optional[bool] = ..., blind: _Optional[str] = ...) -> None: ...
 
 class TrafficFact(_message.Message):
     __slots__ = ("service_ip", "passed", "dropped", "idle_ns")

@@ -208,6 +208,12 @@ async def test_console_commands_show_a_followers_state_peers_lease_and_counters(
         assert field(dataplane, "program").startswith("none (XDP_INTERFACES is empty")
         assert field(dataplane, "scale events").startswith("0 read from the program")
 
+        scaling = await asyncio.to_thread(session.run, "scaling")
+        # Maps only: no program of ours counts this node's packets, and it says so.
+        assert field(scaling, "this node") == (
+            "blind: no counting program: XDP_INTERFACES is empty, maps only"), scaling
+        assert field(scaling, "verdicts").startswith("none here: the leader decides")
+
         ae = await asyncio.to_thread(session.run, f"anti-entropy --peer {leader}")
         assert f"exchange with {leader}: ok" in ae
         assert f"version {version} -> {version}" in ae

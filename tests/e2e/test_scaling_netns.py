@@ -40,6 +40,7 @@ from gossip_agent.scaler import workloads
 from gossip_agent.testing import fakekube, netns
 from gossip_agent.v1 import gossip_pb2 as pb
 from tests.e2e import test_netns_cluster as nc
+from tests.unit import test_manifests as manifests
 
 pytestmark = pytest.mark.e2e
 
@@ -59,11 +60,26 @@ SCALE_DEADLINE = 30.0
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[tuple[netns.Cluster, fakekube.FakeKube]]:
+    yield from make_world(tmp_path, nodes=3, env=ENV)
+
+
+@pytest.fixture
+def base_world(tmp_path: Path) -> Iterator[tuple[netns.Cluster, fakekube.FakeKube]]:
+    """Two agents with the shipped base's data-plane settings (rendered with kubectl, no
+    component): pinned maps, and XDP_INTERFACES as the base leaves it (no program of ours)."""
+    env = manifests.pod_env(manifests.rendered("configmap"))
+    data_plane = {name: env.get(name, "") for name in ("DATAPLANE", "XDP_INTERFACES")}
+    print(f"the base's data-plane settings: {data_plane}")
+    yield from make_world(tmp_path, nodes=2, env={**ENV, **data_plane})
+
+
+def make_world(tmp_path: Path, *, nodes: int, env: dict[str, str]
+               ) -> Iterator[tuple[netns.Cluster, fakekube.FakeKube]]:
     nc.require_netns_cluster()
     netns.sweep_stale(PREFIX)
-    cluster = netns.Cluster(3, prefix=PREFIX,
+    cluster = netns.Cluster(nodes, prefix=PREFIX,
                             bpffs_root=os.path.join(BPFFS_ROOT, uuid.uuid4().hex),
-                            log_dir=str(tmp_path / "logs"), env=ENV, services=(ZERO, CONTROL))
+                            log_dir=str(tmp_path / "logs"), env=env, services=(ZERO, CONTROL))
     kube: fakekube.FakeKube | None = None
     try:
         cluster.__enter__()
@@ -228,6 +244,54 @@ async def test_a_burst_through_every_node_is_one_scale_up_and_one_node_s_traffic
         await nc.tables_are(cluster, {nc.key(ZERO): 0}, what=f"{ZERO}=0 again everywhere")
         await asyncio.sleep(1.0)  # a few more rounds: nothing more is written
         assert scale_patches(kube) == 2
+
+
+async def blocked_as_blind(leader_api: str) -> str:
+    """The leader's GetState verdict on web when it names a blind node, else ""."""
+    reply = await localcluster.call(leader_api, "GetState", pb.GetStateRequest())
+    assert isinstance(reply, pb.GetStateResponse)
+    for outlook in reply.scale_down:
+        if outlook.service == "default/web" and outlook.cause == "blind":
+            assert not outlook.allowed and outlook.ip == ZERO
+            return outlook.reason
+    return ""
+
+
+async def test_the_bases_maps_only_nodes_are_blind_and_never_scale_a_service_down(
+    base_world: tuple[netns.Cluster, fakekube.FakeKube],
+) -> None:
+    """Issue 14's worst case: with the base's settings no program of ours counts packets, so
+    every node is blind; it says so, and web (2 ready replicas, idle time 3 s) stays up for
+    far longer than the idle time plus a report window, which once scaled it to 0 in 12 s."""
+    cluster, kube = base_world
+    for obj in objects(replicas=2):
+        kube.create_object(obj)
+    cluster.start()
+    address, _ = await localcluster.find_leader([n.api_address for n in cluster.nodes],
+                                                timeout=nc.START_DEADLINE)
+    await nc.tables_are(cluster, {nc.key(ZERO): 2}, what=f"{ZERO}=2 in every node's map",
+                        timeout=nc.START_DEADLINE)
+    for node in cluster.nodes:
+        await nc.until(f"{node.name} saying it is blind", lambda n=node: blind_says(n),
+                       timeout=nc.CONVERGE_DEADLINE)
+    await nc.until("the leader blocking web's scale-down on a blind node",
+                   lambda: blocked_as_blind(address), timeout=SCALE_DEADLINE)
+    reason = await blocked_as_blind(address)
+    assert reason.startswith("scale-down blocked: node node-") and "is blind" in reason
+    assert "no counting program" in reason, reason
+    # Idle time 3 s, report window 1.5 s, rounds every 0.3 s: hold well past all of them.
+    held_until = time.monotonic() + 3 * (IDLE + 1.5 + 0.3)
+    while time.monotonic() < held_until:
+        assert replicas(kube) == 2 and scale_patches(kube) == 0, "a blind cluster scaled down"
+        await asyncio.sleep(0.1)
+    log = nc._tail(cluster.nodes[0].log_path, lines=2000)
+    assert "this node is blind: no counting program" in log, log
+
+
+async def blind_says(node: netns.Node) -> str:
+    reply = await localcluster.call(node.api_address, "GetState", pb.GetStateRequest())
+    assert isinstance(reply, pb.GetStateResponse)
+    return reply.blind
 
 
 async def follower_state(leader_api: str, follower: netns.Node) -> str:

@@ -136,6 +136,10 @@ async def test_metrics_of_a_cluster_pass_promtool_and_match_what_each_agent_hold
             assert value(parsed, "gossip_agent_node_info", node=agent.cfg.node.name,
                          dataplane="memory", lease_backend="bpffs") == 1
             assert value(parsed, "gossip_agent_scale_requests_total", result="received") == 0
+            # DATAPLANE=memory: no program counts this node's packets.
+            assert value(parsed, "gossip_agent_blind") == 1
+            assert state.blind.startswith("no counting program: no BPF data plane")
+            assert value(parsed, "gossip_agent_scale_down_blocked", cause="blind") == 0
         for agent in followers:
             parsed = samples(await scrape(ports[agents.index(agent)]))
             assert value(parsed, "gossip_agent_messages_received_total", kind="push",

@@ -27,8 +27,13 @@ class Summaries:
 
     def __init__(self) -> None:
         self.received: list[tuple[str, tuple[traffic.Fact, ...]]] = []
+        self.blind: list[tuple[str, str]] = []  # (node, reason) of every blind summary
 
-    def __call__(self, node: str, facts: tuple[traffic.Fact, ...]) -> None:
+    def __call__(self, node: str, facts: tuple[traffic.Fact, ...], blind: str) -> None:
+        if blind:
+            self.blind.append((node, blind))
+            assert facts == (), "a blind summary reached the scaler with facts"
+            return
         self.received.append((node, facts))
 
     def of(self, node: str) -> list[tuple[traffic.Fact, ...]]:
@@ -47,8 +52,8 @@ async def summarising(agent: agent_mod.Agent, counts: dict[int, traffic.Counts],
                       clock: list[int]) -> AsyncIterator[None]:
     """The agent's scaler.traffic task, over counters and a clock the test controls."""
     task = asyncio.create_task(agent.scale_ups.reporter.summarise(
-        counters=lambda: counts, listed=lambda: agent.engine.table.keys(), interval=0.05,
-        clock=lambda: clock[0]), name="scaler.traffic")
+        counters=lambda: counts, listed=lambda: agent.engine.table.keys(), blind=str,
+        interval=0.05, clock=lambda: clock[0]), name="scaler.traffic")
     try:
         yield
     finally:
@@ -80,9 +85,9 @@ async def test_a_followers_counters_reach_the_leader_as_facts_on_its_own_clock(
             timeout=CONVERGE_DEADLINE)
 
 
-def report_with_facts(*facts: pb.TrafficFact, seq: int = 1) -> bytes:
+def report_with_facts(*facts: pb.TrafficFact, seq: int = 1, blind: str = "") -> bytes:
     return pb.NodeReport(node="node-x", incarnation=1, seq=seq, traffic=list(facts),
-                         has_summary=True).SerializeToString()
+                         has_summary=True, blind=blind).SerializeToString()
 
 
 @pytest.mark.parametrize(("payload", "says"), [
@@ -91,7 +96,10 @@ def report_with_facts(*facts: pb.TrafficFact, seq: int = 1) -> bytes:
      "two traffic facts"),
     (report_with_facts(*(pb.TrafficFact(service_ip=f"10.96.{i // 256}.{i % 256}")
                          for i in range(traffic.MAX_FACTS + 1))), "at most 1024"),
-], ids=["bad-ip", "service-twice", "too-many"])
+    (report_with_facts(pb.TrafficFact(service_ip=SERVICE), blind="no counting program"),
+     "blind but carries traffic facts"),
+    (report_with_facts(blind="x" * 513), "at most 512"),
+], ids=["bad-ip", "service-twice", "too-many", "blind-with-facts", "blind-too-long"])
 async def test_a_summary_breaking_its_contract_is_invalid_argument_and_records_nothing(
     three: tuple[agent_mod.Agent, list[agent_mod.Agent]],  # noqa: F811
     payload: bytes, says: str,

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from gossip_agent.dataplane import bpfmap, bpfsys, events, layout, xdp
+from gossip_agent.dataplane import enforcer as enforcer_mod
 from tests.conftest import BPFFS_TEST_ROOT, remove_bpffs_tree
 from tests.integration import xdp_net
 
@@ -195,6 +196,39 @@ def test_another_components_program_is_left_alone(
     finally:
         other.close()
         other_plane.close()
+
+
+def test_an_interface_carrying_another_program_makes_the_node_blind_until_it_is_ours(
+    rig: xdp_net.Rig, plane: bpfmap.BpfDataPlane, foreign_dir: str
+) -> None:
+    """Blindness (issue 14): a node whose program cannot count all the traffic it should
+    reports why, so the leader never takes its "saw nothing" for idleness."""
+    maps_only = enforcer_mod.Enforcer.build(plane=plane, patterns=(), mode="auto",
+                                            fail_open_after=0, hub=events.EventHub())
+    assert maps_only.blindness().startswith(enforcer_mod.NO_PROGRAM)
+    maps_only.close()
+    enforcer = enforcer_mod.Enforcer.build(plane=plane, patterns=(rig.node_if,), mode="auto",
+                                           fail_open_after=0, hub=events.EventHub())
+    other_plane = bpfmap.open_pinned(pin_dir=foreign_dir, max_entries=16)
+    other = load(other_plane)
+    try:
+        assert "not scanned yet" in enforcer.blindness()
+        xdp_net.in_netns(rig.node_ns, lambda: enforcer.sync({}))
+        assert enforcer.blindness() == "", "no matching interface yet: it would see pod traffic"
+        assert attach(rig, other).status == "attached"
+        ifindex = rig.ifindex()
+        xdp_net.in_netns(rig.node_ns, lambda: enforcer.sync({rig.node_if: ifindex}))
+        blind = enforcer.blindness()
+        assert rig.node_if in blind and str(other.prog_id) in blind, blind
+        xdp_net.sh("ip", "-n", rig.node_ns, "link", "set", "dev", rig.node_if, "xdp", "off")
+        xdp_net.in_netns(rig.node_ns, lambda: enforcer.sync({rig.node_if: ifindex}))
+        assert enforcer.interfaces[rig.node_if].status == "attached"
+        assert enforcer.blindness() == ""
+    finally:
+        xdp_net.sh("ip", "-n", rig.node_ns, "link", "set", "dev", rig.node_if, "xdp", "off")
+        other.close()
+        other_plane.close()
+        enforcer.close()
 
 
 def test_restart_replaces_the_program_with_no_moment_without_one(

@@ -130,6 +130,55 @@ def test_a_report_without_facts_for_the_service_blocks_its_scale_down() -> None:
     assert not verdict.allowed and "node b reported no facts" in verdict.reason
 
 
+def test_a_blind_node_blocks_every_scale_down_and_its_facts_do_not_count() -> None:
+    facts = facts_at(100, {"a": 90})
+    # b says it cannot see; whatever facts came with it are not taken for idleness.
+    facts.record(node="b", facts=[fact(90)], now_ns=100 * S,
+                 blind="no counting program: XDP_INTERFACES is empty, maps only")
+    verdict = facts.scale_down(service=SVC, idle_ns=IDLE, live_nodes=["a", "b"], now_ns=100 * S)
+    assert not verdict.allowed and verdict.cause == scaling.BLIND
+    assert verdict.reason == ("node b is blind (no counting program: XDP_INTERFACES is empty, "
+                              "maps only)")
+    assert facts.summary_of("b") is not None and facts.summary_of("b").last_traffic_ns == {}
+    facts.record(node="b", facts=[fact(90)], now_ns=100 * S)  # b sees again
+    assert facts.scale_down(service=SVC, idle_ns=IDLE, live_nodes=["a", "b"],
+                            now_ns=100 * S).allowed
+
+
+def test_each_refusal_names_its_cause() -> None:
+    facts = facts_at(100, {"a": 90}, took_office_s=95)
+    assert facts.scale_down(service=SVC, idle_ns=IDLE, live_nodes=["a"],
+                            now_ns=100 * S).cause == scaling.OFFICE
+    facts = facts_at(100, {"a": 90})
+    assert facts.scale_down(service=SVC, idle_ns=IDLE, live_nodes=[],
+                            now_ns=100 * S).cause == scaling.NO_LIVE
+    assert facts.scale_down(service=SVC, idle_ns=IDLE, live_nodes=["a", "z"],
+                            now_ns=100 * S).cause == scaling.SILENT
+    assert facts.scale_down(service=SVC, idle_ns=IDLE, live_nodes=["a"],
+                            now_ns=200 * S).cause == scaling.STALE
+    assert facts.scale_down(service=7, idle_ns=IDLE, live_nodes=["a"],
+                            now_ns=100 * S).cause == scaling.NO_FACTS
+    assert facts.scale_down(service=SVC, idle_ns=200 * S, live_nodes=["a"],
+                            now_ns=100 * S).cause == scaling.TRAFFIC
+    facts.note_scaled_up(service=SVC, now_ns=90 * S)
+    assert facts.scale_down(service=SVC, idle_ns=IDLE, live_nodes=["a"],
+                            now_ns=100 * S).cause == scaling.SCALED_UP
+    facts.note_scaled_up(service=SVC, now_ns=0)
+    allowed = facts.scale_down(service=SVC, idle_ns=IDLE, live_nodes=["a"], now_ns=100 * S)
+    assert allowed.allowed and allowed.cause == ""
+
+
+def test_a_blind_summary_rides_the_report_without_facts() -> None:
+    queue = reports.ReportQueue()
+    queue.offer_summary((fact(1),), blind="XDP failed on veth3: EPERM")
+    report = queue.next_report()
+    assert report is not None and report.summary == () and report.blind.startswith("XDP failed")
+    assert queue.acknowledged(seq=report.seq)
+    queue.offer_summary((fact(2),))
+    report = queue.next_report()
+    assert report is not None and report.summary == (fact(2),) and report.blind == ""
+
+
 def test_a_fresh_leader_waits_one_full_report_window() -> None:
     facts = facts_at(100, {"a": 90}, took_office_s=95)
     assert not facts.scale_down(service=SVC, idle_ns=IDLE, live_nodes=["a"],
@@ -148,22 +197,25 @@ def test_a_scale_up_counts_as_traffic_for_the_idle_time() -> None:
 node_names = st.sampled_from(["a", "b", "c", "d", "e"])
 
 
-@given(reports=st.dictionaries(node_names, st.tuples(st.integers(0, 200), st.integers(0, 200))),
+@given(reports=st.dictionaries(node_names, st.tuples(st.integers(0, 200), st.integers(0, 200),
+                                                     st.booleans())),
        live=st.sets(node_names, max_size=5), now=st.integers(0, 400),
        took_office=st.integers(0, 400), idle=st.integers(0, 150))
 def test_scale_down_is_allowed_exactly_when_every_live_node_recently_reported_idleness(
-        reports: dict[str, tuple[int, int]], live: set[str], now: int, took_office: int,
+        reports: dict[str, tuple[int, int, bool]], live: set[str], now: int, took_office: int,
         idle: int) -> None:
     """The rule as a property against an independent statement of it: reports arrive at
-    (now - age); a node's traffic is dated received - idle_for. Missing facts never allow."""
+    (now - age); a node's traffic is dated received - idle_for. Missing facts never allow,
+    nor does a blind node's report."""
     facts = scaling.ClusterFacts(window_ns=WINDOW, took_office_ns=took_office * S)
-    for node, (age, idle_for) in reports.items():
-        facts.record(node=node, facts=[fact(idle_for)], now_ns=(now - age) * S)
+    for node, (age, idle_for, blind) in reports.items():
+        facts.record(node=node, facts=[fact(idle_for)], now_ns=(now - age) * S,
+                     blind="no counting program" if blind else "")
     verdict = facts.scale_down(service=SVC, idle_ns=idle * S, live_nodes=live, now_ns=now * S)
     expected = (
         now - took_office >= 10 and bool(live)
         and all(n in reports and reports[n][0] <= 10 and reports[n][0] + reports[n][1] >= idle
-                for n in live)
+                and not reports[n][2] for n in live)
     )
     assert verdict.allowed == expected
 
