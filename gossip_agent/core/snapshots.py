@@ -250,6 +250,9 @@ class Decision(enum.Enum):
     REPAIR = "repair"  # same version and content, but what is held is incomplete: take it
     CONFLICT_WIN = "conflict-win"  # same version, other content, incoming wins the tie-break
     CONFLICT_LOSE = "conflict-lose"  # same version, other content, held wins the tie-break
+    # At the leader: a version of its own term that it did not write (a forgery or a bug). Never
+    # adopted; the leader moves its term up so its next write supersedes it everywhere.
+    FORGED = "forged"
 
     @property
     def adopts(self) -> bool:
@@ -282,7 +285,8 @@ NOTHING = Held(versions.ZERO, b"", False, None)
 
 
 def decide(
-    held: Held, *, version: versions.Version, digest: bytes, complete: bool = True
+    held: Held, *, version: versions.Version, digest: bytes, complete: bool = True,
+    own_term: int = 0,
 ) -> Decision:
     """Judges an incoming (version, content hash) against what is held.
 
@@ -291,7 +295,16 @@ def decide(
 
     Equal versions with different content cannot happen with a correct lease (one leader per
     term); if they do, the larger hash wins on every agent, so the cluster still converges.
+
+    `own_term`: the term this agent leads at (0 when it does not lead; callers pass 0 for the
+    leader's own writes). In that term the leader wrote everything there is, and holds its
+    newest write, so anything of that term newer than what it holds, or equal with other
+    content, is FORGED: say seq 2^64-1 in its term, which would otherwise stall its
+    publication and every follower behind a version no leader wrote.
     """
+    if own_term and version.term == own_term and (
+            version > held.version or (version == held.version and digest != held.content_hash)):
+        return Decision.FORGED
     if version > held.version:
         return Decision.ADOPT
     if version < held.version:
@@ -301,10 +314,10 @@ def decide(
     return Decision.CONFLICT_WIN if digest > held.content_hash else Decision.CONFLICT_LOSE
 
 
-def apply(held: Held, snapshot: Snapshot) -> tuple[Decision, Held]:
+def apply(held: Held, snapshot: Snapshot, *, own_term: int = 0) -> tuple[Decision, Held]:
     """decide() and the resulting Held, for callers (and tests) that want both."""
     decision = decide(held, version=snapshot.version, digest=snapshot.content_hash,
-                      complete=snapshot.complete)
+                      complete=snapshot.complete, own_term=own_term)
     return decision, (Held.of(snapshot) if decision.adopts else held)
 
 

@@ -40,6 +40,7 @@ _ACK_RESULTS = {
     snapshots.Decision.REPAIR: pb.PushAck.ADOPTED,
     snapshots.Decision.CONFLICT_WIN: pb.PushAck.CONFLICT,
     snapshots.Decision.CONFLICT_LOSE: pb.PushAck.CONFLICT,
+    snapshots.Decision.FORGED: pb.PushAck.CONFLICT,
     snapshots.Decision.DUPLICATE: pb.PushAck.DUPLICATE,
     snapshots.Decision.STALE: pb.PushAck.STALE,
 }
@@ -112,7 +113,10 @@ class Engine:
         self._table_dict: dict[int, int] | None = {}
         self.max_term_seen = 0
         self.leading_term = 0  # set by leadership while this agent holds the lease
-        self.higher_term = asyncio.Event()  # a term above leading_term was seen
+        self.higher_term = asyncio.Event()  # a term above leading_term was seen, or it is spent
+        # The leading term, once it must be left: a version of it this agent never wrote is
+        # around (FORGED), or its seq is exhausted. Leadership moves above it and clears it.
+        self.spent_term = 0
         self.stats = Stats()
         self.last_event: StateEvent | None = None
         self.history: collections.deque[StateEvent] = collections.deque(maxlen=HISTORY_LENGTH)
@@ -213,9 +217,11 @@ class Engine:
         self.note_term(snapshot.version.term)
         decision = snapshots.decide(
             self.held, version=snapshot.version, digest=snapshot.content_hash,
-            complete=snapshot.complete,
+            complete=snapshot.complete, own_term=0 if via == "self" else self.leading_term,
         )
         self.stats.received[f"{via}:{decision.value}"] += 1
+        if decision is snapshots.Decision.FORGED:
+            self.contest_term(snapshot.version, via=via)
         if decision.is_conflict:
             log.error(
                 "CONFLICT: version %s arrived from %s with different content than held "
@@ -306,6 +312,26 @@ class Engine:
             self.note_term(term)
         elif term > self.max_term_seen:
             self.proof.claimed(term, accept=self.note_term)
+
+    def contest_term(self, version: versions.Version, *, via: str) -> None:
+        """This leader's term carries a version it never wrote (pushed, pulled, or held by a
+        peer that refused a push as stale): never adopted here, and the term is spent, so the
+        next write moves above it and supersedes that version everywhere."""
+        if version.term != self.leading_term:
+            return
+        self.stats.rejected["forged"] += 1
+        if self.spent_term != version.term:
+            log.error("FORGED: version %s of this leader's own term arrived via %s, but this "
+                      "leader wrote only up to %s; not adopted; moving to a new term",
+                      version, via, self.held.version,
+                      extra={"version": str(version), "via": via, "decision": "forged"})
+        self.spend_term()
+
+    def spend_term(self) -> None:
+        """Asks leadership to move the term up before the next write (lease.elect wakes)."""
+        if self.leading_term:
+            self.spent_term = self.leading_term
+            self.higher_term.set()
 
     def note_term(self, term: int) -> None:
         if term > self.max_term_seen:

@@ -7,8 +7,20 @@ renewal fails. A leader that learns of a higher term (a refused push, a digest) 
 through the backend's atomic bump before it writes again.
 
 Taking office: a digest round with every known peer first (learn the highest term and pull the
-newest snapshot), then the source is read, then the first snapshot of the term is published.
-So a change of leader never blanks a map and never publishes from a stale base.
+newest snapshot), a term bump if a peer has seen this term or a higher one, then the source is
+read, then the first snapshot of the term is published. So a change of leader never blanks a
+map and never publishes from a stale base. It happens whole or not at all: a failed bump steps
+down before any publisher exists, and `leading` (reports taken, writes accepted, scaling, a
+LeaderOnly source watching) becomes true only once the term's first snapshot is published.
+
+A spent term is left, not written on: when a version of the leader's own term that it never
+wrote shows up (Decision.FORGED: pushed, pulled, or held by a peer that refuses a push as
+stale), or its seq would pass 2^64-1, the leader bumps its term through the backend before
+publishing again, so its next snapshot supersedes that version everywhere.
+
+A map write that fails (the leader applies each snapshot to its own map first) loses nothing:
+the desired table is kept and published again after a backoff (PUBLISH_RETRY_BASE ..
+PUBLISH_RETRY_CAP) until its map takes it; the writes waiting on it fail with the map's error.
 
 Push path: one task per peer (`gossip.push[addr]`) with a one-slot mailbox. The leader
 serializes each snapshot once; each task writes the newest payload on its peer's long-lived
@@ -46,6 +58,11 @@ log = logging.getLogger("gossip_agent.leader")
 # Peers asked to acknowledge each snapshot (rotating): a write needs one; three tolerate two
 # slow or lost acknowledgements without the write waiting for WRITE_ACK_TIMEOUT.
 ACK_SAMPLE = 3
+# Seconds before publishing again after the leader's own map refused a snapshot, doubling per
+# failure: soon enough that a transient failure (ENOMEM) costs little, capped so a persistent
+# one costs one bpf() attempt every few seconds.
+PUBLISH_RETRY_BASE = 0.1
+PUBLISH_RETRY_CAP = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +210,9 @@ class Leadership:
         self._previous: snapshots.Snapshot | None = None  # last publication: base of deltas
         self._beat_task: asyncio.Task[bool] | None = None  # lease.beat: see _spread_beat
         self._beat_turn = 0
+        self._published_in_term = False  # the term's first snapshot is out: in office
+        self._publish_failures = 0  # consecutive map-write failures of the leader's snapshot
+        self._retry: asyncio.TimerHandle | None = None  # the next publish after a failure
         engine.transport.set_ack_handler(self.on_ack)
 
     @property
@@ -201,8 +221,9 @@ class Leadership:
 
     @property
     def leading(self) -> bool:
-        """In office: holds the lease AND has finished taking office (publishing)."""
-        return self.term > 0 and self._publisher is not None
+        """In office: holds the lease AND has finished taking office (the digest round, any
+        bump, and the term's first snapshot published)."""
+        return self.term > 0 and self._publisher is not None and self._published_in_term
 
     # -- election loop ------------------------------------------------------------------------
 
@@ -269,13 +290,14 @@ class Leadership:
         await self._digest_round()
         if self.engine.max_term_seen >= self.term:
             await self._bump()
+            if not self.holds_lease:
+                return  # the bump failed and stepped down: nothing was started
         desired = self.source.read()
         if desired is None:
             desired = self._desired_from_held()
         self._desired = desired
         self._publisher = asyncio.create_task(self._publish_loop(), name="gossip.publish")
-        self._dirty.set()
-        self.office_changed.set()  # a LeaderOnly source starts watching
+        self._dirty.set()  # office_changed is set once that first publish is out
 
     async def _digest_round(self) -> None:
         """Learn the highest term and newest snapshot around before writing anything."""
@@ -302,7 +324,7 @@ class Leadership:
         if self._check_refusal():
             await self._resign(self.refusal, cause="released")
             return
-        if self.engine.max_term_seen > self.term:
+        if self.engine.max_term_seen > self.term or self.engine.spent_term == self.term:
             await self._bump()
             self._dirty.set()
 
@@ -324,15 +346,19 @@ class Leadership:
 
     async def _bump(self) -> None:
         old = self.term
+        spent = self.engine.spent_term == old
         try:
-            self.term = await self.lease.bump(min_term=self.engine.max_term_seen + 1)
+            self.term = await self.lease.bump(
+                min_term=max(self.engine.max_term_seen, old) + 1)
         except errors.LeaseError as exc:
             await self._step_down(f"could not move term {old} up: {exc}", cause="bump-failed")
             return
         self.engine.leading_term = self.term
         self.engine.note_term(self.term)
+        self.engine.spent_term = 0
         self.engine.higher_term.clear()
-        log.warning("moved term %d -> %d above a higher term seen in the cluster", old, self.term,
+        why = "its term was spent" if spent else "a higher term was seen in the cluster"
+        log.warning("moved term %d -> %d: %s", old, self.term, why,
                     extra={"old_term": old, "term": self.term})
 
     async def _step_down(self, reason: str, *, cause: str) -> None:
@@ -366,6 +392,11 @@ class Leadership:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._workers.clear()
         self._publisher = None
+        self._published_in_term = False
+        self._publish_failures = 0
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         self._previous = None
         for waiter in self._waiters:
             if not waiter.done():
@@ -375,8 +406,9 @@ class Leadership:
     # -- publishing ---------------------------------------------------------------------------
 
     def source_changed(self, desired: source_base.Desired) -> None:
-        """A new desired table from the source (file): published if this agent leads."""
-        if self.leading:
+        """A new desired table from the source (file): published if this agent leads (or is
+        about to publish its term's first snapshot)."""
+        if self.holds_lease and self._publisher is not None:
             self._desired = desired
             self._dirty.set()
 
@@ -396,8 +428,12 @@ class Leadership:
         assert self._desired is not None
         waiters, self._waiters = self._waiters, []
         held = self.engine.held.version
-        if held.term > self.term:  # wait for the bump; the lease loop wakes on higher_term
-            self._waiters = waiters
+        if held.term > self.term or self.engine.spent_term == self.term:
+            self._waiters = waiters  # wait for the bump; the lease loop wakes on higher_term
+            return
+        if held.term == self.term and held.seq >= versions.U64_MAX:
+            self._waiters = waiters  # no seq left in this term: move to the next one
+            self.engine.spend_term()
             return
         if not self.lease.proven():  # e.g. woken from SIGSTOP past the renew deadline: the
             self._waiters = waiters  # lease loop renews now (and steps down) before anything
@@ -412,15 +448,39 @@ class Leadership:
         self._last_publish = self.engine.clock()
         try:
             self.engine.receive(snapshot, via="self")
+        except errors.DataPlaneError as exc:
+            self._publish_failed(version, exc, waiters)
+            return
         except errors.GossipAgentError as exc:
-            # The leader could not apply its own snapshot (its map refused it): publish
+            # The desired table itself is unusable (it cannot become a valid snapshot): publish
             # nothing, fall back to what it holds, and fail the writes that asked for it.
             log.error("not publishing %s: %s", version, exc)
             self._desired = self._desired_from_held()
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_exception(exc)
+            _fail(waiters, exc)
             return
+        self._published(snapshot, waiters)
+
+    def _publish_failed(self, version: versions.Version, exc: errors.DataPlaneError,
+                        waiters: list[asyncio.Future[snapshots.Snapshot]]) -> None:
+        """The leader's own map refused the snapshot: nothing is published, the desired
+        table is kept and published again after a backoff, the writes waiting fail now."""
+        self._publish_failures += 1
+        delay = min(PUBLISH_RETRY_CAP, PUBLISH_RETRY_BASE * 2 ** (self._publish_failures - 1))
+        log.error("not publishing %s: %s; the desired table is kept and published again in "
+                  "%.1fs (attempt %d)", version, exc, delay, self._publish_failures)
+        _fail(waiters, errors.DataPlaneError(
+            f"{exc}; the change is kept and published once this leader's map takes it"))
+        self._retry = asyncio.get_running_loop().call_later(delay, self._dirty.set)
+
+    def _published(self, snapshot: snapshots.Snapshot,
+                   waiters: list[asyncio.Future[snapshots.Snapshot]]) -> None:
+        if self._publish_failures:
+            log.info("published %s after %d failed map write(s)", snapshot.version,
+                     self._publish_failures)
+        self._publish_failures = 0
+        if not self._published_in_term:
+            self._published_in_term = True
+            self.office_changed.set()  # in office now: a LeaderOnly source starts watching
         publication = self._encode(snapshot)
         self._reconcile_workers()
         asked = self._ack_sample()
@@ -456,6 +516,8 @@ class Leadership:
         engine = self.engine
         held = wire.version_from_pb(ack.held)
         engine.membership.saw_version(address, now=engine.clock(), version=held)
+        if held.term == self.term and held > engine.held.version:
+            engine.contest_term(held, via=f"a stale refusal by {address}")
         # What a peer says it holds or saw is a claim (gossip/proof.py bounds it).
         engine.note_claimed_term(max(held.term, ack.max_term_seen))
         if ack.result == pb.PushAck.STALE:
@@ -513,3 +575,9 @@ class Leadership:
                 while self._acked_count(version) < 1:
                     await self._ack_event.wait()
         return self._acked_count(version)
+
+
+def _fail(waiters: list[asyncio.Future[snapshots.Snapshot]], exc: Exception) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_exception(exc)
