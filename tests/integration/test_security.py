@@ -364,6 +364,42 @@ async def test_only_member_certificates_may_gossip_others_get_permission_denied_
         assert stats.rejected["not-member"] == 2 * len(GOSSIP_CALLS) * 2
 
 
+async def test_the_plaintext_health_port_serves_grpc_health_only(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """HEALTH_PORT (server.build_health_only) answers Kubernetes' probes without a certificate,
+    so it must offer nothing else: no reflection for grpcurl to list services with, no Gossip,
+    no State, no DataPlane (UNIMPLEMENTED), while the mutual-TLS port serves them all."""
+    require(os.access(GRPCURL, os.X_OK), f"grpcurl (looked on PATH and at {GRPCURL})")
+    health_port = localcluster.free_ports(1)[0]
+    env = {**pki.agent_env(1)[0], "HEALTH_PORT": str(health_port)}
+    async with running_agents(1, lease_dir=tmp_path, per_agent={0: env}) as (agent,):
+        plain = f"127.0.0.1:{health_port}"
+        listed = await asyncio.to_thread(subprocess.run, [GRPCURL, "-plaintext", plain, "list"],
+                                         capture_output=True, text=True, timeout=30)
+        assert listed.returncode != 0 and "reflection" in listed.stderr, listed
+        async with grpc.aio.insecure_channel(plain) as channel:
+            health = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=probes.LIVE), timeout=RPC_DEADLINE)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            others = [f"{cluster.GOSSIP_PREFIX}{method}" for method in GOSSIP_CALLS] + [
+                f"/{server.STATE_SERVICE}/{method}" for method in (
+                    "GetState", "GetLeader", "ListPeers", "GetHistory", "SetService",
+                    "DeleteService")] + [
+                f"/{server.DATAPLANE_SERVICE}/GetDataPlane",
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"]
+            for path in others:
+                call = channel.unary_unary(path, request_serializer=None,
+                                           response_deserializer=None)
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await call(b"", timeout=RPC_DEADLINE)
+                assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED, path
+        # The same calls reach the services on the mutual-TLS port (reads with any certificate).
+        reply = await get_state(pki.admin, address(agent))
+        assert reply.node == "node-0"
+
+
 async def test_grpcurl_and_the_cli_talk_mutual_tls_with_the_same_flags(
     pki: Pki, tmp_path: Path
 ) -> None:
