@@ -272,7 +272,7 @@ class Agent:
             max_message_bytes=cfg.gossip.max_message_bytes, streams=self.streams,
             dataplane_service=self.dataplane_service,
             extra_handlers=(scale_api.report_handler(self.scale_ups.inbox),),
-            interceptors=(self.security.cluster_check(self.engine.stats),),
+            interceptors=self.security.gossip_checks(self.engine.stats),
         )
         self.port = server_mod.bind(self.server, cfg.node.listen_addr,
                                     self.security.server_credentials())

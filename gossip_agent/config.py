@@ -404,7 +404,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("TLS_SERVER_NAME", "DNS name", _default("gossip-agent"),
              "The name every agent certificate carries as a DNS SAN: peers are dialled by IP, "
              "so their certificates are checked against this name (grpcurl: -servername). "
-             "A caller with it counts as a member (may forward an admin's identity).", _text),
+             "A caller with it (CN or SAN) is a member: only members may call the Gossip "
+             "service (others get PERMISSION_DENIED) or forward an admin's identity; the admin "
+             "certificate must not carry it.", _text),
     Variable("CLUSTER_ID", "-", _default(""),
              "Sent on every gossip call; calls from another cluster id are refused "
              "(FAILED_PRECONDITION) and counted, so clusters sharing a network, a Redis or a "

@@ -175,9 +175,10 @@ class AgentCollector(registry.Collector):
         yield _counter("messages_rejected", "Messages refused: invalid (bad version, table, "
                        "hash or size: INVALID_ARGUMENT), cluster (another CLUSTER_ID: "
                        "FAILED_PRECONDITION), unproven-term (term and leader not in the lease "
-                       "record: FAILED_PRECONDITION).", ["reason"],
+                       "record: FAILED_PRECONDITION), not-member (a Gossip call from a "
+                       "certificate without TLS_SERVER_NAME: PERMISSION_DENIED).", ["reason"],
                        [((reason,), stats.rejected[reason])
-                        for reason in ("invalid", "cluster", "unproven-term")])
+                        for reason in ("invalid", "cluster", "unproven-term", "not-member")])
         yield _counter("messages_sent", "Snapshots sent: leader pushes (ok, failed) and "
                        "snapshots sent inside anti-entropy exchanges.", ["kind", "result"],
                        [(("push", "ok"), stats.pushes_sent),

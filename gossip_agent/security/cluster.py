@@ -13,7 +13,7 @@ naming both ids, is counted (Stats.rejected["cluster"], metric messages_rejected
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -41,7 +41,7 @@ class ClusterCheck(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, *, cluster_id: str, on_refused: Callable[[], None]) -> None:
         self.cluster_id = cluster_id
         self.on_refused = on_refused
-        self._logged: set[tuple[str, str]] = set()
+        self._logged = LogOnce()
 
     async def intercept_service(
         self,
@@ -76,10 +76,30 @@ class ClusterCheck(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return grpc.unary_unary_rpc_method_handler(refuse)
 
     def _log_once(self, peer: str, theirs: str, message: str) -> None:
-        key = (peer.rpartition(":")[0], theirs)  # the address without the ephemeral port
-        if key in self._logged:
-            return
-        if len(self._logged) < MAX_REMEMBERED:
-            self._logged.add(key)
-        log.warning("refused gossip from %s: %s", peer, message,
-                    extra={"peer": peer, "cluster_id": theirs})
+        if self._logged.first((host_of(peer), theirs)):
+            log.warning("refused gossip from %s: %s", peer, message,
+                        extra={"peer": peer, "cluster_id": theirs})
+
+
+def host_of(peer: str) -> str:
+    """grpc's peer ("ipv4:10.0.0.5:41234") without the ephemeral port: one key per caller."""
+    return peer.rpartition(":")[0]
+
+
+class LogOnce:
+    """The refusals already logged, so a caller retrying every second is logged once.
+
+    Remembers up to MAX_REMEMBERED keys; beyond that every new refusal is logged again, which
+    bounds memory without hiding a refusal.
+    """
+
+    def __init__(self) -> None:
+        self._seen: set[Hashable] = set()
+
+    def first(self, key: Hashable) -> bool:
+        """True when `key` should be logged now (not seen yet)."""
+        if key in self._seen:
+            return False
+        if len(self._seen) < MAX_REMEMBERED:
+            self._seen.add(key)
+        return True

@@ -4,11 +4,16 @@ A caller's names are its certificate's subject common name and every subject alt
 (grpc's auth context: x509_common_name, x509_subject_alternative_name). Admin writes
 (SetService, DeleteService) need one of ADMIN_IDENTITIES among them.
 
-A follower forwards a write to the leader on its own connection, so the leader would see the
-follower's certificate. The follower therefore sends the caller's admin name in FORWARDED_FOR,
-and the leader believes that header only from a member: a caller whose certificate carries the
-agents' shared name (TLS_SERVER_NAME) as a SAN. What stays trusted: a member certificate can
-claim any caller; whoever holds one is trusted as an agent anyway (see README, Security).
+A member is a caller whose names include the agents' shared name (TLS_SERVER_NAME, default
+gossip-agent), as the agents' certificate carries it (k8s/tls). Policy.is_member is the one test
+of it, used wherever membership matters:
+- only members may call the Gossip service (security/members.py: PERMISSION_DENIED otherwise);
+- a follower forwards a write to the leader on its own connection, so the leader would see the
+  follower's certificate. The follower therefore sends the caller's admin name in
+  FORWARDED_FOR, and the leader believes that header only from a member.
+What stays trusted: a member certificate can claim any caller and gossip anything; whoever holds
+one is trusted as an agent anyway (see README, Security). So the admin certificate must not
+carry the shared name.
 
 Without TLS (local runs) there are no identities and writes are open; the agent says so in its
 log and in GetLeader.
@@ -41,11 +46,17 @@ class Decision:
 
 @dataclasses.dataclass(frozen=True)
 class Policy:
-    """enforced: TLS is on; admins: names allowed to write; member_name: the agents' SAN."""
+    """enforced: TLS is on; admins: names allowed to write; member_name: the agents' shared
+    name (TLS_SERVER_NAME)."""
 
     enforced: bool
     admins: frozenset[str]
     member_name: str
+
+    def is_member(self, names: frozenset[str]) -> bool:
+        """Whether a caller with these certificate names (names_of) is an agent of this
+        cluster. Plaintext callers have no names, so never are: callers check `enforced`."""
+        return bool(self.member_name) and self.member_name in names
 
     def authorise_write(
         self, *, names: frozenset[str], metadata: Mapping[str, str], peer: str
@@ -53,9 +64,9 @@ class Policy:
         if not self.enforced:
             return Decision(True, "")
         claimed = metadata.get(FORWARDED_FOR, "")
-        if claimed and self.member_name in names:
+        if claimed and self.is_member(names):
             return self._judge(frozenset((claimed,)), described=f"{claimed} (forwarded by {peer})")
-        return self._judge(names, described=_describe(names, peer))
+        return self._judge(names, described=describe(names, peer))
 
     def _judge(self, names: frozenset[str], *, described: str) -> Decision:
         granted = sorted(names & self.admins)
@@ -66,6 +77,7 @@ class Policy:
             f"of {', '.join(sorted(self.admins)) or '(no ADMIN_IDENTITIES configured)'}"))
 
 
-def _describe(names: Iterable[str], peer: str) -> str:
+def describe(names: Iterable[str], peer: str) -> str:
+    """The caller as refusals name it: its address and certificate names."""
     listed = ",".join(sorted(names))
     return f"{peer} [{listed}]" if listed else f"{peer} (no certificate names)"

@@ -1,6 +1,6 @@
 """The agent's security wiring from SecurityConfig: one place that decides plaintext or mutual
-TLS, and builds the server credentials, the client channel factory, the cluster-id check and
-the admin policy from it."""
+TLS, and builds the server credentials, the client channel factory, the Gossip checks
+(membership, cluster id) and the admin policy from it."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import logging
 from typing import Protocol
 
 import grpc
+import grpc.aio
 
 from gossip_agent import config as config_mod
-from gossip_agent.security import cluster, identity, tls
+from gossip_agent.security import cluster, identity, members, tls
 
 log = logging.getLogger("gossip_agent.security")
 
@@ -50,6 +51,19 @@ class Security:
 
     def server_credentials(self) -> grpc.ServerCredentials | None:
         return None if self.files is None else tls.server_credentials(self.files)
+
+    def gossip_checks(
+        self, stats: _HasRejected
+    ) -> tuple[grpc.aio.ServerInterceptor, ...]:  # type: ignore[type-arg]
+        """The server's interceptors, in the order they judge a Gossip call: membership first
+        (a non-member is refused as such whatever cluster id it sends), then the cluster id."""
+        return (self.member_check(stats), self.cluster_check(stats))
+
+    def member_check(self, stats: _HasRejected) -> members.MembersOnly:
+        def refused() -> None:
+            stats.rejected[members.REASON] += 1
+
+        return members.MembersOnly(policy=self.policy, on_refused=refused)
 
     def cluster_check(self, stats: _HasRejected) -> cluster.ClusterCheck:
         def refused() -> None:

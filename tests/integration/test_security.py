@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -32,10 +33,15 @@ from tests.integration.test_grpc_api import (
     CONVERGE_DEADLINE,
     ELECTION_DEADLINE,
     GRPCURL,
+    RPC_DEADLINE,
     address,
+    fingerprint,
+    lease_held_by_test,
     poll,
     running_agents,
+    snapshot_bytes,
 )
+from tests.integration.test_scale_requests import node_report
 
 pytestmark = pytest.mark.integration
 
@@ -258,6 +264,140 @@ async def test_gossip_from_another_cluster_is_refused_counted_and_never_mixed(
                                metadata=((cluster.CLUSTER_KEY, "red"),))
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "red" in str(caught.value.details()) and "blue" in str(caught.value.details())
+
+
+# The four Gossip methods, each with a request an agent could send and its reply type. The
+# snapshot is at term 5, below the term of the agent under test (it leads above the record at
+# 5 that lease_held_by_test leaves), so a member's push is answered STALE and changes nothing.
+GOSSIP_CALLS: dict[str, tuple[bytes, type[Any]]] = {
+    "PushStream": (snapshot_bytes(5, 1, {snapshots.parse_ip("10.0.5.1"): 1}), pb.PushAck),
+    "Push": (snapshot_bytes(5, 1, {snapshots.parse_ip("10.0.5.1"): 1}), pb.PushAck),
+    "Exchange": (pb.ExchangeRequest(digest=pb.Digest(node="node-9")).SerializeToString(),
+                 pb.ExchangeReply),
+    "Report": (node_report("10.0.5.2", node="node-9").SerializeToString(), pb.ReportAck),
+}
+
+
+async def call_gossip(
+    factory: tls.ChannelFactory, target: str, method: str, *, cluster_id: str
+) -> list[Any]:
+    """One Gossip call as an agent makes it (raw bytes, the cluster id in the metadata); the
+    replies, or AioRpcError. PushStream sends one snapshot on a stream and half-closes it."""
+    payload, reply_type = GOSSIP_CALLS[method]
+    path, metadata = f"{cluster.GOSSIP_PREFIX}{method}", ((cluster.CLUSTER_KEY, cluster_id),)
+    async with factory.open(target, []) as channel:
+        if method == "PushStream":
+            stream = channel.stream_stream(path, request_serializer=None,
+                                           response_deserializer=reply_type.FromString)
+            return [reply async for reply in stream(
+                iter([payload]), timeout=RPC_DEADLINE, metadata=metadata)]
+        unary = channel.unary_unary(path, request_serializer=None,
+                                    response_deserializer=reply_type.FromString)
+        return [await unary(payload, timeout=RPC_DEADLINE, metadata=metadata)]
+
+
+async def gossip_code(
+    factory: tls.ChannelFactory, target: str, method: str, *, cluster_id: str
+) -> grpc.StatusCode:
+    try:
+        await call_gossip(factory, target, method, cluster_id=cluster_id)
+    except grpc.aio.AioRpcError as exc:
+        assert exc.details(), f"{method}: refused without a sentence"
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+def handled(agent: Any) -> tuple[Any, ...]:
+    """What any Gossip handler moves as it runs: bytes and snapshots received (Push,
+    PushStream, Exchange), reports taken (Report), peers learnt."""
+    counts = agent.scale_ups.inbox.counts
+    return (dict(agent.engine.stats.bytes_received), dict(agent.engine.stats.received),
+            counts.reports, counts.duplicates, agent.engine.membership.address_of("node-9"))
+
+
+async def test_only_member_certificates_may_gossip_others_get_permission_denied_and_no_handler_runs(
+    pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 14, defect 2: the admin certificate and any other certificate of the cluster CA
+    without TLS_SERVER_NAME are refused on each Gossip method, with this cluster's id or
+    another's, before the handler runs; they still read State. A member gossips, and a member
+    from another cluster is still refused by the cluster check (the wrapped handler delegates
+    to it, for the stream and the unary kind alike)."""
+    caplog.set_level(logging.WARNING, logger="gossip_agent.security")
+    with lease_held_by_test(tmp_path, term=5):
+        pass  # leaves the record at term 5: the agent leads above it
+    env = {**pki.agent_env(1)[0], "CLUSTER_ID": "ga14"}
+    async with running_agents(1, lease_dir=tmp_path, per_agent={0: env}) as (agent,):
+        target, admin = address(agent), pki.admin
+        await localcluster.find_leader([target], ELECTION_DEADLINE, channels=admin)
+        assert agent.engine.held.version.term > 5
+        reader = pki.factory(pki.ca.issue(pki.directory, "reader", dns=()))
+        member = pki.factory(pki.ca.issue(pki.directory, "node-9"))
+        state_before, handled_before = await get_state(admin, target), handled(agent)
+
+        for outsider in (admin, reader):
+            for method in GOSSIP_CALLS:
+                for cluster_id in ("ga14", "red"):
+                    code = await gossip_code(outsider, target, method, cluster_id=cluster_id)
+                    assert code == grpc.StatusCode.PERMISSION_DENIED, (method, cluster_id, code)
+        assert handled(agent) == handled_before, "a Gossip handler ran for a non-member"
+        assert fingerprint(await get_state(admin, target)) == fingerprint(state_before)
+        assert fingerprint(await get_state(reader, target)) == fingerprint(state_before)
+        stats = agent.engine.stats
+        assert stats.rejected["not-member"] == 2 * len(GOSSIP_CALLS) * 2
+        assert stats.rejected["cluster"] == 0  # refused as non-members, whatever their id
+        refusals = [r.getMessage() for r in caplog.records if "is not a member" in r.getMessage()]
+        assert len(refusals) == 2, refusals  # once per caller (address and names)
+        assert any("gossip-agent-admin" in r for r in refusals)
+
+        replies = {method: await call_gossip(member, target, method, cluster_id="ga14")
+                   for method in GOSSIP_CALLS}
+        assert [a.result for a in replies["PushStream"]] == [pb.PushAck.STALE]
+        assert [a.result for a in replies["Push"]] == [pb.PushAck.STALE]
+        assert replies["Exchange"][0].digest.node == "node-0"
+        assert replies["Report"][0].leader == "node-0"
+        assert handled(agent) != handled_before
+        for method in ("PushStream", "Push"):
+            code = await gossip_code(member, target, method, cluster_id="red")
+            assert code == grpc.StatusCode.FAILED_PRECONDITION, (method, code)
+        assert stats.rejected["cluster"] == 2
+        assert stats.rejected["not-member"] == 2 * len(GOSSIP_CALLS) * 2
+
+
+async def test_the_plaintext_health_port_serves_grpc_health_only(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """HEALTH_PORT (server.build_health_only) answers Kubernetes' probes without a certificate,
+    so it must offer nothing else: no reflection for grpcurl to list services with, no Gossip,
+    no State, no DataPlane (UNIMPLEMENTED), while the mutual-TLS port serves them all."""
+    require(os.access(GRPCURL, os.X_OK), f"grpcurl (looked on PATH and at {GRPCURL})")
+    health_port = localcluster.free_ports(1)[0]
+    env = {**pki.agent_env(1)[0], "HEALTH_PORT": str(health_port)}
+    async with running_agents(1, lease_dir=tmp_path, per_agent={0: env}) as (agent,):
+        plain = f"127.0.0.1:{health_port}"
+        listed = await asyncio.to_thread(subprocess.run, [GRPCURL, "-plaintext", plain, "list"],
+                                         capture_output=True, text=True, timeout=30)
+        assert listed.returncode != 0 and "reflection" in listed.stderr, listed
+        async with grpc.aio.insecure_channel(plain) as channel:
+            health = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=probes.LIVE), timeout=RPC_DEADLINE)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            others = [f"{cluster.GOSSIP_PREFIX}{method}" for method in GOSSIP_CALLS] + [
+                f"/{server.STATE_SERVICE}/{method}" for method in (
+                    "GetState", "GetLeader", "ListPeers", "GetHistory", "SetService",
+                    "DeleteService")] + [
+                f"/{server.DATAPLANE_SERVICE}/GetDataPlane",
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"]
+            for path in others:
+                call = channel.unary_unary(path, request_serializer=None,
+                                           response_deserializer=None)
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await call(b"", timeout=RPC_DEADLINE)
+                assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED, path
+        # The same calls reach the services on the mutual-TLS port (reads with any certificate).
+        reply = await get_state(pki.admin, address(agent))
+        assert reply.node == "node-0"
 
 
 async def test_grpcurl_and_the_cli_talk_mutual_tls_with_the_same_flags(

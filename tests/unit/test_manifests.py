@@ -31,6 +31,7 @@ import yaml
 
 from gossip_agent import config
 from gossip_agent.api import probes
+from gossip_agent.security import identity
 from tests.conftest import require
 from tests.unit import test_docs_and_manifests as docs
 
@@ -269,7 +270,35 @@ def test_the_tls_secret_is_mounted_whole_read_only_where_the_tls_variables_point
     assert config.from_env(env).security.server_name in agents["dnsNames"]
     admin = certificates["gossip-agent-admin"]["spec"]
     assert admin["commonName"] in config.from_env(env).security.admins
-    assert "dnsNames" not in admin  # an admin is not a member
+
+
+def certificate_names(spec: dict[str, Any]) -> frozenset[str]:
+    """The names an agent reads (identity.names_of: the subject CN and every SAN) from the
+    certificate cert-manager issues for a Certificate's spec."""
+    names = {spec.get("commonName", "")}
+    for field in ("dnsNames", "uris", "emailAddresses", "ipAddresses"):
+        names.update(spec.get(field, ()))
+    names.update(part.strip()[3:] for part in spec.get("literalSubject", "").split(",")
+                 if part.strip().upper().startswith("CN="))
+    return frozenset(names - {""})
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_agents_certificate_is_a_member_and_the_admin_certificate_is_not(
+    overlay: str,
+) -> None:
+    """Only members may gossip, and a member's forwarded admin name is believed: an admin
+    certificate carrying TLS_SERVER_NAME would be both an admin and an agent (README,
+    Security). Judged with the agents' own test, identity.Policy.is_member."""
+    security = config.from_env(pod_env(rendered(overlay))).security
+    policy = identity.Policy(enforced=True, admins=security.admins,
+                             member_name=security.server_name)
+    certificates = {c["metadata"]["name"]: c["spec"] for c in kustomize(K8S / "tls")
+                    if c["kind"] == "Certificate"}
+    assert policy.is_member(certificate_names(certificates["gossip-agent-tls"]))
+    admin = certificate_names(certificates["gossip-agent-admin"])
+    assert not policy.is_member(admin), f"the admin certificate names {sorted(admin)}"
+    assert admin & security.admins
 
 
 def test_the_pod_learns_its_node_and_ip_from_the_downward_api() -> None:

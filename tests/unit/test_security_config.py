@@ -80,3 +80,31 @@ def test_names_come_from_the_common_name_and_every_subject_alternative_name() ->
                                "x509_subject_alternative_name": [b"gossip-agent", b"10.0.0.1"],
                                "transport_security_type": [b"ssl"]})
     assert names == frozenset({"node-a", "gossip-agent", "10.0.0.1"})
+
+
+@pytest.mark.parametrize(("auth_context", "member"), [
+    ({"x509_common_name": [b"gossip-agent"]}, True),  # k8s/tls's agent certificate: CN
+    ({"x509_common_name": [b"node-a"], "x509_subject_alternative_name": [b"gossip-agent"]},
+     True),  # the test certificates: a DNS SAN
+    ({"x509_common_name": [b"gossip-agent-admin"]}, False),  # k8s/tls's admin certificate
+    ({"x509_common_name": [b"reader"],
+      "x509_subject_alternative_name": [b"gossip-agent.example", b"gossip-agent-x"]}, False),
+    ({"transport_security_type": [b"insecure"]}, False),  # plaintext: no names at all
+])
+def test_a_member_carries_the_shared_name_and_only_a_member_forwards_an_admins_name(
+    auth_context: dict[str, list[bytes]], member: bool
+) -> None:
+    """One test of membership (Policy.is_member) for gossip and for forwarded writes: the
+    forwarded name ("ops") is taken exactly when the caller is a member."""
+    policy = identity.Policy(enforced=True, admins=frozenset({"gossip-agent-admin", "ops"}),
+                             member_name="gossip-agent")
+    names = identity.names_of(auth_context)
+    assert policy.is_member(names) is member
+    decision = policy.authorise_write(names=names, metadata={identity.FORWARDED_FOR: "ops"},
+                                      peer="ipv4:10.0.0.8:1")
+    assert (decision.allowed and decision.caller == "ops") is member
+
+
+def test_without_a_shared_name_nobody_is_a_member() -> None:
+    unnamed = identity.Policy(enforced=True, admins=frozenset(), member_name="")
+    assert not unnamed.is_member(frozenset({""}))
