@@ -6,13 +6,16 @@ that grants or bumps the lease (the bpffs pinned record, the Redis leader_record
 legitimate leader's snapshots always find their pair there before they exist. The first time
 an agent meets a new (term, leader) pair it reads the record once (Lease.read); a match is
 remembered (the hot path then costs one dict lookup), a mismatch is refused with
-errors.TermUnproven, remembered too, counted (Stats.rejected["unproven-term"]) and logged once
-per sender. Terms that arrive without a snapshot (a digest's or an ack's max_term_seen, which
-make a leader move its next term above them) are believed up to CLAIM_SLACK above the highest
-term the record has shown, and beyond that only once a background read of the record shows
-them. The slack keeps the design's recovery from a counter that restarted (Redis FLUSHALL, a
-recreated ConfigMap: the peers' terms are above the record, and the leader must move above
-them); it bounds what a lying member can do to the epoch: each leadership step moves it at
+errors.TermUnproven, remembered for REFUSAL_TTL, counted (Stats.rejected["unproven-term"]) and
+logged once per sender. A refusal expires because a pair can legitimately show up in the record
+later than a snapshot under it: after a Redis Sentinel failover the new master may lag the old
+one's grant, and a remembered refusal would then keep refusing the real leader for good.
+Terms that arrive without a snapshot (a digest's or an ack's max_term_seen, which make a leader
+move its next term above them) are believed up to CLAIM_SLACK above the highest term the record
+has shown, and beyond that only once a background read of the record shows them. The slack
+keeps the design's recovery from a counter that restarted (Redis FLUSHALL, a recreated
+ConfigMap: the peers' terms are above the record, and the leader must move above them); it
+bounds what a lying member can do to the epoch: each leadership step moves it at
 most CLAIM_SLACK up, against 2^63 of room.
 
 One more witness, for a cold cluster's warm start: a former leader's last snapshot, which the
@@ -36,12 +39,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from gossip_agent import errors
 from gossip_agent.leases import base as lease_base
 
 log = logging.getLogger("gossip_agent.gossip")
+_V = TypeVar("_V")
 
 # Pairs remembered either way: a cluster changes term rarely; a flood of made-up terms costs
 # one backend read each and evicts the oldest refusal, never a proof in use.
@@ -49,6 +55,11 @@ MAX_REMEMBERED = 256
 # How far above the record a peer's bare claim of a term is believed (see above): far more
 # terms than a cluster's backend could lose in a restart, a negligible part of 2^63.
 CLAIM_SLACK = 1 << 20
+# Seconds a refused pair stays refused without reading the record again: a flood of snapshots
+# under a made-up pair costs at most one read per pair per period, and a pair that shows up
+# later (a failover's lag) is believed within it. The leader's pushes are retried with backoff,
+# so a legitimate pair refused once converges one period later at worst.
+REFUSAL_TTL = 5.0
 
 # Reads the (term, leader) of the snapshot the backend mirrors, or None (gossip.mirror.pair_of).
 Mirrored = Callable[[], Awaitable[tuple[int, str] | None]]
@@ -57,13 +68,17 @@ Mirrored = Callable[[], Awaitable[tuple[int, str] | None]]
 class TermProof:
     def __init__(self, *, lease: lease_base.Lease,
                  on_refused: Callable[[], None] = lambda: None,
-                 mirrored: Mirrored | None = None) -> None:
+                 mirrored: Mirrored | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.lease = lease
+        self.clock = clock
         self.on_refused = on_refused
         self.mirrored = mirrored  # None: the backend keeps no mirror
         self.highest = 0  # the highest term the record has shown
         self._proven: collections.OrderedDict[tuple[int, str], str] = collections.OrderedDict()
-        self._refused: collections.OrderedDict[tuple[int, str], str] = collections.OrderedDict()
+        # pair -> (why, when it expires on `clock`)
+        self._refused: collections.OrderedDict[tuple[int, str], tuple[str, float]] = (
+            collections.OrderedDict())
         self._reported: set[str] = set()
         self.pending_claim: asyncio.Task[None] | None = None
 
@@ -76,15 +91,26 @@ class TermProof:
         pair = (term, leader)
         if pair in self._proven:
             return
-        reason = self._refused.get(pair)
+        reason = self._still_refused(pair)
         if reason is None:
             # LeaseUnavailable from either read: refused this time, retried later.
             reason = self._judge(pair, await self.lease.read())
             if reason and self.mirrored is not None and await self.mirrored() == pair:
                 reason = ""
-            _remember(self._refused if reason else self._proven, pair, reason)
+            if reason:
+                _remember(self._refused, pair, (reason, self.clock() + REFUSAL_TTL))
+            else:
+                self._refused.pop(pair, None)
+                _remember(self._proven, pair, reason)
         if reason:
             self._refuse(pair, reason, sender=sender)
+
+    def _still_refused(self, pair: tuple[int, str]) -> str | None:
+        """Why the pair was refused, while that refusal lasts; None once it has expired."""
+        refused = self._refused.get(pair)
+        if refused is None or self.clock() >= refused[1]:
+            return None
+        return refused[0]
 
     def _judge(self, pair: tuple[int, str], record: lease_base.LeaseRecord | None) -> str:
         """Empty when the record shows the pair, else why it does not."""
@@ -129,8 +155,8 @@ class TermProof:
             accept(term)
 
 
-def _remember(table: collections.OrderedDict[tuple[int, str], str],
-              pair: tuple[int, str], value: str) -> None:
+def _remember(table: collections.OrderedDict[tuple[int, str], _V],
+              pair: tuple[int, str], value: _V) -> None:
     table[pair] = value
     while len(table) > MAX_REMEMBERED:
         table.popitem(last=False)

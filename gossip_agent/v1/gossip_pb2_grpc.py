@@ -28,6 +28,14 @@ if _version_not_supported:
 class GossipStub:
     """Agent-to-agent calls. Not for operators: use State.
 
+    With mutual TLS only members may call this service: a client certificate whose subject CN or
+    a SAN is TLS_SERVER_NAME (default gossip-agent), as every agent certificate carries. Any other
+    certificate the CA signed, the admin certificate included, gets PERMISSION_DENIED on every
+    method (PushStream, Push, Exchange, Report), whatever its cluster id, before any handler runs:
+    nothing is read or changed. Do not retry: only an agent's certificate may gossip; operators
+    use State. This check comes before the cluster id check below. Without TLS (plaintext) there
+    are no identities and it is off.
+
     Every call carries the metadata `x-gossip-agent-cluster: <CLUSTER_ID>` (on a stream, once when
     it opens). A call whose value is not the callee's CLUSTER_ID ends with FAILED_PRECONDITION
     naming both ids, before any handler runs; do not retry: the caller belongs to another cluster.
@@ -66,6 +74,14 @@ class GossipStub:
 
 class GossipServicer:
     """Agent-to-agent calls. Not for operators: use State.
+
+    With mutual TLS only members may call this service: a client certificate whose subject CN or
+    a SAN is TLS_SERVER_NAME (default gossip-agent), as every agent certificate carries. Any other
+    certificate the CA signed, the admin certificate included, gets PERMISSION_DENIED on every
+    method (PushStream, Push, Exchange, Report), whatever its cluster id, before any handler runs:
+    nothing is read or changed. Do not retry: only an agent's certificate may gossip; operators
+    use State. This check comes before the cluster id check below. Without TLS (plaintext) there
+    are no identities and it is off.
 
     Every call carries the metadata `x-gossip-agent-cluster: <CLUSTER_ID>` (on a stream, once when
     it opens). A call whose value is not the callee's CLUSTER_ID ends with FAILED_PRECONDITION
@@ -150,6 +166,14 @@ def add_GossipServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Gossip:
     """Agent-to-agent calls. Not for operators: use State.
+
+    With mutual TLS only members may call this service: a client certificate whose subject CN or
+    a SAN is TLS_SERVER_NAME (default gossip-agent), as every agent certificate carries. Any other
+    certificate the CA signed, the admin certificate included, gets PERMISSION_DENIED on every
+    method (PushStream, Push, Exchange, Report), whatever its cluster id, before any handler runs:
+    nothing is read or changed. Do not retry: only an agent's certificate may gossip; operators
+    use State. This check comes before the cluster id check below. Without TLS (plaintext) there
+    are no identities and it is off.
 
     Every call carries the metadata `x-gossip-agent-cluster: <CLUSTER_ID>` (on a stream, once when
     it opens). A call whose value is not the callee's CLUSTER_ID ends with FAILED_PRECONDITION

@@ -49,6 +49,25 @@ async def test_a_term_or_leader_the_record_does_not_show_is_refused_and_remember
     assert len(refused) == 9  # each refusal counted, though read once
 
 
+async def test_a_refusal_expires_so_a_pair_the_record_shows_later_is_proven() -> None:
+    """After a Sentinel failover the new master can show the leader's pair a moment after its
+    first snapshot arrived: the refusal lasts REFUSAL_TTL, not for good."""
+    store = memory.MemoryLeaseStore()
+    lease = CountingLease(store, node="node-a")
+    now = [100.0]
+    checker = proof.TermProof(lease=lease, clock=lambda: now[0])
+    with pytest.raises(errors.TermUnproven):
+        await checker.check(term=9, leader="node-b", sender="x")
+    assert await memory.MemoryLease(store, node="node-b").try_acquire(min_term=9) is not None
+    now[0] += proof.REFUSAL_TTL - 0.1
+    with pytest.raises(errors.TermUnproven):  # still remembered: no read for it
+        await checker.check(term=9, leader="node-b", sender="x")
+    assert lease.reads == 1
+    now[0] += 0.2
+    await checker.check(term=9, leader="node-b", sender="x")  # read again: shown now
+    assert lease.reads == 2 and checker.known(term=9, leader="node-b")
+
+
 async def test_a_released_lease_proves_no_new_pair() -> None:
     lease, checker = await leader_at(3)
     await lease.release()
