@@ -43,14 +43,19 @@ static __always_inline struct service_stats *stats_of(u32 service)
 }
 
 /* True when the agent has not refreshed its heartbeat for longer than FAIL_OPEN_AFTER. A
- * record never written (all zero) or fail_open_after_ns 0 means "never fail open". */
+ * record never written (all zero) or fail_open_after_ns 0 means "never fail open".
+ * The age is signed: a refresh stamped after this CPU's reading of the clock (the agent read
+ * CLOCK_MONOTONIC a moment later, or on another CPU) has a small negative age and is fresh.
+ * Unsigned, it would wrap to about 2^64 ns and fail open exactly when the agent is alive.
+ * fail_open_after_ns is at most 7 days (config.py), far inside s64. */
 static __always_inline int failed_open(u64 now)
 {
     u32 zero = 0;
     struct heartbeat *beat = HEARTBEAT.lookup(&zero);
     if (!beat || beat->fail_open_after_ns == 0)
         return 0;
-    return now - beat->refreshed_ns > beat->fail_open_after_ns;
+    s64 age = (s64)(now - beat->refreshed_ns);
+    return age > (s64)beat->fail_open_after_ns;
 }
 
 /* One event per service per EVENT_INTERVAL_NS: the last emission time lives in EVENT_RATE.

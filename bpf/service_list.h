@@ -30,6 +30,8 @@ struct service_stats {
 };
 _Static_assert(sizeof(struct service_stats) == 24, "layout.STATS_STRUCT");
 
+/* HEARTBEAT: failed open when (s64)(bpf_ktime_get_ns() - refreshed_ns) > fail_open_after_ns;
+ * signed, so a refresh stamped ahead of the program's clock reading counts as fresh. */
 struct heartbeat {
     u64 refreshed_ns;
     u64 fail_open_after_ns;

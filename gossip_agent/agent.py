@@ -4,6 +4,8 @@ Start-up: open the data plane (owner lock on the pin directory, reuse pinned map
 version floor, bind the gRPC port (fails fast when taken), then start the named tasks:
 `gossip.anti-entropy`, `lease.elect`, `source.<kind>`, `discovery.dns` (when PEER_SERVICE),
 `scaleup.read` and `scaleup.report` (scale-up requests to the leader: gossip_agent/scaleup).
+Only then is the agent up (gossip_agent/liveness.py): the XDP heartbeat is first written at that
+moment, never earlier, so a process that dies during start-up cannot keep the node enforcing.
 
 Shutdown on SIGTERM/SIGINT, in this order: health NOT_SERVING (probes and peers stop sending),
 release the lease (a follower takes over at once), stop the server with a grace period, close
@@ -26,6 +28,7 @@ from grpc_health.v1 import health
 
 from gossip_agent import config as config_mod
 from gossip_agent import errors, observe
+from gossip_agent import liveness as liveness_mod
 from gossip_agent.api import dataplane as dataplane_api
 from gossip_agent.api import probes
 from gossip_agent.api import scale as scale_api
@@ -54,6 +57,9 @@ from gossip_agent.sources import file as file_source
 log = logging.getLogger("gossip_agent")
 
 SHUTDOWN_GRACE_SECONDS = 2.0
+# The loops the XDP heartbeat vouches for (liveness.py): electing or renewing, and reading the
+# program's scale-up events. Their end, however it comes, stops the heartbeat.
+WATCHED_TASKS = frozenset({"lease.elect", "xdp.events"})
 
 
 def read_boot_id() -> str:
@@ -81,10 +87,12 @@ def open_dataplane(cfg: config_mod.DataPlaneConfig) -> dataplane_base.DataPlane:
 
 
 def open_enforcer(
-    cfg: config_mod.Config, plane: dataplane_base.DataPlane, hub: dataplane_events.EventHub
+    cfg: config_mod.Config, plane: dataplane_base.DataPlane, hub: dataplane_events.EventHub,
+    liveness: liveness_mod.Liveness,
 ) -> enforcer_mod.Enforcer | None:
     """The XDP program, heartbeat and event reader (dataplane/enforcer.py) for a BPF data
-    plane; None for the memory one (nothing to enforce)."""
+    plane; None for the memory one (nothing to enforce). The heartbeat vouches for
+    `liveness`."""
     from gossip_agent.dataplane import bpfmap, interfaces
 
     if not isinstance(plane, bpfmap.BpfDataPlane):
@@ -93,7 +101,8 @@ def open_enforcer(
         return None
     return enforcer_mod.Enforcer.build(
         plane=plane, patterns=interfaces.parse_patterns(cfg.xdp.interfaces),
-        mode=cfg.xdp.mode, fail_open_after=cfg.xdp.fail_open_after, hub=hub)
+        mode=cfg.xdp.mode, fail_open_after=cfg.xdp.fail_open_after, hub=hub,
+        liveness=liveness)
 
 
 def open_lease(cfg: config_mod.Config, *, beats: beats_mod.BeatBoard | None = None
@@ -203,8 +212,9 @@ class Agent:
         # Scale-up events from the XDP program: `with agent.scale_events.subscribe() as s`.
         self.scale_events = dataplane_events.EventHub()
         self.enforcer: enforcer_mod.Enforcer | None = None
+        self.liveness = liveness_mod.Liveness()  # what the XDP heartbeat vouches for
         try:
-            self.enforcer = open_enforcer(cfg, self.dataplane, self.scale_events)
+            self.enforcer = open_enforcer(cfg, self.dataplane, self.scale_events, self.liveness)
             self._build(cfg)
         except BaseException:
             if self.enforcer is not None:
@@ -332,6 +342,7 @@ class Agent:
                  self.dataplane.kind, self.dataplane.location, self.lease.backend,
                  lease_location(self.cfg))
         self.security.announce()
+        self.liveness.up()  # serving, every loop started: the XDP heartbeat begins now
 
     async def _first_discovery(self) -> None:
         """Resolves PEER_SERVICE once before campaigning, so the first election knows the peers
@@ -353,11 +364,14 @@ class Agent:
         task = asyncio.create_task(coro, name=name)
         task.add_done_callback(self._on_task_done)
         self.tasks.append(task)
+        if name in WATCHED_TASKS:
+            self.liveness.watch(task)
 
     def _on_task_done(self, task: asyncio.Task[Any]) -> None:
         if not task.cancelled() and task.exception() is not None:
             log.error("task %s crashed; stopping the agent", task.get_name(),
                       exc_info=task.exception())
+            self.liveness.failed(f"task {task.get_name()} crashed")
             self.failed.set()
 
     async def _watch_refusal(self) -> None:

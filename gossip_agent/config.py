@@ -332,8 +332,10 @@ VARIABLES: tuple[Variable, ...] = (
              "native or generic force one.", _choice("auto", "native", "generic")),
     Variable("FAIL_OPEN_AFTER", "minutes", _default("10"),
              "The XDP program passes everything once the agent's heartbeat is older than "
-             "this, so a dead or uninstalled agent cannot leave zeros dropping traffic "
-             "forever. 0 disables. Long enough to ride out a restart or an eviction.",
+             "this, so a dead, crash-looping or uninstalled agent cannot leave zeros dropping "
+             "traffic forever. The heartbeat is written only while the agent is up and its "
+             "loops run, whatever its lease backend does. 0 disables. Long enough to ride out "
+             "a restart or an eviction.",
              _minutes(0, 7 * 24 * 60)),
     Variable("SOURCE_NAMESPACES", "name,...", _default(""),
              "SOURCE=kubernetes: namespaces whose Services are watched (one watch pair each, "

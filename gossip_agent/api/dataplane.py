@@ -61,7 +61,9 @@ def _fill(reply: pb.GetDataPlaneResponse, source: enforcer.Enforcer) -> None:
     refreshed_ns, after_ns = plane.read_heartbeat()
     age_ns = time.monotonic_ns() - refreshed_ns
     reply.fail_open_after_seconds = after_ns / 1e9
-    reply.heartbeat_age_ms = age_ns // 1_000_000 if refreshed_ns else -1
+    # Signed as in the program: a refresh stamped after this reading of the clock is fresh
+    # (age 0 here, never -1, which means "never written").
+    reply.heartbeat_age_ms = max(0, age_ns) // 1_000_000 if refreshed_ns else -1
     reply.failed_open = bool(after_ns) and age_ns > after_ns
     listed = plane.read()
     for service, per_cpu in sorted(plane.stats().items()):

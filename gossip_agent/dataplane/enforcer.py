@@ -2,13 +2,34 @@
 heartbeat and the scale-up event reader. agent.py builds one per BPF data plane.
 
 Lifecycle:
-- build(): writes a fresh heartbeat FIRST (so a program that replaces an old one never starts
-  failed open), then, if XDP_INTERFACES is set, compiles and loads the program and pins it.
+- build(): if XDP_INTERFACES is set, compiles and loads the program and pins it. It writes no
+  heartbeat (see below).
 - tasks(): `xdp.interfaces` (attach to matching interfaces as they appear), `xdp.events`
-  (ring -> EventHub), `xdp.heartbeat` (refresh the heartbeat every heartbeat_interval()).
+  (ring -> EventHub), `xdp.heartbeat` (the heartbeat, below).
 - close(): frees this process's handles only. The program stays attached and the maps stay
   pinned: the data plane keeps enforcing the last state while the agent is down or
   restarting, until FAIL_OPEN_AFTER passes. `gossip-agent detach` removes both.
+
+The heartbeat vouches for a live agent (gossip_agent/liveness.py): its first refresh is written
+as soon as the agent is up (serving, its loops started), then one every heartbeat_interval()
+while the loops it watches (`lease.elect`, `xdp.events`) run and no task crashed. Once that
+stops being true it stops for good, and FAIL_OPEN_AFTER later the program passes everything.
+The health of dependencies does not count: a lease backend that cannot be reached leaves
+`lease.elect` retrying, and the node keeps enforcing.
+
+This reverses an earlier rule, "write a fresh heartbeat first, before anything else, so a
+program that replaces an old one never starts failed open". That rule let a crash loop defeat
+fail-open: an agent that died during start-up, restarted by Kubernetes again and again,
+refreshed the heartbeat on every attempt, and the node kept dropping traffic to services at
+zero with no agent reading scale-up events, for as long as the loop lasted. Now an attempt
+that never gets up never refreshes, and FAIL_OPEN_AFTER takes effect.
+
+What the new rule costs: an agent started after its predecessor's heartbeat aged past
+FAIL_OPEN_AFTER (it was down that long) leaves the node failed open until its own first
+refresh, that is for its start-up time (compiling the program, about 3 s of CPU, then binding
+and starting its loops). That is bounded, it only happens after the node had already failed
+open for FAIL_OPEN_AFTER, and passing traffic is the safe side: it is exactly the state the
+node was in a moment before. A normal restart, shorter than FAIL_OPEN_AFTER, never fails open.
 """
 
 from __future__ import annotations
@@ -19,6 +40,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+from gossip_agent import liveness as liveness_mod
 from gossip_agent.dataplane import bpfmap, events, interfaces, xdp
 
 log = logging.getLogger("gossip_agent.xdp")
@@ -44,12 +66,14 @@ class Enforcer:
         mode: str,
         fail_open_after: float,
         hub: events.EventHub,
+        liveness: liveness_mod.Liveness,
     ) -> None:
         self.plane = plane
         self.patterns = patterns
         self.mode = mode
         self.fail_open_after = fail_open_after
         self.hub = hub
+        self.liveness = liveness  # what the heartbeat vouches for
         self.interfaces: dict[str, xdp.InterfaceState] = {}
         self.program: xdp.Program | None = None
         self.scanned = False  # the interfaces were looked at once (sync ran)
@@ -63,10 +87,10 @@ class Enforcer:
         mode: str,
         fail_open_after: float,
         hub: events.EventHub,
+        liveness: liveness_mod.Liveness,
     ) -> Enforcer:
         enforcer = cls(plane=plane, patterns=patterns, mode=mode,
-                       fail_open_after=fail_open_after, hub=hub)
-        enforcer.beat()
+                       fail_open_after=fail_open_after, hub=hub, liveness=liveness)
         if patterns:
             enforcer.program = xdp.Program(pin_dir=plane.pin_dir, max_entries=plane.max_entries,
                                            table_map_id=plane.table_map_id)
@@ -88,10 +112,23 @@ class Enforcer:
         return found
 
     async def _heartbeat(self) -> None:
-        interval = heartbeat_interval(self.fail_open_after)
-        while True:
-            await asyncio.sleep(interval)
+        """Task `xdp.heartbeat`: the first refresh once the agent is up, then one per interval
+        while it stays alive; ends, saying why, when it no longer is."""
+        await self.liveness.wait_up()
+        await asyncio.sleep(0)  # the loops started with this one take their first step first
+        if not self.liveness.why_not():
+            log.info("heartbeat: the agent is up, the XDP program enforces (fails open %s)",
+                     self._fails_open())
+        while not (why_not := self.liveness.why_not()):
             self.beat()
+            await asyncio.sleep(heartbeat_interval(self.fail_open_after))
+        log.error("heartbeat stopped: %s; the XDP program fails open %s", why_not,
+                  self._fails_open())
+
+    def _fails_open(self) -> str:
+        if self.fail_open_after <= 0:
+            return "never (FAIL_OPEN_AFTER=0)"
+        return f"{self.fail_open_after:g} s after the last refresh (FAIL_OPEN_AFTER)"
 
     def blindness(self) -> str:
         """Why this node's program cannot count all the traffic it should; "" when it can.

@@ -7,18 +7,28 @@ which appear and vanish with pods, so the set is re-evaluated on every link chan
 How changes are noticed: a NETLINK_ROUTE socket joined to the RTMGRP_LINK multicast group
 wakes the loop on any link event; the loop then lists the interfaces again (if_nameindex)
 rather than decoding the messages. A full listing is cheap (one syscall) and cannot drift from
-the kernel's truth even when messages were lost (ENOBUFS on a busy host), which decoding
-messages one by one could. A periodic rescan backs that up. This needs no netlink library:
-the only thing read from the socket is "something changed".
+the kernel's truth even when messages were lost, which decoding messages one by one could.
+A periodic rescan backs that up. This needs no netlink library: the only thing read from the
+socket is "something changed".
+
+Lost messages: when notifications come faster than the loop reads them (many pods created at
+once on a busy node, or the loop held up), the socket's receive buffer overflows, the kernel
+drops what does not fit and the next recv fails with ENOBUFS. That is not a failure of the
+loop: it means "changes were lost", so it rescans at once and keeps listening (the warning is
+logged once per process, later overflows at debug level, since a busy node may overflow often).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fnmatch
+import logging
 import socket
 from collections.abc import Callable, Iterable
+
+log = logging.getLogger("gossip_agent.xdp")
 
 RTMGRP_LINK = 1  # include/uapi/linux/rtnetlink.h: link up/down/new/del notifications
 RESCAN_SECONDS = 30.0  # backstop for lost notifications; link events wake the loop at once
@@ -48,10 +58,32 @@ def _link_socket() -> socket.socket:
     return sock
 
 
-def _drain(sock: socket.socket) -> None:
-    with contextlib.suppress(BlockingIOError, InterruptedError):
-        while True:
+class _Overflows:
+    """ENOBUFS seen on the link socket: the first logged at warning, the rest at debug."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def note(self) -> None:
+        self.count += 1
+        level = logging.WARNING if self.count == 1 else logging.DEBUG
+        log.log(level, "link notifications were lost (ENOBUFS: the netlink socket's buffer "
+                "overflowed, %d time(s) so far); rescanning the interfaces", self.count)
+
+
+def _drain(sock: socket.socket, overflows: _Overflows) -> None:
+    """Reads every queued notification. ENOBUFS reports that some were dropped; the socket
+    stays usable (the kernel clears the error as it reports it), so reading goes on, and the
+    listing that follows is the rescan."""
+    while True:
+        try:
             sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return  # nothing queued any more
+        except OSError as exc:
+            if exc.errno != errno.ENOBUFS:
+                raise
+            overflows.note()
 
 
 async def follow(
@@ -65,12 +97,13 @@ async def follow(
     can appear unnoticed in between."""
     loop = asyncio.get_running_loop()
     changed = asyncio.Event()
+    overflows = _Overflows()
     with _link_socket() as sock:
         loop.add_reader(sock.fileno(), changed.set)
         try:
             while True:
                 changed.clear()
-                _drain(sock)
+                _drain(sock, overflows)
                 on_change(current(patterns))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), rescan_seconds)

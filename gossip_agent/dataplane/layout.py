@@ -124,6 +124,8 @@ PROGRAM_FUNCTION = "xdp_service_list"  # the C function; the kernel keeps 15 byt
 STATS_STRUCT = struct.Struct("=QQQ")
 # struct heartbeat { u64 refreshed_ns; u64 fail_open_after_ns; }: 0 fail_open_after_ns = never
 # fail open; refreshed_ns is CLOCK_MONOTONIC (bpf_ktime_get_ns), comparable on this host only.
+# The program judges the age now - refreshed_ns as SIGNED (s64): a refresh stamped after its own
+# clock reading is fresh, not 2^64 ns old.
 HEARTBEAT_STRUCT = struct.Struct("=QQ")
 # struct scale_event { u32 service_ip; u32 source_ip; u64 timestamp_ns; }: both addresses in host
 # byte order (ntohl), timestamp bpf_ktime_get_ns (CLOCK_MONOTONIC).
@@ -206,6 +208,8 @@ struct service_stats {{
 }};
 _Static_assert(sizeof(struct service_stats) == {stats_size}, "layout.STATS_STRUCT");
 
+/* HEARTBEAT: failed open when (s64)(bpf_ktime_get_ns() - refreshed_ns) > fail_open_after_ns;
+ * signed, so a refresh stamped ahead of the program's clock reading counts as fresh. */
 struct heartbeat {{
     u64 refreshed_ns;
     u64 fail_open_after_ns;

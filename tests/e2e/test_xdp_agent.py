@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -56,12 +57,14 @@ def grpcurl_path() -> str:
 
 
 class AgentProcess:
-    def __init__(self, rig: xdp_net.Rig, *, pin_dir: str, source: Path, log: Path) -> None:
+    def __init__(self, rig: xdp_net.Rig, *, pin_dir: str, source: Path, log: Path,
+                 **extra: str) -> None:
         self.rig = rig
         env = dict(os.environ, PROFILE="local", NODE_NAME=f"node-{rig.tag}",
                    LISTEN_ADDR=f"{xdp_net.NODE_IP}:{PORT}", BPF_PIN_DIR=pin_dir,
                    DATAPLANE="bpf", SOURCE="file", SOURCE_FILE=str(source),
                    XDP_INTERFACES="ga4a*n,ga4a*x", FAIL_OPEN_AFTER="10")
+        env.update(extra)
         self.log = log.open("ab")
         self.process = subprocess.Popen(
             ["nsenter", f"--net=/run/netns/{rig.node_ns}", sys.executable, "-m",
@@ -199,3 +202,44 @@ def test_detach_is_refused_while_an_agent_runs(
         assert rig.xdp_prog_id() != 0 and os.path.exists(f"{pin_dir}/SERVICE_LIST")
     finally:
         assert agent.stop() == 0, (tmp_path / "agent.log").read_text()
+
+
+def test_a_crash_looping_agent_never_refreshes_the_heartbeat_so_the_node_fails_open(
+    rig: xdp_net.Rig, pin_dir: str, tmp_path: Path
+) -> None:
+    """An agent ran and was killed; its successors crash during start-up (here: the gRPC port
+    is taken), as a pod in CrashLoopBackOff does. None of them is ever up, so none refreshes
+    the heartbeat, and FAIL_OPEN_AFTER lets traffic to the service at zero through."""
+    source = tmp_path / "services.json"
+    source.write_text(json.dumps({ZERO: 0}))
+    rig.add_service(ZERO)
+    log = tmp_path / "agent.log"
+    fail_open_after = 3.0  # FAIL_OPEN_AFTER=0.05 minutes
+    agent = AgentProcess(rig, pin_dir=pin_dir, source=source, log=log, FAIL_OPEN_AFTER="0.05")
+    try:
+        wait_for("the program on the interface and the file's table in the map",
+                 lambda: rig.xdp_prog_id() != 0 and map_value(pin_dir, ZERO) == 0)
+        wait_for("a heartbeat", lambda: xdp_net.pinned_heartbeat(pin_dir)[0] != 0)
+        assert xdp_net.send_and_count(rig, ZERO, packets=5, settle=0.5) == 0
+    finally:
+        agent.process.kill()  # SIGKILL: no shutdown, the program stays attached
+        agent.stop()
+    program_id = rig.xdp_prog_id()
+    last_beat = xdp_net.pinned_heartbeat(pin_dir)
+
+    squatter = xdp_net.in_netns(rig.node_ns, lambda: socket.create_server((xdp_net.NODE_IP, PORT)))
+    try:
+        for attempt in range(2):  # restarts, each compiling the program before it dies
+            crashing = AgentProcess(rig, pin_dir=pin_dir, source=source, log=log,
+                                    FAIL_OPEN_AFTER="0.05")
+            assert crashing.process.wait(60) == 1, log.read_text()
+            crashing.stop()
+            assert xdp_net.pinned_heartbeat(pin_dir) == last_beat, (
+                f"start-up attempt {attempt + 1} refreshed the heartbeat")
+    finally:
+        squatter.close()
+
+    wait_for("FAIL_OPEN_AFTER to pass", lambda: (
+        time.monotonic_ns() - last_beat[0] > fail_open_after * 1e9))
+    assert rig.xdp_prog_id() == program_id  # still the killed agent's program, enforcing...
+    assert xdp_net.send_and_count(rig, ZERO, packets=5) == 5  # ...but failed open

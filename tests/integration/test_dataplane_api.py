@@ -9,6 +9,7 @@ import grpc.aio
 import pytest
 import pytest_asyncio
 
+from gossip_agent import liveness
 from gossip_agent.api import dataplane as dataplane_api
 from gossip_agent.dataplane import bpfmap, enforcer, events, layout, memory, xdp
 from gossip_agent.v1 import dataplane_pb2 as pb
@@ -27,7 +28,8 @@ def rig() -> Iterator[xdp_net.Rig]:
 def enforcing(bpffs_dir: str, rig: xdp_net.Rig) -> Iterator[enforcer.Enforcer]:
     plane = bpfmap.open_pinned(pin_dir=bpffs_dir, max_entries=layout.DEFAULT_MAX_ENTRIES)
     built = enforcer.Enforcer(plane=plane, patterns=("ga4a*n",), mode="auto",
-                              fail_open_after=60.0, hub=events.EventHub())
+                              fail_open_after=60.0, hub=events.EventHub(),
+                              liveness=liveness.Liveness())
     built.program = xdp.Program(pin_dir=bpffs_dir, max_entries=plane.max_entries,
                                 table_map_id=plane.table_map_id)
     built.beat()

@@ -165,6 +165,26 @@ def test_stale_heartbeat_fails_open_and_counts_it(
     assert xdp_net.counted(plane, ZERO, (0, 10, 10))
 
 
+def test_heartbeat_stamped_ahead_of_the_kernel_clock_is_fresh_and_a_stale_one_fails_open(
+    rig: xdp_net.Rig, plane: bpfmap.BpfDataPlane, program: xdp.Program
+) -> None:
+    attach(rig, program)
+    serving(rig, ZERO)
+    xdp_net.put(plane, {ZERO: 0})
+    second = 1_000_000_000
+    # A refresh stamped slightly ahead of the program's bpf_ktime_get_ns(): its age is
+    # negative, which an unsigned comparison reads as about 2^64 ns (584 years): failed open.
+    plane.write_heartbeat(refreshed_ns=time.monotonic_ns() + second,
+                          fail_open_after_ns=2 * second)
+    assert xdp_net.send_and_count(rig, ZERO, packets=10, settle=0.5) == 0
+    assert xdp_net.counted(plane, ZERO, (0, 10, 0))
+
+    plane.write_heartbeat(refreshed_ns=time.monotonic_ns() - 3 * second,
+                          fail_open_after_ns=2 * second)
+    assert xdp_net.send_and_count(rig, ZERO, packets=10) == 10
+    assert xdp_net.counted(plane, ZERO, (0, 10, 10))
+
+
 def test_fail_open_after_zero_never_fails_open(
     rig: xdp_net.Rig, plane: bpfmap.BpfDataPlane, program: xdp.Program
 ) -> None:

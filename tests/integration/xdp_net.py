@@ -23,6 +23,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -30,7 +31,7 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from gossip_agent.core import diff, versions
-from gossip_agent.dataplane import bpfmap
+from gossip_agent.dataplane import bpfmap, bpfsys, layout
 from tests.conftest import require
 
 PREFIX = "ga4a"
@@ -187,6 +188,22 @@ def put(plane: bpfmap.BpfDataPlane, table: dict[str, int], seq: int = 1) -> None
     wanted = {ip(k): v for k, v in table.items()}
     plane.apply(diff.diff(current, wanted), version=versions.Version(1, seq),
                 content_hash=b"")
+
+
+def pinned_heartbeat(pin_dir: str) -> tuple[int, int]:
+    """(refreshed_ns, fail_open_after_ns) read from <pin_dir>/HEARTBEAT as the program reads
+    it, while an agent (in this process or another) holds the pin directory; (0, 0) when the
+    map or the record does not exist yet."""
+    pinned = bpfsys.PinnedMap.open_existing(f"{pin_dir}/{layout.HEARTBEAT}",
+                                            layout.HEARTBEAT_SPEC)
+    if pinned is None:
+        return 0, 0
+    try:
+        raw = pinned.lookup((0).to_bytes(4, sys.byteorder))
+    finally:
+        pinned.close()
+    refreshed, after = layout.HEARTBEAT_STRUCT.unpack(raw or bytes(layout.HEARTBEAT_STRUCT.size))
+    return refreshed, after
 
 
 def totals(plane: bpfmap.BpfDataPlane, service: str) -> tuple[int, int, int]:

@@ -1,4 +1,5 @@
-"""The pure parts of the XDP side: interface patterns, the event hub, fail-open settings."""
+"""The pure parts of the XDP side: interface patterns, the event hub, fail-open settings and
+the liveness the heartbeat vouches for."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 
 import pytest
 
-from gossip_agent import config, errors
+from gossip_agent import config, errors, liveness
 from gossip_agent.dataplane import enforcer, events, interfaces
 
 pytestmark = pytest.mark.unit
@@ -86,3 +87,31 @@ def test_heartbeat_refreshes_four_times_per_fail_open_period_capped() -> None:
     assert enforcer.heartbeat_interval(8.0) == 2.0
     assert enforcer.heartbeat_interval(600.0) == enforcer.HEARTBEAT_MAX_INTERVAL
     assert enforcer.heartbeat_interval(0) == enforcer.HEARTBEAT_MAX_INTERVAL
+
+
+async def test_liveness_holds_only_once_up_and_while_every_watched_loop_runs() -> None:
+    alive = liveness.Liveness()
+    finish = asyncio.Event()
+    running = asyncio.create_task(asyncio.Event().wait(), name="lease.elect")
+    ending = asyncio.create_task(finish.wait(), name="xdp.events")
+    try:
+        alive.watch(running)
+        alive.watch(ending)
+        assert alive.why_not() == "the agent is not up yet"
+        alive.up()
+        await asyncio.wait_for(alive.wait_up(), 1)
+        assert alive.why_not() == ""
+        finish.set()
+        await ending
+        assert alive.why_not() == "task xdp.events ended"
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+
+
+def test_a_crashed_task_ends_liveness_whatever_the_watched_loops_do() -> None:
+    alive = liveness.Liveness()
+    alive.up()
+    alive.failed("task source.file crashed")
+    alive.failed("task scaleup.read crashed")
+    assert alive.why_not() == "task source.file crashed"
