@@ -176,9 +176,10 @@ class AgentCollector(registry.Collector):
                        "hash or size: INVALID_ARGUMENT), cluster (another CLUSTER_ID: "
                        "FAILED_PRECONDITION), unproven-term (term and leader not in the lease "
                        "record: FAILED_PRECONDITION), not-member (a Gossip call from a "
-                       "certificate without TLS_SERVER_NAME: PERMISSION_DENIED).", ["reason"],
-                       [((reason,), stats.rejected[reason])
-                        for reason in ("invalid", "cluster", "unproven-term", "not-member")])
+                       "certificate without TLS_SERVER_NAME: PERMISSION_DENIED), forged (at the "
+                       "leader, a version of its own term it never wrote: CONFLICT).", ["reason"],
+                       [((reason,), stats.rejected[reason]) for reason in
+                        ("invalid", "cluster", "unproven-term", "not-member", "forged")])
         yield _counter("messages_sent", "Snapshots sent: leader pushes (ok, failed) and "
                        "snapshots sent inside anti-entropy exchanges.", ["kind", "result"],
                        [(("push", "ok"), stats.pushes_sent),
