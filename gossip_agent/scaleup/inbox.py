@@ -34,6 +34,9 @@ class Counts:
     per_service: collections.Counter[int] = dataclasses.field(
         default_factory=collections.Counter)
     per_node: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    # Reports taken per reporting node (every node reports each interval: facts or blindness).
+    reporters: collections.Counter[str] = dataclasses.field(
+        default_factory=collections.Counter)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +81,7 @@ class Inbox:
             self.counts.duplicates += 1
             return Taken(duplicate=True, leader=self.node, term=term)
         self.counts.reports += 1
+        self.counts.reporters[incoming.node] += 1
         summary = incoming.report.summary
         if summary is not None and self.on_summary is not None:
             self.on_summary(incoming.node, summary, incoming.report.blind)
