@@ -110,7 +110,7 @@ def make_scaler(world: World, wl: workloads.Workloads, clock: Clock, *,
         ready=lambda: world.ready, live_nodes=lambda: world.live,
         leading=leading or (lambda: world.leading), proven=lambda: world.proven, workloads=wl,
         timing=loop.Timing(cooldown_ns=5 * S, window_ns=10 * S, round_interval=0.05),
-        telemetry=recorder or telemetry.Recorder(), clock=clock)
+        telemetry=recorder or telemetry.Recorder(), status=scaling.Status(), clock=clock)
 
 
 @contextlib.asynccontextmanager
