@@ -2,8 +2,9 @@
 heartbeat and the scale-up event reader. agent.py builds one per BPF data plane.
 
 Lifecycle:
-- build(): if XDP_INTERFACES is set, compiles and loads the program and pins it. It writes no
-  heartbeat (see below).
+- build(): puts this agent's FAIL_OPEN_AFTER on the heartbeat record without refreshing it
+  (own_threshold, below); if XDP_INTERFACES is set, compiles and loads the program and pins
+  it.
 - tasks(): `xdp.interfaces` (attach to matching interfaces as they appear), `xdp.events`
   (ring -> EventHub), `xdp.heartbeat` (the heartbeat, below).
 - close(): frees this process's handles only. The program stays attached and the maps stay
@@ -29,12 +30,21 @@ die during start-up, but not for an agent that gets up and crashes soon after, e
 10 minutes). With the probation such an attempt never refreshes, however often it restarts, and
 FAIL_OPEN_AFTER takes effect.
 
+The threshold is this agent's from the start: build() puts its FAIL_OPEN_AFTER on the record
+and keeps the predecessor's last refresh (own_threshold). Otherwise a record that says "never
+fail open" would keep a crash loop enforcing forever: one never written (all zero: a new node,
+whose agents may adopt zeros from gossip while on probation) or one left by an agent run with
+FAIL_OPEN_AFTER=0. A record never written keeps refreshed 0, which the program reads as the
+boot (the monotonic clock starts there): such a node fails open FAIL_OPEN_AFTER after boot at
+the latest.
+
 What it costs: an agent started after its predecessor's heartbeat aged past FAIL_OPEN_AFTER (it
-was down that long) leaves the node failed open until its own first refresh, that is for its
-start-up time (compiling the program, about 3 s of CPU, then binding and starting its loops)
-plus the probation. That is bounded, it only happens after the node had already failed open
-for FAIL_OPEN_AFTER, and passing traffic is the safe side: it is exactly the state the node was
-in a moment before. A normal restart never fails open (see probation() for the bound).
+was down that long, or no agent ever refreshed on this node since boot) leaves the node failed
+open until its own first refresh, that is for its start-up time (compiling the program, about
+3 s of CPU, then binding and starting its loops) plus the probation. That is bounded, it only
+happens after the node had already failed open for FAIL_OPEN_AFTER, and passing traffic is the
+safe side: it is exactly the state the node was in a moment before. A normal restart never
+fails open (see probation() for the bound).
 """
 
 from __future__ import annotations
@@ -130,6 +140,7 @@ class Enforcer:
     ) -> Enforcer:
         enforcer = cls(plane=plane, patterns=patterns, mode=mode,
                        fail_open_after=fail_open_after, hub=hub, liveness=liveness)
+        enforcer.own_threshold()
         if patterns:
             enforcer.program = xdp.Program(pin_dir=plane.pin_dir, max_entries=plane.max_entries,
                                            table_map_id=plane.table_map_id)
@@ -137,6 +148,19 @@ class Enforcer:
             log.info("XDP program %d loaded from %s for interfaces %s (mode %s)",
                      enforcer.program.prog_id, xdp.SOURCE, ",".join(patterns), mode)
         return enforcer
+
+    def own_threshold(self) -> None:
+        """Puts this agent's FAIL_OPEN_AFTER on the record, keeping the last refresh: not a
+        refresh. Without it a record never written (all zero: on a new node the program reads
+        refreshed 0, that is the boot, and "never") or written with FAIL_OPEN_AFTER=0 would keep
+        a crash loop that never refreshes enforcing forever."""
+        refreshed_ns, after_ns = self.plane.read_heartbeat()
+        wanted_ns = int(self.fail_open_after * 1e9)
+        if after_ns != wanted_ns:
+            self.plane.write_heartbeat(refreshed_ns=refreshed_ns, fail_open_after_ns=wanted_ns)
+            log.info("heartbeat: FAIL_OPEN_AFTER on the record is now %g s (was %s), the last "
+                     "refresh kept", self.fail_open_after,
+                     f"{after_ns / 1e9:g} s" if after_ns else "never")
 
     def beat(self) -> None:
         self.plane.write_heartbeat(refreshed_ns=time.monotonic_ns(),

@@ -130,18 +130,30 @@ STOPPED, LOOP_ENDED = "stopped", "lease.elect ended, running on"
 async def live_briefly(pin_dir: str, lease_dir: Path, death: str) -> None:
     """One attempt of a crash loop: an agent that gets fully up (serving, its loops running,
     leading) and dies well within its probation."""
-    period = PROBATION
     async with bpf_agent(pin_dir, lease_dir, **CRASH_LOOP_ENV) as agent:
         up = time.monotonic()  # start() returns right after the agent is up
-        await until("the agent to lead", lambda: agent.leadership.leading, timeout=period)
+        await until("the agent to lead", lambda: agent.leadership.leading, timeout=PROBATION)
         if death == LOOP_ENDED:
             elect = loop_task(agent, "lease.elect")
             elect.cancel()
             await asyncio.gather(elect, return_exceptions=True)
-        assert time.monotonic() - up < period, "too slow to die on probation"
+        assert time.monotonic() - up < PROBATION, "too slow to die on probation"
         if death == LOOP_ENDED:
             heartbeat = loop_task(agent, "xdp.heartbeat")
-            await until("the heartbeat to give up", heartbeat.done, timeout=2 * period + 10)
+            await until("the heartbeat to give up", heartbeat.done, timeout=2 * PROBATION + 10)
+
+
+async def crash_loop(pin_dir: str, lease_dir: Path, *, record: tuple[int, int]) -> None:
+    """Restarts agents that die on probation, each death in turn, at least four times and until
+    the node fails open; after each one the pinned HEARTBEAT record must be `record`."""
+    restarts = 0
+    while restarts < 4 or not fails_open(pin_dir):
+        death = (STOPPED, LOOP_ENDED)[restarts % 2]
+        await live_briefly(pin_dir, lease_dir, death)
+        restarts += 1
+        assert xdp_net.pinned_heartbeat(pin_dir) == record, (
+            f"restart {restarts} ({death}) left the heartbeat record at "
+            f"{xdp_net.pinned_heartbeat(pin_dir)}, not {record}")
 
 
 async def test_a_crash_loop_on_probation_never_refreshes_so_the_node_fails_open(
@@ -151,19 +163,10 @@ async def test_a_crash_loop_on_probation_never_refreshes_so_the_node_fails_open(
     fully up (serving, leading) and dies within its probation. None of them refreshes the
     heartbeat, however many restarts, and FAIL_OPEN_AFTER takes effect."""
     caplog.set_level(logging.INFO, logger="gossip_agent.xdp")
-    period = PROBATION
     async with bpf_agent(bpffs_dir, tmp_path, **CRASH_LOOP_ENV):
         await until("the first heartbeat", lambda: xdp_net.pinned_heartbeat(bpffs_dir)[0] != 0,
-                    timeout=period + 30)
-    last = xdp_net.pinned_heartbeat(bpffs_dir)
-
-    restarts = 0
-    while restarts < 4 or not fails_open(bpffs_dir):
-        death = (STOPPED, LOOP_ENDED)[restarts % 2]
-        await live_briefly(bpffs_dir, tmp_path, death)
-        restarts += 1
-        assert xdp_net.pinned_heartbeat(bpffs_dir) == last, (
-            f"restart {restarts} ({death}) refreshed the heartbeat")
+                    timeout=PROBATION + 30)
+    await crash_loop(bpffs_dir, tmp_path, record=xdp_net.pinned_heartbeat(bpffs_dir))
     assert age_s(bpffs_dir) > CRASH_LOOP_FAIL_OPEN_AFTER
     gave_up = [r.getMessage() for r in caplog.records if "on probation, never" in r.getMessage()]
     assert gave_up and "task lease.elect ended on probation" in gave_up[0], gave_up
@@ -175,16 +178,36 @@ async def test_the_heartbeat_starts_once_the_agent_has_been_alive_for_its_probat
     """An agent that stays up past its probation refreshes, then keeps refreshing; the log
     says when the probation begins and when the heartbeat starts."""
     caplog.set_level(logging.INFO, logger="gossip_agent.xdp")
-    period = PROBATION
     async with bpf_agent(bpffs_dir, tmp_path, **CRASH_LOOP_ENV):
         up_ns = time.monotonic_ns()  # start() returns right after the agent is up
         await until("the first heartbeat", lambda: xdp_net.pinned_heartbeat(bpffs_dir)[0] != 0,
-                    timeout=period + 30)
+                    timeout=PROBATION + 30)
         first, after = xdp_net.pinned_heartbeat(bpffs_dir)
         assert after == int(CRASH_LOOP_FAIL_OPEN_AFTER * 1e9)
-        assert (first - up_ns) / 1e9 > period - 0.01, "refreshed on probation"
+        assert (first - up_ns) / 1e9 > PROBATION - 0.01, "refreshed on probation"
         await until("the next refresh", lambda: xdp_net.pinned_heartbeat(bpffs_dir)[0] != first)
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("heartbeat:")]
-    assert said[0] == (f"heartbeat: on probation for {period:g} s (no refresh until the agent "
-                       "has been up and alive that long)"), said
-    assert said[1].startswith("heartbeat: the agent is up, the XDP program enforces"), said
+    probation = (f"heartbeat: on probation for {PROBATION:g} s (no refresh until the agent has "
+                 "been up and alive that long)")
+    assert probation in said, said
+    then = said[said.index(probation) + 1:]
+    assert then and then[0].startswith("heartbeat: the agent is up, the XDP program "
+                                         "enforces"), said
+
+
+@pytest.mark.parametrize("predecessor", ["none", "FAIL_OPEN_AFTER=0"])
+async def test_a_crash_loop_fails_open_where_the_heartbeat_record_said_never(
+    bpffs_dir: str, tmp_path: Path, predecessor: str
+) -> None:
+    """A record that says "never fail open" (on a new node nothing ever wrote it; an agent with
+    FAIL_OPEN_AFTER=0 writes 0 there) must not keep a crash loop enforcing. Each attempt puts
+    its own FAIL_OPEN_AFTER on the record at once and keeps the last refresh (none: the boot)."""
+    refreshed = 0
+    if predecessor == "FAIL_OPEN_AFTER=0":
+        async with bpf_agent(bpffs_dir, tmp_path, FAIL_OPEN_AFTER="0"):  # no probation
+            await until("the predecessor's heartbeat",
+                        lambda: xdp_net.pinned_heartbeat(bpffs_dir)[0] != 0)
+        refreshed, after = xdp_net.pinned_heartbeat(bpffs_dir)
+        assert after == 0
+    await crash_loop(bpffs_dir, tmp_path,
+                     record=(refreshed, int(CRASH_LOOP_FAIL_OPEN_AFTER * 1e9)))
