@@ -97,9 +97,10 @@ def probation(fail_open_after: float) -> float:
     minutes for pulling the image.
 
     What remains: an agent that survives longer than P each time does refresh, once per
-    restart. It was working all that time (serving, electing, reading scale-up events), and
-    between its lives the node fails open as for any restart, once FAIL_OPEN_AFTER passes
-    without a refresh. Derived, not configured: tune FAIL_OPEN_AFTER, and P follows within
+    restart. It was working all that time (serving, electing, reading scale-up events).
+    Between its lives (Kubernetes' backoff is capped at 5 minutes) the node keeps enforcing, as
+    through any restart, and fails open only once FAIL_OPEN_AFTER passes without a refresh.
+    Derived, not configured: tune FAIL_OPEN_AFTER, and P follows within
     both bounds."""
     if fail_open_after <= 0:
         return 0.0
