@@ -32,19 +32,19 @@ FAIL_OPEN_AFTER takes effect.
 
 The threshold is this agent's from the start: build() puts its FAIL_OPEN_AFTER on the record
 and keeps the predecessor's last refresh (own_threshold). Otherwise a record that says "never
-fail open" would keep a crash loop enforcing forever: one never written (all zero: a new node,
-whose agents may adopt zeros from gossip while on probation) or one left by an agent run with
-FAIL_OPEN_AFTER=0. A record never written keeps refreshed 0, which the program reads as the
-boot (the monotonic clock starts there): such a node fails open FAIL_OPEN_AFTER after boot at
-the latest.
+fail open" would keep a crash loop enforcing forever: one left by an agent run with
+FAIL_OPEN_AFTER=0, or one never written (all zero) on a new or rebooted node, whose agents may
+adopt zeros from gossip while on probation. A record never written has no last refresh to
+keep: the first agent on the node starts the clock there, so the node enforces from its first
+start as it always did, and a crash loop from the first start on fails open FAIL_OPEN_AFTER
+later. That one stamp is not a vouch: it is written once per node, never again.
 
 What it costs: an agent started after its predecessor's heartbeat aged past FAIL_OPEN_AFTER (it
-was down that long, or no agent ever refreshed on this node since boot) leaves the node failed
-open until its own first refresh, that is for its start-up time (compiling the program, about
-3 s of CPU, then binding and starting its loops) plus the probation. That is bounded, it only
-happens after the node had already failed open for FAIL_OPEN_AFTER, and passing traffic is the
-safe side: it is exactly the state the node was in a moment before. A normal restart never
-fails open (see probation() for the bound).
+was down that long) leaves the node failed open until its own first refresh, that is for its
+start-up time (compiling the program, about 3 s of CPU, then binding and starting its loops)
+plus the probation. That is bounded, it only happens after the node had already failed open
+for FAIL_OPEN_AFTER, and passing traffic is the safe side: it is exactly the state the node was
+in a moment before. A normal restart never fails open (see probation() for the bound).
 """
 
 from __future__ import annotations
@@ -151,13 +151,18 @@ class Enforcer:
         return enforcer
 
     def own_threshold(self) -> None:
-        """Puts this agent's FAIL_OPEN_AFTER on the record, keeping the last refresh: not a
-        refresh. Without it a record never written (all zero: on a new node the program reads
-        refreshed 0, that is the boot, and "never") or written with FAIL_OPEN_AFTER=0 would keep
-        a crash loop that never refreshes enforcing forever."""
+        """Puts this agent's FAIL_OPEN_AFTER on the record, keeping the last refresh (not a
+        refresh), so that no record says "never" to a crash loop. A record never written (all
+        zero: refreshed 0 with "never") has no refresh to keep: the clock starts now, once per
+        node."""
         refreshed_ns, after_ns = self.plane.read_heartbeat()
         wanted_ns = int(self.fail_open_after * 1e9)
-        if after_ns != wanted_ns:
+        if (refreshed_ns, after_ns) == (0, 0) and wanted_ns:
+            self.plane.write_heartbeat(refreshed_ns=time.monotonic_ns(),
+                                       fail_open_after_ns=wanted_ns)
+            log.info("heartbeat: none on this node yet; it fails open %s unless this agent "
+                     "refreshes by then", self._fails_open())
+        elif after_ns != wanted_ns:
             self.plane.write_heartbeat(refreshed_ns=refreshed_ns, fail_open_after_ns=wanted_ns)
             log.info("heartbeat: FAIL_OPEN_AFTER on the record is now %g s (was %s), the last "
                      "refresh kept", self.fail_open_after,

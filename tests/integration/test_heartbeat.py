@@ -164,7 +164,9 @@ async def test_a_crash_loop_on_probation_never_refreshes_so_the_node_fails_open(
     heartbeat, however many restarts, and FAIL_OPEN_AFTER takes effect."""
     caplog.set_level(logging.INFO, logger="gossip_agent.xdp")
     async with bpf_agent(bpffs_dir, tmp_path, **CRASH_LOOP_ENV):
-        await until("the first heartbeat", lambda: xdp_net.pinned_heartbeat(bpffs_dir)[0] != 0,
+        stamp, _ = xdp_net.pinned_heartbeat(bpffs_dir)  # a new node: the clock's start
+        await until("the first refresh",
+                    lambda: xdp_net.pinned_heartbeat(bpffs_dir)[0] != stamp,
                     timeout=PROBATION + 30)
     await crash_loop(bpffs_dir, tmp_path, record=xdp_net.pinned_heartbeat(bpffs_dir))
     assert age_s(bpffs_dir) > CRASH_LOOP_FAIL_OPEN_AFTER
@@ -180,7 +182,9 @@ async def test_the_heartbeat_starts_once_the_agent_has_been_alive_for_its_probat
     caplog.set_level(logging.INFO, logger="gossip_agent.xdp")
     async with bpf_agent(bpffs_dir, tmp_path, **CRASH_LOOP_ENV):
         up_ns = time.monotonic_ns()  # start() returns right after the agent is up
-        await until("the first heartbeat", lambda: xdp_net.pinned_heartbeat(bpffs_dir)[0] != 0,
+        stamp, _ = xdp_net.pinned_heartbeat(bpffs_dir)  # a new node: the clock's start
+        await until("the first refresh",
+                    lambda: xdp_net.pinned_heartbeat(bpffs_dir)[0] != stamp,
                     timeout=PROBATION + 30)
         first, after = xdp_net.pinned_heartbeat(bpffs_dir)
         assert after == int(CRASH_LOOP_FAIL_OPEN_AFTER * 1e9)
@@ -195,19 +199,30 @@ async def test_the_heartbeat_starts_once_the_agent_has_been_alive_for_its_probat
                                          "enforces"), said
 
 
-@pytest.mark.parametrize("predecessor", ["none", "FAIL_OPEN_AFTER=0"])
-async def test_a_crash_loop_fails_open_where_the_heartbeat_record_said_never(
-    bpffs_dir: str, tmp_path: Path, predecessor: str
+async def test_a_crash_loop_fails_open_where_the_predecessor_never_would(
+    bpffs_dir: str, tmp_path: Path
 ) -> None:
-    """A record that says "never fail open" (on a new node nothing ever wrote it; an agent with
-    FAIL_OPEN_AFTER=0 writes 0 there) must not keep a crash loop enforcing. Each attempt puts
-    its own FAIL_OPEN_AFTER on the record at once and keeps the last refresh (none: the boot)."""
-    refreshed = 0
-    if predecessor == "FAIL_OPEN_AFTER=0":
-        async with bpf_agent(bpffs_dir, tmp_path, FAIL_OPEN_AFTER="0"):  # no probation
-            await until("the predecessor's heartbeat",
-                        lambda: xdp_net.pinned_heartbeat(bpffs_dir)[0] != 0)
-        refreshed, after = xdp_net.pinned_heartbeat(bpffs_dir)
-        assert after == 0
+    """An agent run with FAIL_OPEN_AFTER=0 writes "never" on the record (at once: no
+    probation). Its successors, with a FAIL_OPEN_AFTER, crash-loop on probation: each puts its
+    own FAIL_OPEN_AFTER on the record, keeping the last refresh, and the node fails open."""
+    async with bpf_agent(bpffs_dir, tmp_path, FAIL_OPEN_AFTER="0"):
+        await until("the predecessor's heartbeat",
+                    lambda: xdp_net.pinned_heartbeat(bpffs_dir)[0] != 0)
+    refreshed, after = xdp_net.pinned_heartbeat(bpffs_dir)
+    assert after == 0
     await crash_loop(bpffs_dir, tmp_path,
                      record=(refreshed, int(CRASH_LOOP_FAIL_OPEN_AFTER * 1e9)))
+
+
+async def test_a_crash_loop_on_a_new_node_fails_open_after_its_first_start(
+    bpffs_dir: str, tmp_path: Path
+) -> None:
+    """No heartbeat was ever written here (a record of zeros says "never"). The first agent
+    starts the clock as it starts, so the node enforces at once, and when every attempt dies on
+    probation the node fails open FAIL_OPEN_AFTER after that first start."""
+    started = time.monotonic_ns()
+    await live_briefly(bpffs_dir, tmp_path, STOPPED)
+    refreshed, after = xdp_net.pinned_heartbeat(bpffs_dir)
+    assert after == int(CRASH_LOOP_FAIL_OPEN_AFTER * 1e9)
+    assert refreshed > started, "the first start did not start the clock"
+    await crash_loop(bpffs_dir, tmp_path, record=(refreshed, after))
