@@ -61,7 +61,7 @@ from gossip_agent.dataplane import bpfmap, events, interfaces, xdp
 log = logging.getLogger("gossip_agent.xdp")
 
 HEARTBEAT_MAX_INTERVAL = 10.0  # seconds; a refresh is one map write
-# The longest probation (probation()): at least a minute of the agent's own work before it vouches.
+# The probation's cap (probation()): a minute of the agent's own work before it vouches.
 PROBATION_MAX = 60.0  # seconds
 # The start of every "blind" reason of a node with no program of ours (GetState, logs).
 NO_PROGRAM = "no counting program"
@@ -100,8 +100,7 @@ def probation(fail_open_after: float) -> float:
     restart. It was working all that time (serving, electing, reading scale-up events).
     Between its lives (Kubernetes' backoff is capped at 5 minutes) the node keeps enforcing, as
     through any restart, and fails open only once FAIL_OPEN_AFTER passes without a refresh.
-    Derived, not configured: tune FAIL_OPEN_AFTER, and P follows within
-    both bounds."""
+    Derived, not configured: tune FAIL_OPEN_AFTER, and P follows within both bounds."""
     if fail_open_after <= 0:
         return 0.0
     return min(PROBATION_MAX, fail_open_after / 4)
