@@ -4,8 +4,10 @@ Start-up: open the data plane (owner lock on the pin directory, reuse pinned map
 version floor, bind the gRPC port (fails fast when taken), then start the named tasks:
 `gossip.anti-entropy`, `lease.elect`, `source.<kind>`, `discovery.dns` (when PEER_SERVICE),
 `scaleup.read` and `scaleup.report` (scale-up requests to the leader: gossip_agent/scaleup).
-Only then is the agent up (gossip_agent/liveness.py): the XDP heartbeat is first written at that
-moment, never earlier, so a process that dies during start-up cannot keep the node enforcing.
+Only then is the agent up (gossip_agent/liveness.py), and the XDP heartbeat's probation begins:
+its first refresh comes only once the agent has been up and alive for the probation
+(dataplane/enforcer.py), so a process that dies during start-up or soon after cannot keep the
+node enforcing, however often it is restarted.
 
 Shutdown on SIGTERM/SIGINT, in this order: health NOT_SERVING (probes and peers stop sending),
 release the lease (a follower takes over at once), stop the server with a grace period, close
@@ -342,7 +344,7 @@ class Agent:
                  self.dataplane.kind, self.dataplane.location, self.lease.backend,
                  lease_location(self.cfg))
         self.security.announce()
-        self.liveness.up()  # serving, every loop started: the XDP heartbeat begins now
+        self.liveness.up()  # serving, every loop started: the heartbeat's probation begins
 
     async def _first_discovery(self) -> None:
         """Resolves PEER_SERVICE once before campaigning, so the first election knows the peers

@@ -334,8 +334,9 @@ VARIABLES: tuple[Variable, ...] = (
              "The XDP program passes everything once the agent's heartbeat is older than "
              "this, so a dead, crash-looping or uninstalled agent cannot leave zeros dropping "
              "traffic forever. The heartbeat is written only while the agent is up and its "
-             "loops run, whatever its lease backend does. 0 disables. Long enough to ride out "
-             "a restart or an eviction.",
+             "loops run, whatever its lease backend does, and only once it has been so for a "
+             "probation of min(FAIL_OPEN_AFTER/4, 60 s). 0 disables (and the probation). Long "
+             "enough to ride out a restart or an eviction.",
              _minutes(0, 7 * 24 * 60)),
     Variable("SOURCE_NAMESPACES", "name,...", _default(""),
              "SOURCE=kubernetes: namespaces whose Services are watched (one watch pair each, "

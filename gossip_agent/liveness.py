@@ -12,12 +12,19 @@ the scale-up events. The agent is alive when all of these hold:
   loaded, `xdp.events` (the reader of its scale-up events);
 - no task of the agent crashed (`failed()`: a crash stops the process; no refresh in between).
 
+Once the agent is no longer alive it never is again (a watched task does not restart, a crash
+is kept), so alive at every look is alive all along. The heartbeat relies on that for its
+probation: it starts vouching only after the agent has been up and alive for
+enforcer.probation(FAIL_OPEN_AFTER) (a minute by default), so an agent that gets up and crashes
+soon after, restart after restart (CrashLoopBackOff), never refreshes it either.
+
 What the agent depends on does not count, on purpose. A Redis or Kubernetes API outage leaves
 every loop running and retrying: `lease.elect` alive while the lease cannot be reached is the
 agent working. Failing open on it would turn one backend outage into every node failing open
 at once.
 
-Cost: why_not() looks at each watched task (two at most), once per heartbeat.
+Cost: why_not() looks at each watched task (two at most), once per heartbeat interval (also
+during the probation).
 """
 
 from __future__ import annotations

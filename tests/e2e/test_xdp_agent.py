@@ -204,18 +204,33 @@ def test_detach_is_refused_while_an_agent_runs(
         assert agent.stop() == 0, (tmp_path / "agent.log").read_text()
 
 
+def kill_once_working(agent: AgentProcess, *, rig: xdp_net.Rig, replacing: int,
+                      log: Path) -> None:
+    """SIGKILLs `agent` as soon as its program replaced `replacing` on the interface: attaching
+    is one of its loops' first steps once it is up, so it got up, worked, and died."""
+    try:
+        wait_for("the restarted agent to attach its program",
+                 lambda: rig.xdp_prog_id() not in (0, replacing))
+        assert agent.process.poll() is None, log.read_text()
+    finally:
+        agent.process.kill()
+        agent.stop()
+
+
 def test_a_crash_looping_agent_never_refreshes_the_heartbeat_so_the_node_fails_open(
     rig: xdp_net.Rig, pin_dir: str, tmp_path: Path
 ) -> None:
-    """An agent ran and was killed; its successors crash during start-up (here: the gRPC port
-    is taken), as a pod in CrashLoopBackOff does. None of them is ever up, so none refreshes
-    the heartbeat, and FAIL_OPEN_AFTER lets traffic to the service at zero through."""
+    """An agent ran and was killed; its successors crash as a pod in CrashLoopBackOff does:
+    during start-up (here: the gRPC port is taken), or once up but within their probation
+    (here: SIGKILL as soon as they attach their program). None of them refreshes the heartbeat,
+    and FAIL_OPEN_AFTER lets traffic to the service at zero through."""
     source = tmp_path / "services.json"
     source.write_text(json.dumps({ZERO: 0}))
     rig.add_service(ZERO)
     log = tmp_path / "agent.log"
-    fail_open_after = 3.0  # FAIL_OPEN_AFTER=0.05 minutes
-    agent = AgentProcess(rig, pin_dir=pin_dir, source=source, log=log, FAIL_OPEN_AFTER="0.05")
+    fail_open_after = 6.0  # FAIL_OPEN_AFTER=0.1 minutes: a probation of 1.5 s
+    timers = {"FAIL_OPEN_AFTER": "0.1"}
+    agent = AgentProcess(rig, pin_dir=pin_dir, source=source, log=log, **timers)
     try:
         wait_for("the program on the interface and the file's table in the map",
                  lambda: rig.xdp_prog_id() != 0 and map_value(pin_dir, ZERO) == 0)
@@ -224,22 +239,24 @@ def test_a_crash_looping_agent_never_refreshes_the_heartbeat_so_the_node_fails_o
     finally:
         agent.process.kill()  # SIGKILL: no shutdown, the program stays attached
         agent.stop()
-    program_id = rig.xdp_prog_id()
     last_beat = xdp_net.pinned_heartbeat(pin_dir)
 
     squatter = xdp_net.in_netns(rig.node_ns, lambda: socket.create_server((xdp_net.NODE_IP, PORT)))
-    try:
-        for attempt in range(2):  # restarts, each compiling the program before it dies
-            crashing = AgentProcess(rig, pin_dir=pin_dir, source=source, log=log,
-                                    FAIL_OPEN_AFTER="0.05")
-            assert crashing.process.wait(60) == 1, log.read_text()
-            crashing.stop()
-            assert xdp_net.pinned_heartbeat(pin_dir) == last_beat, (
-                f"start-up attempt {attempt + 1} refreshed the heartbeat")
+    try:  # a restart that compiles the program, then dies binding the port
+        crashing = AgentProcess(rig, pin_dir=pin_dir, source=source, log=log, **timers)
+        assert crashing.process.wait(60) == 1, log.read_text()
+        crashing.stop()
+        assert xdp_net.pinned_heartbeat(pin_dir) == last_beat, "a start-up crash refreshed"
     finally:
         squatter.close()
+    for attempt in range(2):  # restarts that get up, then die well within their probation
+        replacing = rig.xdp_prog_id()
+        kill_once_working(AgentProcess(rig, pin_dir=pin_dir, source=source, log=log, **timers),
+                          rig=rig, replacing=replacing, log=log)
+        assert xdp_net.pinned_heartbeat(pin_dir) == last_beat, (
+            f"restart {attempt + 1}, killed on probation, refreshed the heartbeat")
 
     wait_for("FAIL_OPEN_AFTER to pass", lambda: (
         time.monotonic_ns() - last_beat[0] > fail_open_after * 1e9))
-    assert rig.xdp_prog_id() == program_id  # still the killed agent's program, enforcing...
+    assert rig.xdp_prog_id() != 0  # a program of ours is attached, enforcing...
     assert xdp_net.send_and_count(rig, ZERO, packets=5) == 5  # ...but failed open

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from gossip_agent import liveness
 from gossip_agent.dataplane import bpfmap, bpfsys, events, layout, xdp
 from gossip_agent.dataplane import enforcer as enforcer_mod
 from tests.conftest import BPFFS_TEST_ROOT, remove_bpffs_tree
@@ -224,11 +225,13 @@ def test_an_interface_carrying_another_program_makes_the_node_blind_until_it_is_
     """Blindness (issue 14): a node whose program cannot count all the traffic it should
     reports why, so the leader never takes its "saw nothing" for idleness."""
     maps_only = enforcer_mod.Enforcer.build(plane=plane, patterns=(), mode="auto",
-                                            fail_open_after=0, hub=events.EventHub())
+                                            fail_open_after=0, hub=events.EventHub(),
+                                            liveness=liveness.Liveness())
     assert maps_only.blindness().startswith(enforcer_mod.NO_PROGRAM)
     maps_only.close()
     enforcer = enforcer_mod.Enforcer.build(plane=plane, patterns=(rig.node_if,), mode="auto",
-                                           fail_open_after=0, hub=events.EventHub())
+                                           fail_open_after=0, hub=events.EventHub(),
+                                           liveness=liveness.Liveness())
     other_plane = bpfmap.open_pinned(pin_dir=foreign_dir, max_entries=16)
     other = load(other_plane)
     try:

@@ -89,6 +89,22 @@ def test_heartbeat_refreshes_four_times_per_fail_open_period_capped() -> None:
     assert enforcer.heartbeat_interval(0) == enforcer.HEARTBEAT_MAX_INTERVAL
 
 
+@pytest.mark.parametrize("fail_open_after", [0.6, 6.0, 40.0, 240.0, 600.0, 7 * 24 * 3600.0])
+def test_probation_is_a_quarter_of_fail_open_after_capped_at_a_minute(
+    fail_open_after: float
+) -> None:
+    period = enforcer.probation(fail_open_after)
+    assert period == min(fail_open_after / 4, 60.0)
+    # Never shorter than a refresh interval; with the old agent's last interval, at most half
+    # of FAIL_OPEN_AFTER, the rest left for a healthy restart (shutdown, pull, start-up).
+    assert enforcer.heartbeat_interval(fail_open_after) <= period
+    assert enforcer.heartbeat_interval(fail_open_after) + period <= fail_open_after / 2
+
+
+def test_no_probation_when_the_node_never_fails_open() -> None:
+    assert enforcer.probation(0) == 0
+
+
 async def test_liveness_holds_only_once_up_and_while_every_watched_loop_runs() -> None:
     alive = liveness.Liveness()
     finish = asyncio.Event()
