@@ -402,7 +402,8 @@ class Engine:
         if theirs.node == self.node:
             self.membership.mark_self(address)
             return
-        self.membership.learn([address, *theirs.peers])
+        self.membership.met(address)
+        self.membership.learn(theirs.peers)
         self.membership.succeeded(address, now=self.clock(), contact=peers.Contact(
             node=theirs.node, version=wire.version_from_pb(theirs.version),
             boot_id=theirs.boot_id, leader=theirs.leader,
