@@ -446,6 +446,14 @@ class Engine:
         self.stats.exchanges_ok += 1
         return True
 
+    async def close_departed(self) -> int:
+        """Closes what the transport keeps (channel, push stream) for addresses that are no
+        longer peers, keeping the leader's (reports and forwarded writes call it); returns how
+        many were closed. O(peers + channels)."""
+        keep = set(self.membership.addresses())
+        keep.add(self.leader_address)
+        return await self.transport.retain(keep)
+
     def repair_map(self) -> int:
         """Rewrites map entries that differ from the held table (hand edits); returns how many."""
         actual = self.dataplane.read()
