@@ -8,6 +8,18 @@ the others. Time is passed in (monotonic seconds); nothing here reads a clock.
 States: unknown (never contacted) -> alive (last call succeeded) -> suspect (1..dead_after-1
 consecutive failures) -> dead (dead_after or more; still retried at the backoff cap). Any
 success returns a peer to alive.
+
+Departures, so that the table (and what callers keep per address: channels, push streams)
+follows the cluster through pod-IP churn instead of growing with every address ever seen:
+- Discovery is believed about the addresses it withdraws: when an answer no longer lists an
+  address it listed, the peer goes, even if gossip mentioned it too (a pod that was deleted;
+  a live agent that was dropped by mistake is met again when it next calls). The address is
+  remembered as withdrawn (the last MAX_WITHDRAWN of them), so digests of peers that have not
+  refreshed yet cannot bring it back; only discovery listing it again, or the address calling
+  this agent itself (met), can.
+- An EMPTY answer is the exception: it withdraws only what discovery alone taught. A Service
+  with no endpoints, or a broken record, must not cut an agent off from the peers it talks to.
+- A peer only gossip knows is dropped once dead for forget_after.
 """
 
 from __future__ import annotations
@@ -24,6 +36,9 @@ DNS = "dns"
 GOSSIP = "gossip"
 # Origins whose address sets come from discovery and are replaced wholesale on each refresh.
 DISCOVERED = (STATIC, DNS)
+# Withdrawn addresses remembered (see the module docstring): about 100 KB at most, and far
+# more departures than gossip can still be carrying from the peers' previous views.
+MAX_WITHDRAWN = 1024
 
 
 class PeerState(enum.Enum):
@@ -98,23 +113,45 @@ class Membership:
         self._policy = policy
         self._rng = rng
         self._peers: dict[str, Peer] = {}
+        self._withdrawn: dict[str, None] = {}  # insertion-ordered: the oldest first
 
     def set_discovered(self, origin: str, addresses: Iterable[str]) -> None:
-        """Replaces the address set one discovery origin currently reports."""
+        """Replaces the address set one discovery origin currently reports; peers it no
+        longer lists go (see the module docstring for what an empty answer keeps)."""
         wanted = {a for a in addresses if a not in self._self_addresses}
         for address in wanted:
+            self._withdrawn.pop(address, None)
             self._peers.setdefault(address, Peer(address, set())).origins.add(origin)
         for peer in list(self._peers.values()):
             if origin in peer.origins and peer.address not in wanted:
                 peer.origins.discard(origin)
+                if wanted:
+                    peer.origins.discard(GOSSIP)
                 if not peer.origins:
                     del self._peers[peer.address]
+                    if wanted:
+                        self._withdraw(peer.address)
+
+    def _withdraw(self, address: str) -> None:
+        self._withdrawn[address] = None
+        while len(self._withdrawn) > MAX_WITHDRAWN:
+            del self._withdrawn[next(iter(self._withdrawn))]
 
     def learn(self, addresses: Iterable[str]) -> None:
-        """Adds addresses a peer mentioned; they stay while they answer."""
+        """Adds addresses a peer mentioned (not those discovery withdrew); they stay while
+        they answer."""
         for address in addresses:
-            if address and address not in self._self_addresses:
-                self._peers.setdefault(address, Peer(address, set())).origins.add(GOSSIP)
+            if address not in self._withdrawn:
+                self._add_gossiped(address)
+
+    def met(self, address: str) -> None:
+        """An agent at `address` called this one: a peer, even if discovery withdrew it."""
+        self._withdrawn.pop(address, None)
+        self._add_gossiped(address)
+
+    def _add_gossiped(self, address: str) -> None:
+        if address and address not in self._self_addresses:
+            self._peers.setdefault(address, Peer(address, set())).origins.add(GOSSIP)
 
     def mark_self(self, address: str) -> None:
         """An address turned out to be this agent (its digest named our node): never call it."""

@@ -137,6 +137,10 @@ class Ledger:
         self._max = max_nodes
         self._last: collections.OrderedDict[str, tuple[int, int]] = collections.OrderedDict()
 
+    def knows(self, node: str) -> bool:
+        """Whether a report from `node` was taken (and is still remembered)."""
+        return node in self._last
+
     def take(self, *, node: str, incarnation: int, seq: int) -> bool:
         """True the first time (node, incarnation, seq) is seen; False for a retry."""
         known = self._last.get(node)

@@ -92,6 +92,19 @@ class ClusterFacts:
         """Membership declared the node dead: its facts no longer count, nor does it block."""
         self._nodes.pop(node, None)
 
+    def retain(self, live: Iterable[str]) -> list[str]:
+        """Forgets every node not in `live` (it left, or membership declared it dead); returns
+        them. Safe: only live nodes' facts decide (rule 2), and a node that comes back must
+        report again before it stops blocking. Keeps the facts to one per live node."""
+        gone = sorted(self._nodes.keys() - set(live))
+        for node in gone:
+            self.forget(node)
+        return gone
+
+    def reported(self) -> set[str]:
+        """The nodes whose summary is kept."""
+        return set(self._nodes)
+
     def note_scaled_up(self, *, service: int, now_ns: int) -> None:
         """A scale-up counts as traffic: the workload gets its full idle time before it may go
         down again, even if the waking packets were all dropped before the last summaries."""

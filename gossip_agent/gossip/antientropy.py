@@ -3,7 +3,12 @@
 This repairs whatever a push missed (a peer that was down, a lost message, a partition that
 healed): an agent behind pulls the newer snapshot in the same round trip, an agent ahead pushes
 it, and agents that agree exchange only two small digests. The same round re-checks the local
-map against the held table, so hand edits and half-applied writes are repaired too.
+map against the held table, so hand edits and half-applied writes are repaired too, and closes
+the channels and push streams of peers that left (membership no longer lists them).
+
+Cost per GOSSIP_INTERVAL on one agent: one exchange (two digests of at most MAX_DIGEST_PEERS
+addresses; a snapshot only where versions differ), O(P log P) over its P peers and channels,
+and every REPAIR_EVERY_ROUNDS rounds one read of the map (O(E)). Independent of N beyond P.
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ async def run_round(
     results = {}
     for target in fanout.choose(ready, rng=rng, k=1):
         results[target] = await engine.exchange_with(target)
+    closed = await engine.close_departed()
+    if closed:
+        log.debug("closed the channels of %d peer(s) that left", closed)
     if not repair:
         return results
     try:

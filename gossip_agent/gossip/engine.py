@@ -402,7 +402,8 @@ class Engine:
         if theirs.node == self.node:
             self.membership.mark_self(address)
             return
-        self.membership.learn([address, *theirs.peers])
+        self.membership.met(address)
+        self.membership.learn(theirs.peers)
         self.membership.succeeded(address, now=self.clock(), contact=peers.Contact(
             node=theirs.node, version=wire.version_from_pb(theirs.version),
             boot_id=theirs.boot_id, leader=theirs.leader,
@@ -444,6 +445,14 @@ class Engine:
             return False
         self.stats.exchanges_ok += 1
         return True
+
+    async def close_departed(self) -> int:
+        """Closes what the transport keeps (channel, push stream) for addresses that are no
+        longer peers, keeping the leader's (reports and forwarded writes call it); returns how
+        many were closed. O(peers + channels)."""
+        keep = set(self.membership.addresses())
+        keep.add(self.leader_address)
+        return await self.transport.retain(keep)
 
     def repair_map(self) -> int:
         """Rewrites map entries that differ from the held table (hand edits); returns how many."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Protocol
 
 from gossip_agent import errors
@@ -115,6 +115,9 @@ class MemoryTransport:
 
     async def forget(self, address: str) -> None:
         pass
+
+    async def retain(self, addresses: Collection[str]) -> int:
+        return 0
 
     async def close(self) -> None:
         pass

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 import grpc
@@ -60,6 +60,10 @@ class Transport(Protocol):
 
     async def forget(self, address: str) -> None:
         """Drops any stream or channel kept for a peer that left."""
+        ...
+
+    async def retain(self, addresses: Collection[str]) -> int:
+        """Forgets every address not in `addresses`; returns how many were forgotten."""
         ...
 
     async def close(self) -> None: ...
@@ -116,6 +120,10 @@ class GrpcTransport:
 
     def set_ack_handler(self, handler: AckHandler) -> None:
         self._on_ack = handler
+
+    def kept(self) -> set[str]:
+        """Addresses this transport keeps a channel or a push stream for."""
+        return set(self._channels) | set(self._streams)
 
     def channel(self, address: str) -> grpc.aio.Channel:
         if self.factory.check() != self._generation:
@@ -215,7 +223,17 @@ class GrpcTransport:
         assert isinstance(reply, pb.ExchangeReply)
         return reply
 
+    async def retain(self, addresses: Collection[str]) -> int:
+        """Closes the channel and push stream of every address not in `addresses` (peers
+        that left: pod-IP churn would otherwise leave one channel per address ever called,
+        each retrying its connection, for the life of the process)."""
+        gone = self.kept() - set(addresses)
+        for address in gone:
+            await self.forget(address)
+        return len(gone)
+
     async def forget(self, address: str) -> None:
+        self._tls_failed.discard(address)
         stream = self._streams.get(address)
         self._drop_stream(address)
         if stream is not None and stream.reader is not None:

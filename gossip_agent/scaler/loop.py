@@ -14,7 +14,9 @@ Thin over the pure core (core.scaling for the rules, core.policy for the order):
   reporting node's request was acknowledged and would not come again.
 - Every report window, a scale-down round: Services that are idle on every live node (the
   rule in core.scaling) go to 0, dependents first, never under an awake dependent; an HPA is
-  suspended (its spec saved on the workload) before.
+  suspended (its spec saved on the workload) before. The round first forgets the facts of
+  nodes that are no longer live, so the leader keeps one summary per live node, not one per
+  node ever seen (O(N) per round).
 - Before every write the lease must be proven (Lease.proven(): held with time to spare): a
   deposed leader that has not noticed yet writes nothing.
 Failures are logged once per distinct message and counted; the next request or round retries.
@@ -234,6 +236,7 @@ class Scaler:
         ready = self.ready()
         awake = {name for name, t in targets.items() if ready.get(t.key, 0) > 0}
         live = list(self.live_nodes())
+        facts.retain(live)
         now = self.clock()
         due: dict[str, scaling.Verdict] = {}
         outlooks = []

@@ -26,16 +26,13 @@ log = logging.getLogger("gossip_agent.scaleup")
 
 @dataclasses.dataclass
 class Counts:
-    """What this agent took as leader (for the console, tests and later metrics)."""
+    """What this agent took as leader (for the console, tests and later metrics). Per service
+    (at most the map's entries), never per node: nodes come and go, the count would not."""
 
     reports: int = 0
     duplicates: int = 0
     requests: int = 0
     per_service: collections.Counter[int] = dataclasses.field(
-        default_factory=collections.Counter)
-    per_node: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
-    # Reports taken per reporting node (every node reports each interval: facts or blindness).
-    reporters: collections.Counter[str] = dataclasses.field(
         default_factory=collections.Counter)
 
 
@@ -81,7 +78,6 @@ class Inbox:
             self.counts.duplicates += 1
             return Taken(duplicate=True, leader=self.node, term=term)
         self.counts.reports += 1
-        self.counts.reporters[incoming.node] += 1
         summary = incoming.report.summary
         if summary is not None and self.on_summary is not None:
             self.on_summary(incoming.node, summary, incoming.report.blind)
@@ -93,7 +89,6 @@ class Inbox:
         name = self.name_of(request.service_ip)
         self.counts.requests += 1
         self.counts.per_service[request.service_ip] += 1
-        self.counts.per_node[node] += 1
         log.info("scale-up request for %s%s from node %s (client %s, %d event(s)); %d so far",
                  snapshots.format_ip(request.service_ip), f" ({name})" if name else "", node,
                  snapshots.format_ip(request.source_ip), request.events,

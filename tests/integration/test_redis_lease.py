@@ -362,6 +362,77 @@ async def test_heartbeats_are_stamped_with_redis_time_and_stale_ones_are_dropped
     assert fields[::2] == ["node-b"], "node-a's stale heartbeat was kept"
 
 
+# Other nodes' entries in <prefix>coordination for the cost tests: a cluster of 2,000 nodes.
+OTHER_NODES = 2000
+# Entries one heartbeat may remove: a batch far below OTHER_NODES (the script's own limit,
+# leases.redis.PRUNE_PER_HEARTBEAT, is smaller still; the test does not depend on its value).
+BOUNDED_BATCH = 64
+
+
+def fill_coordination(server: redisserver.RedisServer, key: str, *, age_ms: int) -> None:
+    """OTHER_NODES entries in the documented layout (node -> heartbeat JSON, as HGETALL shows
+    them), heartbeats `age_ms` old on Redis's clock, written in one server-side call."""
+    redis_cli(server, "EVAL", """
+        local t = redis.call('TIME')
+        local at = tonumber(t[1]) * 1000 - tonumber(ARGV[2])
+        for i = 1, tonumber(ARGV[1]) do
+          redis.call('HSET', KEYS[1], 'other-' .. i, cjson.encode({
+            heartbeat_unix_ms = at, term = 3, seq = 4, leader = 'node-a'}))
+        end""", "1", key, str(OTHER_NODES), str(age_ms))
+
+
+def command_calls(server: redisserver.RedisServer) -> dict[str, int]:
+    """INFO commandstats as {command: calls}: commands a Lua script runs are counted too."""
+    calls = {}
+    for line in redis_cli(server, "INFO", "commandstats").splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, fields = line.partition(":")
+            calls[name.removeprefix("cmdstat_")] = int(fields.split(",")[0].split("=")[1])
+    return calls
+
+
+async def test_a_heartbeat_never_reads_the_other_nodes_entries(
+    leases: Factory, redis_server: redisserver.RedisServer, prefix: str
+) -> None:
+    """O(1) per heartbeat, not O(N): with 2,000 live nodes' entries present, a heartbeat runs
+    no command that reads the whole hash (the seed's HGETALL per renewal made the cluster's
+    heartbeats O(N^2)), and keeps every live entry."""
+    key = f"{prefix}coordination"
+    fill_coordination(redis_server, key, age_ms=0)
+    lease = leases("node-a")
+    redis_cli(redis_server, "CONFIG", "RESETSTAT")
+    for _ in range(3):
+        await lease.heartbeat(term=3, seq=4, leader="node-a", period=10)
+    calls = command_calls(redis_server)
+    wholesale = {c: calls[c] for c in ("hgetall", "hkeys", "hvals", "hscan") if c in calls}
+    assert not wholesale, f"a heartbeat read the whole {key} hash: {wholesale}"
+    assert int(redis_cli(redis_server, "HLEN", key)) == OTHER_NODES + 1
+
+
+async def test_stale_entries_are_removed_in_bounded_batches_until_none_is_left(
+    leases: Factory, redis_server: redisserver.RedisServer, prefix: str
+) -> None:
+    """2,000 nodes that left (heartbeats an hour old): each heartbeat removes at most a small
+    batch of them, never all at once, and repeated heartbeats remove every one of them while
+    the live node's own entry stays."""
+    key = f"{prefix}coordination"
+    fill_coordination(redis_server, key, age_ms=3_600_000)
+    lease = leases("node-a")
+    left = OTHER_NODES + 1
+    removed: list[int] = []
+    for _ in range(OTHER_NODES):  # ample: one entry per heartbeat would do
+        await lease.heartbeat(term=3, seq=4, leader="node-a", period=1)
+        now = int(redis_cli(redis_server, "HLEN", key))
+        removed.append(left - now)
+        left = now
+        if left == 1:
+            break
+    assert max(removed) <= BOUNDED_BATCH, (
+        f"one heartbeat removed {max(removed)} entries: the work grows with the cluster")
+    assert left == 1, f"{left - 1} stale entries left after {len(removed)} heartbeats"
+    assert redis_cli(redis_server, "HKEYS", key) == "node-a"
+
+
 @pytest.fixture
 def unreachable_host() -> Iterator[str]:
     """An address nothing answers, not even with a reset: the far end of a veth pair whose

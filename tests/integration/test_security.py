@@ -311,9 +311,9 @@ def handled(agent: Any) -> tuple[Any, ...]:
     """What any Gossip handler moves as it runs: bytes and snapshots received (Push,
     PushStream, Exchange), reports taken from node-9 (Report; the agent's own traffic
     summaries go on meanwhile), peers learnt."""
-    counts = agent.scale_ups.inbox.counts
     return (dict(agent.engine.stats.bytes_received), dict(agent.engine.stats.received),
-            counts.reporters["node-9"], agent.engine.membership.address_of("node-9"))
+            agent.scale_ups.inbox.ledger.knows("node-9"),
+            agent.engine.membership.address_of("node-9"))
 
 
 async def test_only_member_certificates_may_gossip_others_get_permission_denied_and_no_handler_runs(

@@ -117,15 +117,51 @@ def test_failing_peer_backs_off_exponentially_and_recovers_on_success():
     assert m.address_of("p") == "p:1"
 
 
-def test_discovery_refresh_drops_addresses_no_longer_listed_but_keeps_gossiped_ones():
+def test_discovery_refresh_drops_withdrawn_addresses_even_if_gossip_mentioned_them():
     m = peers.Membership(self_address="me:1", policy=peers.BackoffPolicy(),
                          rng=random.Random(1))
     m.set_discovered(peers.DNS, ["a:1", "b:1"])
     m.learn(["b:1", "c:1"])
-    m.set_discovered(peers.DNS, ["a:1"])
+    m.set_discovered(peers.DNS, ["a:1"])  # b's pod is gone: its address with it
+    assert m.addresses() == ["a:1", "c:1"]  # c: only gossip knows it, it stays
+    m.learn(["b:1"])  # a peer that has not refreshed yet still lists b: not brought back
+    assert m.addresses() == ["a:1", "c:1"]
+    m.met("b:1")  # an agent at b calls this one itself: a peer again
     assert m.addresses() == ["a:1", "b:1", "c:1"]
-    m.set_discovered(peers.DNS, [])
+
+
+def test_an_empty_discovery_answer_keeps_the_peers_gossip_knows():
+    m = peers.Membership(self_address="me:1", policy=peers.BackoffPolicy(),
+                         rng=random.Random(1))
+    m.set_discovered(peers.DNS, ["a:1", "b:1"])
+    m.learn(["b:1", "c:1"])
+    m.set_discovered(peers.DNS, [])  # no endpoints, or a broken record: not cut off
     assert m.addresses() == ["b:1", "c:1"]
+    m.learn(["a:1"])
+    assert m.addresses() == ["a:1", "b:1", "c:1"]
+
+
+def test_discovery_listing_a_withdrawn_address_again_makes_it_a_peer():
+    m = peers.Membership(self_address="me:1", policy=peers.BackoffPolicy(),
+                         rng=random.Random(1))
+    m.set_discovered(peers.DNS, ["a:1", "b:1"])
+    m.set_discovered(peers.DNS, ["a:1"])
+    m.set_discovered(peers.DNS, ["a:1", "b:1"])  # a new pod got b's IP
+    m.set_discovered(peers.DNS, ["b:1"])
+    m.learn(["b:1"])
+    assert m.addresses() == ["b:1"]
+    assert m.get("b:1").origins == {peers.DNS, peers.GOSSIP}
+
+
+def test_the_table_follows_discovery_through_pod_ip_churn_and_stays_bounded():
+    m = peers.Membership(self_address="me:1", policy=peers.BackoffPolicy(),
+                         rng=random.Random(1))
+    for round_ in range(3 * peers.MAX_WITHDRAWN):
+        current = [f"10.0.{round_ % 250}.{i}:1" for i in range(3)] + ["seed:1"]
+        m.set_discovered(peers.DNS, current)
+        m.learn(current)  # every peer mentions every other
+        assert m.addresses() == sorted(current)
+    assert len(m._withdrawn) <= peers.MAX_WITHDRAWN
 
 
 def test_a_delta_with_a_forged_result_is_invalid_not_adopted():

@@ -123,6 +123,17 @@ def test_a_stale_report_blocks_until_the_node_reports_again_or_is_forgotten() ->
     assert facts.scale_down(service=SVC, idle_ns=IDLE, live_nodes=["a"], now_ns=115 * S).allowed
 
 
+def test_facts_of_nodes_that_left_are_forgotten_and_a_returning_node_must_report_again(
+) -> None:
+    facts = facts_at(100, {f"gone-{i}": 90 for i in range(50)} | {"a": 90, "b": 90})
+    assert facts.retain(["a", "b", "c"]) == sorted(f"gone-{i}" for i in range(50))
+    assert facts.reported() == {"a", "b"}  # one summary per live node, c has sent none yet
+    facts.retain(["a"])  # b left
+    verdict = facts.scale_down(service=SVC, idle_ns=IDLE, live_nodes=["a", "b"],
+                               now_ns=100 * S)
+    assert not verdict.allowed and "node b has not reported" in verdict.reason
+
+
 def test_a_report_without_facts_for_the_service_blocks_its_scale_down() -> None:
     facts = facts_at(100, {"a": 90})
     facts.record(node="b", facts=[fact(90, service=7)], now_ns=100 * S)
