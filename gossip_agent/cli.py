@@ -297,8 +297,10 @@ def _format_leader(r: pb.GetLeaderResponse) -> str:
 
 
 def _format_write(r: pb.WriteResponse) -> str:
+    durable = ("durable" if r.acked_peers >= r.quorum
+               else "NOT yet durable: a leader dying now may lose it")
     return (f"written in version {_version(r.version)} by {r.leader}; "
-            f"acked by {r.acked_peers} peer(s)")
+            f"acked by {r.acked_peers} peer(s) of {r.quorum} needed, {durable}")
 
 
 FORMATTERS: dict[str, Callable[[Any], str]] = {

@@ -235,8 +235,9 @@ VARIABLES: tuple[Variable, ...] = (
              "Longest retry delay: a dead peer costs one failed call per this period.",
              _seconds(0.01, 600)),
     Variable("WRITE_ACK_TIMEOUT", "seconds", _default("2", "1"),
-             "How long an admin write waits for a peer to acknowledge its snapshot before "
-             "replying (it replies with acked_peers=0 after that).", _seconds(0, 60)),
+             "How long an admin write waits for its quorum of peers (with the leader a "
+             "majority) to hold its snapshot before replying; after that it replies with "
+             "acked_peers below quorum: not yet durable.", _seconds(0, 60)),
     Variable("MAX_MESSAGE_BYTES", "bytes", _default("1048576"),
              "Largest gRPC message accepted or sent. 1024 entries with names take ~80 KiB.",
              _int_range(4096, 64 * 1024 * 1024)),

@@ -131,7 +131,8 @@ class StateService(pb_grpc.StateServicer):
             backend=self.lease.backend,
             is_self=self.leadership.leading,
             refusal=self.leadership.refusal,
-            note="; ".join(n for n in (self.lease.note, note, self.security_note) if n),
+            note="; ".join(n for n in (self.leadership.opening, self.lease.note, note,
+                                        self.security_note) if n),
         )
 
     async def _lease_record(self) -> tuple[lease_base.LeaseRecord | None, str]:
@@ -221,6 +222,7 @@ class StateService(pb_grpc.StateServicer):
             return pb.WriteResponse(
                 version=wire.version_to_pb(result.version), leader=result.leader,
                 acked_peers=result.acked_peers, written_monotonic_ns=result.written_monotonic_ns,
+                quorum=result.quorum,
             )
         return await self._forward(context, method, request, caller=caller)
 

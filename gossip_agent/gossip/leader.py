@@ -47,7 +47,7 @@ import logging
 import time
 
 from gossip_agent import errors
-from gossip_agent.core import coalesce, peers, snapshots, terms, versions
+from gossip_agent.core import coalesce, peers, quorum, snapshots, terms, versions
 from gossip_agent.gossip import engine as engine_mod
 from gossip_agent.gossip import transport, wire
 from gossip_agent.leases import base as lease_base
@@ -59,6 +59,9 @@ log = logging.getLogger("gossip_agent.leader")
 # Peers asked to acknowledge each snapshot (rotating): a write needs one; three tolerate two
 # slow or lost acknowledgements without the write waiting for WRITE_ACK_TIMEOUT.
 ACK_SAMPLE = 3
+# Peers asked beyond core.quorum.write_acks when a write waits on the snapshot: the write's
+# acknowledgement does not wait for WRITE_ACK_TIMEOUT over two slow or lost acknowledgements.
+ACK_SLACK = 2
 # Seconds before publishing again after the leader's own map refused a snapshot, doubling per
 # failure: soon enough that a transient failure (ENOMEM) costs little, capped so a persistent
 # one costs one bpf() attempt every few seconds.
@@ -80,6 +83,7 @@ class WriteResult:
     leader: str
     acked_peers: int
     written_monotonic_ns: int
+    quorum: int = 0  # core.quorum.write_acks: acked_peers >= quorum means durable
 
 
 class Publication:
@@ -195,6 +199,7 @@ class Leadership:
         self.timing = timing
         self.term = 0
         self.refusal = ""
+        self.opening = ""  # why this lease holder has not published yet (a short digest round)
         self.lease_error = ""
         self._desired: source_base.Desired | None = None
         self._dirty = asyncio.Event()
@@ -234,6 +239,8 @@ class Leadership:
             while True:
                 if self.holds_lease:
                     await self._hold_office()
+                    if self.holds_lease and self._publisher is None:
+                        await self._open_office()  # its digest round fell short: again
                     await self._pause(self.timing.renew_interval)
                 else:
                     await self._campaign()
@@ -288,7 +295,14 @@ class Leadership:
         self.engine.telemetry.lease_acquired(backend=self.lease.backend, term=grant.term)
         self.term = grant.term
         self.engine.leading_term = grant.term
-        await self._digest_round()
+        await self._open_office()
+
+    async def _open_office(self) -> None:
+        """The steps between the grant and the first publish. Returns with nothing started
+        when the digest round reached too few peers (run() tries again after each renewal,
+        holding the lease meanwhile) or the bump failed (stepped down)."""
+        if not await self._heard_enough():
+            return
         if self.engine.max_term_seen >= self.term:
             await self._bump()
             if not self.holds_lease:
@@ -300,11 +314,31 @@ class Leadership:
         self._publisher = asyncio.create_task(self._publish_loop(), name="gossip.publish")
         self._dirty.set()  # office_changed is set once that first publish is out
 
-    async def _digest_round(self) -> None:
-        """Learn the highest term and newest snapshot around before writing anything."""
+    async def _digest_round(self) -> int:
+        """Learn the highest term and newest snapshot around before writing anything; returns
+        how many peers answered."""
         addresses = self.engine.membership.addresses()
-        if addresses:
-            await asyncio.gather(*(self.engine.exchange_with(a) for a in addresses))
+        if not addresses:
+            return 0
+        answered = await asyncio.gather(*(self.engine.exchange_with(a) for a in addresses))
+        return sum(1 for ok in answered if ok)
+
+    async def _heard_enough(self) -> bool:
+        """The digest round reached core.quorum.office_peers of the known peers, so it met a
+        holder of every acknowledged write; until then this agent holds the lease and waits."""
+        peers_known = len(self.engine.membership.addresses())
+        need = quorum.office_peers(peers_known + 1)
+        heard = await self._digest_round()
+        if heard >= need:
+            self.opening = ""
+            return True
+        opening = (f"taking office at term {self.term}: the digest round reached {heard} of "
+                   f"{peers_known} peers; {need} are needed before publishing, so that no "
+                   f"acknowledged write is lost; trying again")
+        if opening != self.opening:
+            log.warning("%s", opening, extra={"term": self.term, "heard": heard, "need": need})
+        self.opening = opening
+        return False
 
     def _desired_from_held(self) -> source_base.Desired:
         held = self.engine.held.snapshot
@@ -371,6 +405,7 @@ class Leadership:
                     extra={"reason": reason, "cause": cause, "term": self.term})
         self.engine.telemetry.lease_lost(backend=self.lease.backend, reason=cause)
         self.term = 0
+        self.opening = ""
         self.engine.leading_term = 0
         self.engine.higher_term.clear()
         await self._stop_publishing(errors.NotLeader(f"this agent stopped leading: {reason}"))
@@ -485,7 +520,9 @@ class Leadership:
             self.office_changed.set()  # in office now: a LeaderOnly source starts watching
         publication = self._encode(snapshot)
         self._reconcile_workers()
-        asked = self._ack_sample()
+        wanted = (quorum.write_acks(len(self._workers) + 1) + ACK_SLACK if waiters
+                  else ACK_SAMPLE)
+        asked = self._ack_sample(wanted)
         for address, worker in self._workers.items():
             worker.offer(publication, want_ack=address in asked)
         for waiter in waiters:
@@ -497,14 +534,15 @@ class Leadership:
         delta = snapshots.delta_between(previous, snapshot) if previous is not None else None
         return Publication(snapshot, delta, written_ns=self._published_ns)
 
-    def _ack_sample(self) -> set[str]:
-        """ACK_SAMPLE live peers, rotating so every peer is asked now and then."""
+    def _ack_sample(self, wanted: int) -> set[str]:
+        """`wanted` live peers (all there are, if fewer), rotating so every peer is asked
+        now and then."""
         live = [p.address for p in self.engine.membership.peers()
                 if p.state is not peers.PeerState.DEAD]
         if not live:
             return set()
         self._ack_turn = (self._ack_turn + 1) % len(live)
-        return {live[(self._ack_turn + i) % len(live)] for i in range(min(ACK_SAMPLE, len(live)))}
+        return {live[(self._ack_turn + i) % len(live)] for i in range(min(wanted, len(live)))}
 
     def _reconcile_workers(self) -> None:
         members = set(self.engine.membership.addresses())
@@ -567,21 +605,21 @@ class Leadership:
         self._waiters.append(waiter)
         self._dirty.set()
         snapshot = await waiter
-        acked = await self._wait_for_acks(snapshot.version)
-        return WriteResult(snapshot.version, snapshot.leader, acked, self._published_ns)
+        need = quorum.write_acks(len(self.engine.membership.addresses()) + 1)
+        acked = await self._wait_for_acks(snapshot.version, need=need)
+        return WriteResult(snapshot.version, snapshot.leader, acked, self._published_ns,
+                           quorum=need)
 
     def _acked_count(self, version: versions.Version) -> int:
         return sum(1 for p in self.engine.membership.peers() if p.version_known >= version)
 
-    async def _wait_for_acks(self, version: versions.Version) -> int:
-        """Waits until one peer holds `version` (if any peer is alive), so that a new leader's
-        digest round finds it; gives up after WRITE_ACK_TIMEOUT and reports the count."""
-        live = [p for p in self.engine.membership.peers() if p.state is not peers.PeerState.DEAD]
-        if not live:
-            return 0
+    async def _wait_for_acks(self, version: versions.Version, *, need: int) -> int:
+        """Waits until `need` peers hold `version` (core.quorum.write_acks: with this leader a
+        majority, which every later leader's digest round meets); gives up after
+        WRITE_ACK_TIMEOUT and reports the count, which the caller compares with the quorum."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.timing.write_ack_timeout):
-                while self._acked_count(version) < 1:
+                while self._acked_count(version) < need:
                     await self._ack_event.wait()
         return self._acked_count(version)
 

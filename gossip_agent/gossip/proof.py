@@ -18,6 +18,15 @@ ConfigMap: the peers' terms are above the record, and the leader must move above
 bounds what a lying member can do to the epoch: each leadership step moves it at
 most CLAIM_SLACK up, against 2^63 of room.
 
+History is believed: a pair whose term is below the record's current term is not checked
+further. The record keeps only its current holder, so a former leader's pair cannot be shown;
+yet a new leader must adopt the newest snapshot its digest round finds, whatever term it was
+written in, or it would publish over writes that peers acknowledged (a new leader that never
+met its predecessor's term, a restarted agent with an empty memory of proofs, or a Redis
+restarted without persistence, which loses the record's history). Such a snapshot cannot
+stall anyone: the record's holder publishes above its term. What a member could do with it is
+in the README's trust model.
+
 One more witness, for a cold cluster's warm start: a former leader's last snapshot, which the
 backend keeps as the mirror (gossip.mirror, written only by the holder of that term's lease).
 Agents adopt it from the backend at start-up and relay it to peers that have not read it yet;
@@ -113,12 +122,14 @@ class TermProof:
         return refused[0]
 
     def _judge(self, pair: tuple[int, str], record: lease_base.LeaseRecord | None) -> str:
-        """Empty when the record shows the pair, else why it does not."""
+        """Empty when the record shows the pair or has moved past its term, else why not."""
         term, leader = pair
         if record is not None:
             self.highest = max(self.highest, record.term)
             if record.term == term and record.holder and record.node == leader:
                 return ""
+            if term < record.term:
+                return ""  # history: see the module docstring
         shown = (f"term {record.term} held by {record.node or 'nobody'}" if record is not None
                  else "no record")
         return (f"term {term} of leader {leader or '?'} is not proven by the "

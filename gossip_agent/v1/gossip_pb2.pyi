@@ -274,16 +274,18 @@ class DeleteServiceRequest(_message.Message):
     def __init__(self, ip: _Optional[str] = ...) -> None: ...
 
 class WriteResponse(_message.Message):
-    __slots__ = ("version", "leader", "acked_peers", "written_monotonic_ns")
+    __slots__ = ("version", "leader", "acked_peers", "written_monotonic_ns", "quorum")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LEADER_FIELD_NUMBER: _ClassVar[int]
     ACKED_PEERS_FIELD_NUMBER: _ClassVar[int]
     WRITTEN_MONOTONIC_NS_FIELD_NUMBER: _ClassVar[int]
+    QUORUM_FIELD_NUMBER: _ClassVar[int]
     version: Version
     leader: str
     acked_peers: int
     written_monotonic_ns: int
-    def __init__(self, version: _Optional[_Union[Version, _Mapping]] = ..., leader: _Optional[str] = ..., acked_peers: _Optional[int] = ..., written_monotonic_ns: _Optional[int] = ...) -> None: ...
+    quorum: int
+    def __init__(self, version: _Optional[_Union[Version, _Mapping]] = ..., leader: _Optional[str] = ..., acked_peers: _Optional[int] = ..., written_monotonic_ns: _Optional[int] = ..., quorum: _Optional[int] = ...) -> None: ...
 
 class ScaleRequest(_message.Message):
     __slots__ = ("service_ip", "source_ip", "node", "monotonic_ns", "unix_ms", "via", "events", "skipped", "name")

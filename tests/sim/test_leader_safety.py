@@ -179,3 +179,35 @@ async def test_a_failed_write_to_the_leaders_map_is_kept_and_published_once_the_
         await c.wait_for("every map holding the change that first failed",
                          lambda: all(t == {SVC: 5} for t in c.tables()), DEADLINE)
     assert "kept and published" in str(failed.value)  # the caller was told it is not lost
+
+
+async def test_a_leader_elected_while_cut_off_publishes_only_once_it_hears_a_quorum() -> None:
+    """The fault campaign's lost write: a node cut off from every peer won the lease after the
+    leader died and published its stale table over a write peers had acknowledged. Now it
+    holds the lease without publishing until its digest round reaches core.quorum.office_peers
+    peers, which always include a holder of every acknowledged write."""
+    c = sim.SimCluster(5, seed=19)
+    first, *_, cut_off = c.agents
+    async with sim.running(c, campaigners=1):
+        leader = await c.leader()
+        assert leader is first
+        c.network.partition([[cut_off.address], [a.address for a in c.agents[:-1]]])
+        written = await leader.leadership.write(updates={SVC: (7, "default/web")}, deletes=())
+        assert written.acked_peers >= written.quorum == 2  # durable: 5 members
+        c.network.take_down(first.address)
+        await first.stop()
+        c.lease_store.revoke()
+        cut_off.tasks.append(asyncio.create_task(cut_off.leadership.run(), name="cut-off.elect"))
+        await c.wait_for("the cut-off node holding the lease",
+                         lambda: cut_off.leadership.holds_lease, DEADLINE)
+        await asyncio.sleep(0.5)  # ten renewals: it must not take office alone
+        assert not cut_off.leadership.leading, "published without hearing any peer"
+        assert "reached 0 of 4 peers; 2 are needed" in cut_off.leadership.opening
+        assert all(a.dataplane.read() == {SVC: 7} for a in c.agents[1:-1])
+        c.network.heal()
+        await c.wait_for("the new leader in office", lambda: cut_off.leadership.leading,
+                         DEADLINE)
+        others = c.agents[1:]
+        await c.wait_for("every live agent at the new term", lambda: all(
+            a.engine.held.version.term == cut_off.leadership.term for a in others), DEADLINE)
+        assert all(a.dataplane.read() == {SVC: 7} for a in others), "the write was lost"

@@ -40,13 +40,26 @@ async def test_a_term_or_leader_the_record_does_not_show_is_refused_and_remember
     lease, checker = await leader_at(7)
     refused: list[None] = []
     checker.on_refused = lambda: refused.append(None)
-    for term, leader in ((1 << 62, "node-a"), (7, "node-b"), (6, "node-a")):
+    for term, leader in ((1 << 62, "node-a"), (7, "node-b"), (8, "node-a")):
         for _ in range(3):
             with pytest.raises(errors.TermUnproven, match=f"term {term} of leader {leader}"):
                 await checker.check(term=term, leader=leader, sender="ipv4:10.0.0.9:2")
     assert lease.reads == 3  # one per pair
     assert not checker.known(term=1 << 62, leader="node-a")
     assert len(refused) == 9  # each refusal counted, though read once
+
+
+async def test_a_term_below_the_records_is_history_and_believed_with_one_read() -> None:
+    """The record shows only its current holder: a new leader must still adopt the newest
+    snapshot its digest round finds, written under any earlier term (issue 14's fault campaign
+    lost acknowledged writes when it refused them). It cannot stall anyone: the record's holder
+    publishes above it."""
+    lease, checker = await leader_at(7)
+    for term, leader in ((6, "node-b"), (1, "node-c")):
+        for _ in range(2):
+            await checker.check(term=term, leader=leader, sender="x")
+        assert checker.known(term=term, leader=leader)
+    assert lease.reads == 2  # one per pair
 
 
 async def test_a_refusal_expires_so_a_pair_the_record_shows_later_is_proven() -> None:
@@ -93,10 +106,11 @@ async def test_bare_claims_are_believed_only_within_the_slack_or_once_the_record
 
 
 async def test_a_pair_the_backends_mirror_shows_is_proven_and_nothing_else_is() -> None:
-    """A cold cluster's warm start: agents relay the mirrored snapshot of a former leader (term
-    6, "old") that no lease record shows; a peer finds it in the mirror instead of refusing it.
-    A pair neither the record nor the mirror shows is still refused, and read once."""
-    lease, checker = await leader_at(7)
+    """A cold cluster's warm start after the backend lost its counter: agents relay the
+    mirrored snapshot of a former leader (term 6, "old") above the record's term (4); a peer
+    finds it in the mirror instead of refusing it. A pair neither the record nor the mirror
+    shows is still refused, and read once."""
+    lease, checker = await leader_at(4)
     sink = mirror.MemorySink()
     sink.document = mirror.document_of(snapshots.build(
         version=versions.Version(6, 3), leader="old", leader_address="", entries={1: 1},
@@ -111,7 +125,7 @@ async def test_a_pair_the_backends_mirror_shows_is_proven_and_nothing_else_is() 
     for _ in range(3):
         await checker.check(term=6, leader="old", sender="ipv4:10.0.0.2:1")
     assert checker.known(term=6, leader="old") and (lease.reads, len(mirror_reads)) == (1, 1)
-    await checker.check(term=7, leader="node-a", sender="x")  # the record proves: no mirror read
+    await checker.check(term=4, leader="node-a", sender="x")  # the record proves: no mirror read
     assert len(mirror_reads) == 1
     for term, leader in ((6, "rogue"), (1 << 62, "old")):
         for _ in range(2):
@@ -121,3 +135,4 @@ async def test_a_pair_the_backends_mirror_shows_is_proven_and_nothing_else_is() 
     sink.document = "{not json"
     with pytest.raises(errors.TermUnproven):  # an unreadable mirror proves nothing
         await checker.check(term=5, leader="old", sender="x")
+    await checker.check(term=3, leader="old", sender="x")  # below the record: history

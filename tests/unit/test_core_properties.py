@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gossip_agent.core import diff, snapshots, versions
+from gossip_agent.core import diff, quorum, snapshots, versions
 
 pytestmark = pytest.mark.unit
 
@@ -116,3 +116,13 @@ def test_no_delta_between_snapshots_with_different_keys(a, b):
     if set(a) != set(b):
         assert snapshots.delta_between(snapshot_of(versions.Version(1, 1), a),
                                        snapshot_of(versions.Version(1, 2), b)) is None
+
+
+@given(st.integers(min_value=1, max_value=10_000))
+def test_a_durable_write_and_a_new_leaders_digest_round_always_share_a_member(
+        members: int) -> None:
+    """core.quorum: the acknowledging peers with their leader, and the peers a new leader must
+    reach with itself, always overlap; neither asks for more peers than there are."""
+    acks, office = quorum.write_acks(members), quorum.office_peers(members)
+    assert (acks + 1) + (office + 1) > members
+    assert 0 <= office <= acks <= members - 1
