@@ -192,12 +192,12 @@ def versions_never_go_back(adoptions: Iterable[Adoption]) -> list[str]:
                 f"{show_version(adoption.version)} in its {sequence[1]} record at "
                 f"t={adoption.at:.1f}s")
         last[ordered] = adoption
-    return _capped(found)
+    return _capped(found.values())
 
 
-def _capped(found: Mapping[object, list[str]]) -> list[str]:
+def _capped(found: Iterable[list[str]]) -> list[str]:
     out = []
-    for items in found.values():
+    for items in found:
         out += items[:MAX_REPORTED]
         if len(items) > MAX_REPORTED:
             out.append(f"... and {len(items) - MAX_REPORTED} more like the one above")
@@ -290,7 +290,7 @@ def acknowledged_writes_survive(history: History, figures: dict[str, int]) -> li
     found: dict[int, list[str]] = collections.defaultdict(list)
     for key, writes in by_key.items():
         found[key] = _key_history(key, writes, tables)
-    out = _capped(found)
+    out = _capped(found.values())
     out += _final_not_older(history)
     return out
 
