@@ -800,15 +800,42 @@ async def final_state(world: World, agents: Agents, recorder: Recorder) -> None:
 
 
 def save(log_dir: str, history: chaoscheck.History, faults: Sequence[Fault]) -> None:
-    with open(os.path.join(log_dir, "faults.jsonl"), "w", encoding="utf-8") as out:
-        for fault in faults:
-            out.write(json.dumps(dataclasses.asdict(fault)) + "\n")
-    with open(os.path.join(log_dir, "writes.jsonl"), "w", encoding="utf-8") as out:
-        for write in history.writes:
-            out.write(json.dumps(dataclasses.asdict(write)) + "\n")
-    with open(os.path.join(log_dir, "adoptions.jsonl"), "w", encoding="utf-8") as out:
-        for adoption in history.adoptions:
-            out.write(json.dumps(dataclasses.asdict(adoption)) + "\n")
+    """Everything the checker saw, so `--recheck LOG_DIR` can judge it again offline."""
+    def lines(name: str, items: Sequence[Any]) -> None:
+        with open(os.path.join(log_dir, name), "w", encoding="utf-8") as out:
+            for item in items:
+                out.write(json.dumps(dataclasses.asdict(item)) + "\n")
+
+    lines("faults.jsonl", faults)
+    lines("writes.jsonl", history.writes)
+    lines("adoptions.jsonl", history.adoptions)
+    lines("samples.jsonl", history.samples)
+    with open(os.path.join(log_dir, "tables.json"), "w", encoding="utf-8") as out:
+        json.dump({"tables": {h: sorted(t.items()) for h, t in history.tables.items()},
+                   "final": history.final, "converged_after": history.converged_after,
+                   "convergence_bound": history.convergence_bound}, out)
+
+
+def load(log_dir: str) -> chaoscheck.History:
+    def lines(name: str) -> list[dict[str, Any]]:
+        with open(os.path.join(log_dir, name), encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle]
+
+    def version(value: Any) -> chaoscheck.Version | None:
+        return None if value is None else (int(value[0]), int(value[1]))
+
+    with open(os.path.join(log_dir, "tables.json"), encoding="utf-8") as handle:
+        saved = json.load(handle)
+    return chaoscheck.History(
+        adoptions=[chaoscheck.Adoption(**{**a, "version": version(a["version"])})
+                   for a in lines("adoptions.jsonl")],
+        samples=[chaoscheck.MapSample(**m) for m in lines("samples.jsonl")],
+        tables={h: dict(map(tuple, items)) for h, items in saved["tables"].items()},
+        writes=[chaoscheck.Write(**{**w, "version": version(w["version"])})
+                for w in lines("writes.jsonl")],
+        final={node: (version(v) or ZERO, h) for node, (v, h) in saved["final"].items()},
+        converged_after=saved["converged_after"],
+        convergence_bound=saved["convergence_bound"])
 
 
 # -- the command ---------------------------------------------------------------------------------
@@ -816,17 +843,26 @@ def save(log_dir: str, history: chaoscheck.History, faults: Sequence[Fault]) -> 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backend", choices=BACKENDS, required=True)
+    parser.add_argument("--backend", choices=BACKENDS)
+    parser.add_argument("--recheck", metavar="LOG_DIR", default="",
+                        help="judge a finished run's saved history again (no cluster)")
     parser.add_argument("--seconds", type=float, default=60.0,
                         help="how long faults are injected (then heal and a quiet period)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print one JSON line only")
     parser.add_argument("--log-dir", default="", help="agent logs and the recorded history")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.backend and not args.recheck:
+        parser.error("--backend is required (or --recheck LOG_DIR)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.recheck:
+        report = chaoscheck.check(load(args.recheck))
+        print(json.dumps({**report.figures, "violations": report.violations}))
+        return 1 if report.violations else 0
     gaps = netns.missing() + [f"the {tool} command" for tool in ("iptables", "redis-server")
                               if shutil.which(tool) is None]
     if gaps:

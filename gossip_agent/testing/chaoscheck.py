@@ -287,16 +287,16 @@ def acknowledged_writes_survive(history: History, figures: dict[str, int]) -> li
     by_key: dict[int, list[Write]] = collections.defaultdict(list)
     for write in history.writes:
         by_key[write.key].append(write)
-    found: dict[int, list[str]] = collections.defaultdict(list)
-    for key, writes in by_key.items():
-        found[key] = _key_history(key, writes, tables)
-    out = _capped(found.values())
+    final = max((v for v, _ in history.final.values()), default=None)
+    out = []
+    for key, writes in sorted(by_key.items()):
+        out += _key_history(key, writes, tables, final)
     out += _final_not_older(history)
     return out
 
 
-def _key_history(key: int, writes: Sequence[Write], tables: Mapping[Version, Table]
-                 ) -> list[str]:
+def _key_history(key: int, writes: Sequence[Write], tables: Mapping[Version, Table],
+                 final: Version | None) -> list[str]:
     replicated = sorted((w for w in writes if w.replicated),
                         key=lambda w: (w.version or ZERO, w.id))
     versions = [w.version or ZERO for w in replicated]
@@ -307,13 +307,13 @@ def _key_history(key: int, writes: Sequence[Write], tables: Mapping[Version, Tab
         value = tables[version].get(key)
         if value is not None:
             first_seen.setdefault(value, version)
-    found = []
+    missing: dict[int, list[tuple[Version, int | None]]] = collections.defaultdict(list)
+    lost: dict[int, Write] = {}
     for version in sorted(tables):
         index = bisect.bisect_right(versions, version)
         if index == 0:
             continue  # no replicated write on this key at or below this version
         latest = replicated[index - 1]
-        assert latest.version is not None
         peers = [w for w in replicated if w.version == latest.version]
         value = tables[version].get(key)
         if any(w.value == value for w in peers):
@@ -321,15 +321,24 @@ def _key_history(key: int, writes: Sequence[Write], tables: Mapping[Version, Tab
         if value is None and uncertain_delete:
             continue
         if value is not None and value in uncertain_sets and \
-                first_seen.get(value, version) >= latest.version:
+                first_seen.get(value, version) >= (latest.version or ZERO):
             continue
-        holds = f"holds {show_key(key)}={value}" if value is not None else \
-            f"lacks {show_key(key)}"
-        found.append(
-            f"version {show_version(version)} {holds}, but {latest.describe()} was "
-            f"acknowledged at {show_version(latest.version)} by {latest.acked_peers} peer(s) "
-            f"and no later acknowledged write changed that key: the write was lost")
-    return found
+        missing[latest.id].append((version, value))
+        lost[latest.id] = latest
+    return [_lost(lost[write_id], key, seen, final) for write_id, seen in missing.items()]
+
+
+def _lost(write: Write, key: int, seen: Sequence[tuple[Version, int | None]],
+          final: Version | None) -> str:
+    """One sentence per lost write, however many observed tables lack it."""
+    version, value = seen[0]
+    holds = f"{show_key(key)}={value}" if value is not None else f"no {show_key(key)}"
+    later = f" and {len(seen) - 1} later observed version(s)" if len(seen) > 1 else ""
+    final_too = ", the final state included" if final in {v for v, _ in seen} else ""
+    return (f"{write.describe()}, acknowledged at {show_version(write.version or ZERO)} by "
+            f"{write.acked_peers} peer(s), is missing from version {show_version(version)} "
+            f"(which holds {holds}){later}{final_too}, and no later acknowledged write changed "
+            f"that key: the write was lost")
 
 
 def _final_not_older(history: History) -> list[str]:

@@ -111,8 +111,10 @@ def test_a_replicated_write_missing_from_the_final_state_was_lost() -> None:
     history.final = {}
     converged(history, {K1: 5, K2: 6}, (1, 4))  # a later version without it
     violations = cc.check(history).violations
-    assert any("version 1.4 holds 10.96.1.2=6, but write #3 (set 10.96.1.2=8 via node-0) was "
-               "acknowledged at 1.3 by 1 peer(s)" in v for v in violations), violations
+    assert violations == [
+        "write #3 (set 10.96.1.2=8 via node-0), acknowledged at 1.3 by 1 peer(s), is missing "
+        "from version 1.4 (which holds 10.96.1.2=6), the final state included, and no later "
+        "acknowledged write changed that key: the write was lost"]
 
 
 def test_a_later_replicated_write_on_the_same_key_supersedes_an_earlier_one() -> None:
@@ -144,7 +146,8 @@ def test_a_failed_write_may_have_landed_later_but_an_older_value_cannot_come_bac
     history.writes += [write(3, K1, 12, None), write(1, K1, 5, (1, 2))]
     converged(history, {K1: 12}, (1, 3), nodes=("node-0",))
     [found] = cc.check(history).violations
-    assert found.startswith("version 1.3 holds 10.96.1.1=12, but write #1")
+    assert found.startswith("write #1 (set 10.96.1.1=5 via node-0), acknowledged at 1.2 by 1 "
+                            "peer(s), is missing from version 1.3 (which holds 10.96.1.1=12)")
 
 
 def test_a_leader_only_write_may_be_lost() -> None:
