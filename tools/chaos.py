@@ -750,7 +750,8 @@ async def campaign(world: World, *, seconds: float, seed: int) -> dict[str, Any]
         "backend": world.backend, "seed": seed, "seconds": seconds, "agents": len(world.nodes),
         "faults": {"count": len(nemesis.log),
                    "by_kind": dict(sorted(Counter(f.kind for f in nemesis.log).items())),
-                   "failed_to_apply": sum(1 for f in nemesis.log if f.error)},
+                   "failed_to_apply": sum(1 for f in nemesis.log if f.error),
+                   "errors": [f"{f.kind}: {f.error}" for f in nemesis.log if f.error][:5]},
         "writes_attempted": len(writes),
         "writes_acknowledged": sum(1 for w in writes if w.acknowledged),
         "writes_replicated": sum(1 for w in writes if w.replicated),
@@ -875,9 +876,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         world.build()
         result = asyncio.run(campaign(world, seconds=args.seconds, seed=args.seed))
-    except (netns.HarnessError, OSError) as exc:
+    except Exception as exc:  # the harness failed, not the agents: exit 2, not 1
         print(json.dumps({"backend": args.backend, "seed": args.seed,
-                          "error": f"the campaign itself failed: {exc}", "log_dir": log_dir}))
+                          "error": f"the campaign itself failed: {exc!r}", "log_dir": log_dir}))
         return 2
     finally:
         world.close()
