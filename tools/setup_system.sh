@@ -13,11 +13,13 @@
 #   Sentinel failover); redis-cli (redis-tools, pulled in by both) is the operator interface.
 # - prometheus: promtool checks the agent's /metrics exposition, and the server itself scrapes a
 #   local cluster in the end-to-end test (Debian's package does not start it here: no systemd).
+# - iptables: the fault campaign (tools/chaos.py) partitions, drops at random (-m statistic)
+#   and delays (NFQUEUE + tools/nfdelay.py: the kernel has no netem) inside node namespaces.
 # - bpffs at /sys/fs/bpf: where maps are pinned and the lease lock lives.
 set -euo pipefail
 
 need_pkgs=()
-for pkg in python3-bpfcc bpftool linux-headers-amd64 dnsmasq-base iproute2 prometheus redis-server redis-sentinel; do
+for pkg in python3-bpfcc bpftool linux-headers-amd64 dnsmasq-base iproute2 prometheus redis-server redis-sentinel iptables; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
