@@ -494,7 +494,7 @@ class Client:
                                      node=node.name, started=started,
                                      ended=now(self.recorder.start),
                                      version=version_of(reply.version),
-                                     acked_peers=reply.acked_peers)
+                                     acked_peers=reply.acked_peers, quorum=reply.quorum)
         self.recorder.history.writes.append(write)
         return write
 

@@ -27,10 +27,11 @@ Properties (each violation is a plain sentence):
    `unattributed` (a figure, not a violation); a table nobody ever adopted is a violation
    (half written). Empty: once a node's map held entries, an empty stable sample is a
    violation (the campaign's anchor service is never deleted, so no adopted table is empty).
-4. Acknowledged writes survive. Writes are "replicated" when acknowledged with acked_peers >= 1
-   (the State API promises that a change of leader cannot lose those), "leader-only" when
-   acknowledged with acked_peers = 0 (the leader's peers did not confirm within
-   WRITE_ACK_TIMEOUT: no durability was promised), and "indeterminate" when the call failed
+4. Acknowledged writes survive. Writes are "replicated" when acknowledged with acked_peers >=
+   quorum (WriteResponse.quorum, with the leader a majority: the State API promises that no
+   change of leader loses those), "leader-only" when acknowledged with fewer (the quorum did
+   not confirm within WRITE_ACK_TIMEOUT: no durability was promised; the name is kept from
+   when one peer was the bar), and "indeterminate" when the call failed
    (it may or may not have been applied, at a version nobody told us). The rule, for every key
    k and every table T observed at a version u (from any node, the final state included):
    let w be the replicated write on k with the highest version <= u. Then T[k] must be
@@ -104,6 +105,7 @@ class Write:
     ended: float
     version: Version | None = None  # from the WriteResponse; None when the call failed
     acked_peers: int = 0
+    quorum: int = 1  # WriteResponse.quorum: peers needed for durability
     error: str = ""
 
     @property
@@ -112,7 +114,7 @@ class Write:
 
     @property
     def replicated(self) -> bool:
-        return self.version is not None and self.acked_peers >= 1
+        return self.version is not None and self.acked_peers >= self.quorum
 
     def describe(self) -> str:
         what = (f"set {show_key(self.key)}={self.value}" if self.value is not None
