@@ -80,7 +80,6 @@ START_DEADLINE = 90.0  # 5 agents importing grpc and kubernetes on 2 shared core
 CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 50),
                    ("grpc.min_reconnect_backoff_ms", 50),
                    ("grpc.max_reconnect_backoff_ms", 250)]
-MAP_MAX = layout.DEFAULT_MAX_ENTRIES
 ZERO = chaoscheck.ZERO
 NFDELAY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nfdelay.py")
 
@@ -252,14 +251,7 @@ class World:
     # reading the pins --------------------------------------------------------------------------
 
     def read_map(self, node: netns.Node) -> dict[int, int] | None:
-        pinned = bpfsys.PinnedMap.open_existing(
-            os.path.join(node.pin_dir, layout.SERVICE_LIST), layout.service_list_spec(MAP_MAX))
-        if pinned is None:
-            return None
-        try:
-            return pinned.items_u32()
-        finally:
-            pinned.close()
+        return self.cluster.pinned_table(node)
 
     def read_meta(self, node: netns.Node) -> tuple[chaoscheck.Version, str] | None:
         pinned = bpfsys.PinnedMap.open_existing(
