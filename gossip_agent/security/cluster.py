@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
+from gossip_agent.security import gate
+
 log = logging.getLogger("gossip_agent.security")
 
 CLUSTER_KEY = "x-gossip-agent-cluster"
@@ -62,18 +64,12 @@ class ClusterCheck(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _refusing(self, handler: Handler, *, theirs: str) -> Handler:
         message = refusal_message(theirs=theirs, ours=self.cluster_id)
 
-        async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async def refuse(context: gate.Context) -> None:
             self.on_refused()
             self._log_once(context.peer(), theirs, message)
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, message)
 
-        if handler.request_streaming and handler.response_streaming:
-            return grpc.stream_stream_rpc_method_handler(refuse)
-        if handler.request_streaming:
-            return grpc.stream_unary_rpc_method_handler(refuse)
-        if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(refuse)
-        return grpc.unary_unary_rpc_method_handler(refuse)
+        return gate.guarded(handler, refuse)  # refuses before the handler would run
 
     def _log_once(self, peer: str, theirs: str, message: str) -> None:
         if self._logged.first((host_of(peer), theirs)):
