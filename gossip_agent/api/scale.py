@@ -18,9 +18,9 @@ from gossip_agent import errors
 from gossip_agent.api import status
 from gossip_agent.api import streams as streams_mod
 from gossip_agent.gossip import wire as gossip_wire
+from gossip_agent.scaleup import compat, route, wire
 from gossip_agent.scaleup import hub as hub_mod
 from gossip_agent.scaleup import inbox as inbox_mod
-from gossip_agent.scaleup import route, wire
 from gossip_agent.v1 import gossip_pb2 as pb
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -32,7 +32,7 @@ def report_handler(inbox: inbox_mod.Inbox) -> grpc.GenericRpcHandler[Any, Any]:
     async def report(payload: bytes, context: Context) -> pb.ReportAck:
         try:
             message = gossip_wire.parse(pb.NodeReport, payload)
-            taken = inbox.take(wire.report_from_pb(message))
+            taken = inbox.take(compat.read_report(message, payload))
         except errors.GossipAgentError as exc:
             await context.abort(status.code_for(exc), str(exc))
         return route.ack_of(taken, message.seq)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+from collections.abc import Callable
 
 from gossip_agent.core import traffic
 
@@ -49,11 +50,9 @@ class Request:
 class Report:
     seq: int
     requests: tuple[Request, ...]
-    # The node's traffic summary (core.traffic), None when this report carries none.
-    summary: tuple[traffic.Fact, ...] | None = None
-    # With a summary: why the node cannot count its traffic ("" when it can). A blind node's
-    # summary carries no facts, and the leader blocks every scale-down while it is live.
-    blind: str = ""
+    # The node's traffic summary (core.traffic: full or a delta), None when this report
+    # carries none.
+    summary: traffic.Summary | None = None
 
 
 class ReportQueue:
@@ -66,8 +65,7 @@ class ReportQueue:
         self._in_flight: Report | None = None
         self._in_flight_services: frozenset[int] = frozenset()
         self._seq = 0
-        self._summary: tuple[traffic.Fact, ...] | None = None  # waiting for the next report
-        self._blind = ""  # the waiting summary's blindness
+        self._summary_due = False  # the next new report carries a summary
         self.absorbed = 0  # events folded into an existing request (for stats and tests)
 
     def add(self, request: Request) -> bool:
@@ -84,30 +82,47 @@ class ReportQueue:
         self._pending[request.service_ip] = request
         return True
 
-    def offer_summary(self, summary: tuple[traffic.Fact, ...], *, blind: str = "") -> None:
-        """A traffic summary for the next report; a newer one replaces one still waiting (its
-        ages are fresher; the older one's packet deltas are lost, which only costs statistics).
-        A blind summary (`blind` says why) carries no facts.
-        """
-        self._summary = () if blind else summary
-        self._blind = blind
+    def summary_due(self) -> None:
+        """A traffic summary is due. It is built only when the next new report is (see
+        next_report): a summary that waited behind a report in flight would otherwise have to
+        be merged with a newer one, and a delta must follow the summary acknowledged last."""
+        self._summary_due = True
 
-    def next_report(self) -> Report | None:
+    def next_report(self, summary: Callable[[], traffic.Summary] | None = None
+                    ) -> Report | None:
         """The report to send now: the one in flight (a retry, unchanged), else a new one with
-        the next seq, up to max_requests pending requests and the waiting summary, else None."""
+        the next seq, up to max_requests pending requests and, when one is due, the summary
+        `summary()` builds, else None."""
         if self._in_flight is not None:
             return self._in_flight
-        if not self._pending and self._summary is None:
+        due = self._summary_due and summary is not None
+        if not self._pending and not due:
             return None
         taken = list(self._pending)[: self._max]
         requests = tuple(self._pending.pop(service) for service in taken)
         self._seq += 1
-        self._in_flight = Report(self._seq, requests, self._summary,
-                                 self._blind if self._summary is not None else "")
-        self._summary = None
-        self._blind = ""
+        self._in_flight = Report(self._seq, requests, summary() if due and summary else None)
+        if due:
+            self._summary_due = False
         self._in_flight_services = frozenset(taken)
         return self._in_flight
+
+    def requeue(self, seq: int) -> bool:
+        """The leader acknowledged `seq` without reading it (an agent before 0.2 reads only the
+        legacy layout): its requests wait again (events folded into any newer request for the
+        same service) and a summary is due, for a new report under the next seq. True when
+        `seq` was the report in flight."""
+        report = self._in_flight
+        if report is None or report.seq != seq:
+            return False
+        self.acknowledged(seq)
+        for request in report.requests:
+            newer = self._pending.pop(request.service_ip, None)
+            self._pending[request.service_ip] = request if newer is None else (
+                dataclasses.replace(request, events=request.events + newer.events))
+        if report.summary is not None:
+            self._summary_due = True
+        return True
 
     def acknowledged(self, seq: int) -> bool:
         """The leader acknowledged `seq`; True when that was the report in flight."""
@@ -127,7 +142,7 @@ class ReportQueue:
 
     @property
     def idle(self) -> bool:
-        return self._in_flight is None and not self._pending and self._summary is None
+        return self._in_flight is None and not self._pending and not self._summary_due
 
 
 class Ledger:

@@ -20,6 +20,13 @@ Scale-down of a service with idle time T is allowed at leader time `now` only wh
 4. that summary has a fact for the service (a node that does not list it yet says nothing);
 5. no node's fact dates traffic after `now - T`, and no scale-up was made after `now - T`.
 
+What the leader holds of a node is its latest full summary with every delta since applied onto
+it, in order (ClusterFacts.apply): a delta names only the services whose counters moved, so a
+service it leaves out keeps the time of its last packet, which is exactly what the node would
+have said. A delta that does not follow the generation held (a lost report, a new incarnation,
+a leader new to its term) changes nothing and the node is asked for a full summary; until it
+comes, the node's facts age and rule 2 blocks.
+
 Each refusal carries a cause (CAUSES), so operators see why a service stays up (GetState's
 scale_down, the console's `scaling`, gossip_agent_scale_down_blocked{cause}).
 
@@ -45,16 +52,19 @@ OFFICE, NO_LIVE, SILENT, STALE, BLIND, NO_FACTS, TRAFFIC, SCALED_UP = (
 CAUSES = (OFFICE, NO_LIVE, SILENT, STALE, BLIND, NO_FACTS, TRAFFIC, SCALED_UP)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class NodeSummary:
-    """The latest summary the leader received from one node, dated on the leader's clock."""
+    """What the leader holds of one node: its latest full summary with every delta since applied
+    onto it, dated on the leader's clock."""
 
     node: str
-    received_ns: int
+    received_ns: int  # the latest summary (a delta or beat included): the node's freshness
     last_traffic_ns: dict[int, int]  # service -> leader-clock time of the node's last packet
-    passed: dict[int, int]  # service -> packets passed in that summary
+    passed: dict[int, int]  # service -> packets passed in the summary that last named it
     dropped: dict[int, int]
     blind: str = ""  # why the node cannot count its traffic; "" when it can
+    incarnation: int = 0  # the reporting process, and the generation of its latest summary:
+    generation: int = 0  # a delta applies only onto exactly the one before it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,17 +86,41 @@ class ClusterFacts:
         self._scaled_up: dict[int, int] = {}  # service -> leader time of its last scale-up
 
     def record(self, *, node: str, facts: Iterable[traffic.Fact], now_ns: int,
-               blind: str = "") -> None:
-        """A node's summary arrived now; it replaces that node's previous one. A blind node's
-        facts (it should send none) are ignored: they would only be zeros it did not see."""
+               blind: str = "", incarnation: int = 0, generation: int = 0) -> None:
+        """A node's full summary arrived now; it replaces that node's previous one. A blind
+        node's facts (it should send none) are ignored: they would only be zeros it did not
+        see."""
         facts = () if blind else tuple(facts)
         self._nodes[node] = NodeSummary(
             node=node, received_ns=now_ns,
             last_traffic_ns={f.service_ip: now_ns - f.idle_ns for f in facts},
             passed={f.service_ip: f.passed for f in facts},
             dropped={f.service_ip: f.dropped for f in facts},
-            blind=blind,
+            blind=blind, incarnation=incarnation, generation=generation,
         )
+
+    def apply(self, *, node: str, incarnation: int, summary: traffic.Summary,
+              now_ns: int) -> bool:
+        """A node's summary arrived now. A full one replaces what the leader held for the node;
+        a delta is applied onto it only when it follows exactly the generation held for the
+        same incarnation. False when it does not: nothing changes (not even the node's
+        freshness, so a node that never sends the full summary goes stale and blocks), and the
+        node is asked for a full summary."""
+        if summary.full:
+            self.record(node=node, facts=summary.facts, now_ns=now_ns, blind=summary.blind,
+                        incarnation=incarnation, generation=summary.generation)
+            return True
+        held = self._nodes.get(node)
+        if (held is None or held.incarnation != incarnation
+                or held.generation != summary.generation - 1):
+            return False
+        for fact in summary.facts:
+            held.last_traffic_ns[fact.service_ip] = now_ns - fact.idle_ns
+            held.passed[fact.service_ip] = fact.passed
+            held.dropped[fact.service_ip] = fact.dropped
+        held.received_ns = now_ns
+        held.generation = summary.generation
+        return True
 
     def forget(self, node: str) -> None:
         """Membership declared the node dead: its facts no longer count, nor does it block."""

@@ -15,6 +15,14 @@ facts the leader can combine with other nodes' without comparing clocks:
   the map was recreated or the LRU evicted the entry) is dated "seen now": a node never claims
   idleness it did not observe.
 
+Full and delta summaries (what a summary costs is what changed): a node sends its leader only the
+services whose counters moved since its previous summary (a delta; with none, a beat of a few
+bytes), numbered by a generation that grows by one per summary. The leader applies a delta only
+onto the generation before it and otherwise asks for a full summary (core.scaling). The node
+sends a full one by itself when the leader cannot know what changed: its first summary, after
+counters went backwards, when the services it lists changed (the leader drops the ones no
+longer listed), while it is blind, and when more services moved than one summary holds.
+
 Bounded: at most MAX_FACTS services per summary (the listed ones with the most recent traffic
 first, so a node with more listed services than that reports the busiest and the leader treats
 the rest as missing, which blocks their scale-down rather than allowing it).
@@ -54,6 +62,16 @@ class Fact:
     idle_ns: int  # ns since this node last saw a packet to it (or started watching it)
 
 
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """What one node tells the leader per interval (wire: the summary fields of NodeReport)."""
+
+    generation: int  # 1, 2, 3... per TrafficWatch, one per summary built
+    full: bool  # facts for every listed service (bounded), else only those that moved
+    facts: tuple[Fact, ...]
+    blind: str = ""  # why the node cannot count its traffic; a blind summary is full, no facts
+
+
 @dataclasses.dataclass
 class _Watched:
     last: Counts  # counter totals at the latest sample
@@ -67,6 +85,9 @@ class TrafficWatch:
     def __init__(self, *, max_facts: int = MAX_FACTS) -> None:
         self._max = max_facts
         self._watched: dict[int, _Watched] = {}
+        self._generation = 0
+        self._full_due = True  # the leader knows nothing of this watch yet
+        self._blind = ""
 
     def sample(self, *, now_ns: int, listed: Iterable[int],
                counts: Mapping[int, Counts]) -> None:
@@ -75,11 +96,29 @@ class TrafficWatch:
         A listed service without a counter entry has simply seen no packet yet (the program
         creates the entry on the first packet)."""
         listed = set(listed)
-        for service in list(self._watched):
-            if service not in listed:
-                del self._watched[service]  # no longer listed: nothing to report about it
+        if self._blind:  # seeing again: idleness is measured only over time the node observed
+            self._blind = ""
+            self._watched.clear()
+            self._full_due = True  # the leader holds a blind summary: it must be replaced
+        if listed != self._watched.keys():
+            self._full_due = True  # the leader must drop what is no longer listed
+            for service in self._watched.keys() - listed:
+                del self._watched[service]
         for service in listed:
             self._observe(service, counts.get(service, Counts(0, 0)), now_ns=now_ns)
+
+    def blind(self, reason: str) -> None:
+        """The node cannot count its traffic now (`reason` says why): its summaries say so and
+        carry no facts, and the watch starts afresh once it sees again."""
+        if reason != self._blind:
+            self._full_due = True
+        self._blind = reason
+        self._watched.clear()
+
+    def want_full(self) -> None:
+        """The next summary is full: the leader asked for one (it could not apply a delta), or
+        it reads only whole summaries (an agent before 0.2)."""
+        self._full_due = True
 
     def _observe(self, service: int, now: Counts, *, now_ns: int) -> None:
         watched = self._watched.get(service)
@@ -88,27 +127,43 @@ class TrafficWatch:
             return
         if now.passed < watched.last.passed or now.dropped < watched.last.dropped:
             # Counters went backwards (map recreated, entry evicted): what happened between the
-            # samples is unknown, so it counts as traffic now, and deltas restart from here.
+            # samples is unknown, so it counts as traffic now, deltas restart from here, and the
+            # leader gets everything again (a full summary).
             self._watched[service] = _Watched(last=now, reported=now, seen_at=now_ns)
+            self._full_due = True
             return
         if now.total > watched.last.total:
             watched.seen_at = now_ns
         watched.last = now
 
-    def summary(self, *, now_ns: int) -> tuple[Fact, ...]:
-        """The facts to send now (most recently busy first, at most max_facts); the deltas of
-        the services included restart from here."""
-        ordered = sorted(self._watched.items(), key=lambda item: (-item[1].seen_at, item[0]))
-        facts = []
-        for service, watched in ordered[: self._max]:
-            facts.append(Fact(
-                service_ip=service,
-                passed=watched.last.passed - watched.reported.passed,
-                dropped=watched.last.dropped - watched.reported.dropped,
-                idle_ns=max(0, now_ns - watched.seen_at),
-            ))
-            watched.reported = watched.last
-        return tuple(facts)
+    def summary(self, *, now_ns: int) -> Summary:
+        """The summary to send now: full when due (see the module docstring), else the services
+        whose counters moved since the previous summary. The deltas of the services included
+        restart from here."""
+        self._generation += 1
+        if self._blind:
+            self._full_due = False
+            return Summary(self._generation, full=True, facts=(), blind=self._blind)
+        moved = [s for s, w in self._watched.items() if w.last != w.reported]
+        full = self._full_due or len(moved) > self._max
+        self._full_due = False
+        services = self._busiest(self._watched if full else moved)
+        return Summary(self._generation, full=full,
+                       facts=tuple(self._fact(service, now_ns) for service in services))
+
+    def _busiest(self, services: Iterable[int]) -> list[int]:
+        """At most max_facts services, the most recently busy first."""
+        ordered = sorted(services, key=lambda s: (-self._watched[s].seen_at, s))
+        return ordered[: self._max]
+
+    def _fact(self, service: int, now_ns: int) -> Fact:
+        watched = self._watched[service]
+        fact = Fact(service_ip=service,
+                    passed=watched.last.passed - watched.reported.passed,
+                    dropped=watched.last.dropped - watched.reported.dropped,
+                    idle_ns=max(0, now_ns - watched.seen_at))
+        watched.reported = watched.last
+        return fact
 
     @property
     def watched(self) -> int:

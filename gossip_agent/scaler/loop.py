@@ -100,9 +100,19 @@ class Scaler:
     # -- inputs (called from the inbox, never blocking) ------------------------------------------
 
     def record(self, node: str, facts: tuple[traffic.Fact, ...], blind: str = "") -> None:
+        """A node's whole summary (as a node's first one is)."""
         if self._in_office():
             assert self.facts is not None
             self.facts.record(node=node, facts=facts, now_ns=self.clock(), blind=blind)
+
+    def apply(self, node: str, incarnation: int, summary: traffic.Summary) -> bool:
+        """A node's summary, full or a delta; False asks the node for a full one (the facts of
+        this term do not hold the generation the delta follows)."""
+        if not self._in_office():
+            return True  # nothing is kept out of office; the next leader asks for its own
+        assert self.facts is not None
+        return self.facts.apply(node=node, incarnation=incarnation, summary=summary,
+                                now_ns=self.clock())
 
     def scale_up(self, request: source_base.ScaleUp) -> None:
         self.telemetry.scale_requested(result=RECEIVED)

@@ -149,7 +149,7 @@ class Scaling:
                                    window_ns=int(cfg.report_window * scaling.NS),
                                    round_interval=cfg.report_interval),
                 telemetry=engine.telemetry, status=self.status)
-            scale_ups.inbox.on_summary = self.scaler.record
+            scale_ups.inbox.on_summary = self.scaler.apply
             scale_ups.inbox.on_scale_up = self.scaler.scale_up
 
     def _sight(self) -> str:

@@ -41,6 +41,7 @@ class Taken:
     duplicate: bool
     leader: str
     term: int
+    need_full: bool = False  # the report's delta could not be applied: ask for a full summary
 
 
 class Inbox:
@@ -60,9 +61,9 @@ class Inbox:
         self.name_of = name_of
         self.ledger = reports.Ledger()
         self.counts = Counts()
-        # Where a node's traffic summary goes (the scaler's cluster facts): (node, facts,
-        # blind reason); None: dropped.
-        self.on_summary: Callable[[str, tuple[traffic.Fact, ...], str], None] | None = None
+        # Where a node's traffic summary goes (the scaler's cluster facts): (node, incarnation,
+        # summary) -> False when it is a delta that cannot be applied; None: dropped.
+        self.on_summary: Callable[[str, int, traffic.Summary], bool] | None = None
         # Who scales workloads (the scaler, with SOURCE=kubernetes), besides the source.
         self.on_scale_up: Callable[[source_base.ScaleUp], None] | None = None
 
@@ -79,11 +80,12 @@ class Inbox:
             return Taken(duplicate=True, leader=self.node, term=term)
         self.counts.reports += 1
         summary = incoming.report.summary
+        applied = True
         if summary is not None and self.on_summary is not None:
-            self.on_summary(incoming.node, summary, incoming.report.blind)
+            applied = self.on_summary(incoming.node, incoming.incarnation, summary)
         for request in incoming.report.requests:
             self._act(request, node=incoming.node)
-        return Taken(duplicate=False, leader=self.node, term=term)
+        return Taken(duplicate=False, leader=self.node, term=term, need_full=not applied)
 
     def _act(self, request: reports.Request, *, node: str) -> None:
         name = self.name_of(request.service_ip)

@@ -14,15 +14,22 @@ from gossip_agent import errors
 from gossip_agent.gossip import engine as engine_mod
 from gossip_agent.gossip import leader as leader_mod
 from gossip_agent.gossip import transport
+from gossip_agent.scaleup import compat, reporter
 from gossip_agent.scaleup import inbox as inbox_mod
-from gossip_agent.scaleup import reporter, wire
 from gossip_agent.v1 import gossip_pb2 as pb
+
+Report = reporter.Report
 
 REPORT = "/gossip_agent.v1.Gossip/Report"
 
 
 def ack_of(taken: inbox_mod.Taken, seq: int) -> pb.ReportAck:
-    return pb.ReportAck(seq=seq, duplicate=taken.duplicate, leader=taken.leader, term=taken.term)
+    return pb.ReportAck(seq=seq, duplicate=taken.duplicate, leader=taken.leader, term=taken.term,
+                        need_full=taken.need_full, compact=True)
+
+
+def _serialize(message: Report) -> bytes:
+    return message.SerializeToString()
 
 
 class ToLeader:
@@ -41,7 +48,7 @@ class ToLeader:
         self.channels = channels
         self.timeout = timeout
 
-    async def __call__(self, message: pb.NodeReport) -> pb.ReportAck:
+    async def __call__(self, message: Report) -> pb.ReportAck:
         if self.leadership.leading:
             return self._to_self(message)
         node, address = self.engine.leader_node, self.engine.leader_address
@@ -49,16 +56,17 @@ class ToLeader:
             raise reporter.Undeliverable("no leader is known yet")
         return await self._call(message, node=node, address=address)
 
-    def _to_self(self, message: pb.NodeReport) -> pb.ReportAck:
+    def _to_self(self, message: Report) -> pb.ReportAck:
         try:
-            taken = self.inbox.take(wire.report_from_pb(message))
+            taken = self.inbox.take(compat.read_report(message))
         except errors.GossipAgentError as exc:
             raise reporter.Undeliverable(f"this agent as leader: {exc}") from exc
         return ack_of(taken, message.seq)
 
-    async def _call(self, message: pb.NodeReport, *, node: str, address: str) -> pb.ReportAck:
+    async def _call(self, message: Report, *, node: str, address: str) -> pb.ReportAck:
+        # Either layout serialises itself: the legacy one goes to leaders before 0.2 (compat).
         call = self.channels.channel(address).unary_unary(
-            REPORT, request_serializer=pb.NodeReport.SerializeToString,
+            REPORT, request_serializer=_serialize,
             response_deserializer=pb.ReportAck.FromString,
         )
         try:

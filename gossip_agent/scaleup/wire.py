@@ -1,5 +1,10 @@
 """Scale-up requests and node reports on the wire (gossip_agent.v1.ScaleRequest, NodeReport).
 
+Between agents (NodeReport) addresses are fixed32 integers, the keys the data plane uses, so a
+report costs no string formatting on the node and no parsing on the leader; towards operators
+(ScaleRequest on WatchScaleRequests) they stay dotted strings for grpcurl. compat.py reads and
+writes the dotted layout of agents before 0.2.
+
 report_from_pb validates everything a leader acts on, so a report either parses completely or
 is refused with ReportInvalid (INVALID_ARGUMENT) and nothing is counted.
 """
@@ -47,78 +52,89 @@ def seen_to_pb(seen: hub.Seen, *, skipped: int) -> pb.ScaleRequest:
 
 
 def report_to_pb(report: reports.Report, *, node: str, incarnation: int) -> pb.NodeReport:
-    return pb.NodeReport(
-        node=node, incarnation=incarnation, seq=report.seq,
-        scale_requests=[request_to_pb(r, node=node) for r in report.requests],
-        traffic=[fact_to_pb(f) for f in report.summary or ()],
-        has_summary=report.summary is not None,
-        blind=report.blind,
+    """The compact layout (fixed32 addresses); compat.legacy_report_to_pb writes the old one."""
+    summary = report.summary
+    message = pb.NodeReport(
+        node=node, incarnation=incarnation, seq=report.seq, compact=True,
+        scale_ups=[pb.ScaleUp(service=r.service_ip, source=r.source_ip,
+                              monotonic_ns=r.monotonic_ns, unix_ms=r.unix_ms, events=r.events)
+                   for r in report.requests],
     )
-
-
-def fact_to_pb(fact: traffic.Fact) -> pb.TrafficFact:
-    return pb.TrafficFact(service_ip=snapshots.format_ip(fact.service_ip), passed=fact.passed,
-                          dropped=fact.dropped, idle_ns=fact.idle_ns)
+    if summary is not None:
+        message.has_summary = True
+        message.generation = summary.generation
+        message.full = summary.full
+        message.blind = summary.blind
+        message.facts.extend(pb.ServiceFact(service=f.service_ip, passed=f.passed,
+                                            dropped=f.dropped, idle_ns=f.idle_ns)
+                             for f in summary.facts)
+    return message
 
 
 def report_from_pb(message: pb.NodeReport) -> Incoming:
-    if not message.node or len(message.node) > MAX_NODE_NAME:
+    """A report in the compact layout (compat.read_report takes either layout)."""
+    check_header(message.node, message.seq)
+    if len(message.scale_ups) > reports.MAX_REPORT_REQUESTS:
         raise errors.ReportInvalid(
-            f"report node name must be 1..{MAX_NODE_NAME} characters, got {len(message.node)}")
-    if message.seq < 1:
-        raise errors.ReportInvalid(f"report from {message.node}: seq must be >= 1")
-    if len(message.scale_requests) > reports.MAX_REPORT_REQUESTS:
-        raise errors.ReportInvalid(
-            f"report from {message.node} carries {len(message.scale_requests)} scale requests; "
+            f"report from {message.node} carries {len(message.scale_ups)} scale requests; "
             f"at most {reports.MAX_REPORT_REQUESTS} are accepted")
-    requests = tuple(_request_from_pb(r, node=message.node) for r in message.scale_requests)
+    requests = tuple(reports.Request(service_ip=r.service, source_ip=r.source,
+                                     monotonic_ns=r.monotonic_ns, unix_ms=r.unix_ms,
+                                     events=max(1, r.events))
+                     for r in message.scale_ups)
+    check_requests(requests, node=message.node)
+    summary = _summary_from_pb(message) if message.has_summary else None
+    return Incoming(message.node, message.incarnation,
+                    reports.Report(message.seq, requests, summary))
+
+
+def check_header(node: str, seq: int) -> None:
+    if not node or len(node) > MAX_NODE_NAME:
+        raise errors.ReportInvalid(
+            f"report node name must be 1..{MAX_NODE_NAME} characters, got {len(node)}")
+    if seq < 1:
+        raise errors.ReportInvalid(f"report from {node}: seq must be >= 1")
+
+
+def check_requests(requests: tuple[reports.Request, ...], *, node: str) -> None:
     if len({r.service_ip for r in requests}) != len(requests):
         raise errors.ReportInvalid(
-            f"report from {message.node} names a service twice (requests are per service)")
-    summary = _summary_from_pb(message) if message.has_summary else None
-    _check_blind(message)
-    return Incoming(message.node, message.incarnation,
-                    reports.Report(message.seq, requests, summary,
-                                   message.blind if summary is not None else ""))
+            f"report from {node} names a service twice (requests are per service)")
 
 
-def _check_blind(message: pb.NodeReport) -> None:
-    """A blind node counts nothing, so a blind summary with facts contradicts itself."""
-    if not message.blind:
-        return
-    if len(message.blind) > MAX_BLIND_REASON:
+def check_summary(*, node: str, facts: tuple[traffic.Fact, ...], blind: str, full: bool) -> None:
+    """A summary's limits, in either layout."""
+    if len(facts) > traffic.MAX_FACTS:
         raise errors.ReportInvalid(
-            f"report from {message.node}: blind reason of {len(message.blind)} characters; "
-            f"at most {MAX_BLIND_REASON} are accepted")
-    if message.traffic:
-        raise errors.ReportInvalid(
-            f"report from {message.node} says the node is blind but carries traffic facts")
-
-
-def _summary_from_pb(message: pb.NodeReport) -> tuple[traffic.Fact, ...]:
-    if len(message.traffic) > traffic.MAX_FACTS:
-        raise errors.ReportInvalid(
-            f"report from {message.node} carries {len(message.traffic)} traffic facts; "
+            f"report from {node} carries {len(facts)} traffic facts; "
             f"at most {traffic.MAX_FACTS} are accepted")
-    try:
-        facts = tuple(traffic.Fact(service_ip=snapshots.parse_ip(f.service_ip), passed=f.passed,
-                                   dropped=f.dropped, idle_ns=f.idle_ns)
-                      for f in message.traffic)
-    except errors.GossipAgentError as exc:
-        raise errors.ReportInvalid(f"report from {message.node}: {exc}") from exc
     if len({f.service_ip for f in facts}) != len(facts):
+        raise errors.ReportInvalid(f"report from {node} has two traffic facts for one service")
+    if blind:  # a blind node counts nothing, so a blind summary with facts contradicts itself
+        if len(blind) > MAX_BLIND_REASON:
+            raise errors.ReportInvalid(
+                f"report from {node}: blind reason of {len(blind)} characters; "
+                f"at most {MAX_BLIND_REASON} are accepted")
+        if facts:
+            raise errors.ReportInvalid(
+                f"report from {node} says the node is blind but carries traffic facts")
+        if not full:
+            raise errors.ReportInvalid(
+                f"report from {node} says the node is blind in a delta (a blind summary is "
+                f"always full)")
+
+
+def _summary_from_pb(message: pb.NodeReport) -> traffic.Summary:
+    if len(message.facts) > traffic.MAX_FACTS:  # before building any of them
         raise errors.ReportInvalid(
-            f"report from {message.node} has two traffic facts for one service")
-    return facts
+            f"report from {message.node} carries {len(message.facts)} traffic facts; "
+            f"at most {traffic.MAX_FACTS} are accepted")
+    facts = tuple(traffic.Fact(f.service, f.passed, f.dropped, f.idle_ns)
+                  for f in message.facts)
+    check_summary(node=message.node, facts=facts, blind=message.blind, full=message.full)
+    if message.generation < 1:
+        raise errors.ReportInvalid(f"report from {message.node}: summary generation must be >= 1")
+    return traffic.Summary(message.generation, full=message.full, facts=facts,
+                           blind=message.blind)
 
 
-def _request_from_pb(message: pb.ScaleRequest, *, node: str) -> reports.Request:
-    try:
-        service = snapshots.parse_ip(message.service_ip)
-        source = snapshots.parse_ip(message.source_ip)
-    except errors.GossipAgentError as exc:
-        raise errors.ReportInvalid(f"report from {node}: {exc}") from exc
-    return reports.Request(
-        service_ip=service, source_ip=source, monotonic_ns=message.monotonic_ns,
-        unix_ms=message.unix_ms, events=max(1, message.events),
-    )

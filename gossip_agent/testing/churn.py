@@ -161,7 +161,7 @@ class Soak:
             timing=scaler_loop.Timing(cooldown_ns=scaling.NS, window_ns=scaling.NS,
                                       round_interval=REPORT_INTERVAL),
             telemetry=leader.engine.telemetry, status=scaling.Status())
-        leader.scale_ups.inbox.on_summary = self.scaler.record
+        leader.scale_ups.inbox.on_summary = self.scaler.apply
         self._scaler_task = asyncio.create_task(self.scaler.run(), name="soak.scaler")
 
     async def _publish(self) -> snapshots.Snapshot:

@@ -316,43 +316,67 @@ class WatchScaleRequestsRequest(_message.Message):
     def __init__(self, scope: _Optional[str] = ...) -> None: ...
 
 class NodeReport(_message.Message):
-    __slots__ = ("node", "incarnation", "seq", "scale_requests", "traffic", "has_summary", "blind")
+    __slots__ = ("node", "incarnation", "seq", "has_summary", "blind", "scale_ups", "facts", "generation", "full", "compact")
     NODE_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
-    SCALE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
-    TRAFFIC_FIELD_NUMBER: _ClassVar[int]
     HAS_SUMMARY_FIELD_NUMBER: _ClassVar[int]
     BLIND_FIELD_NUMBER: _ClassVar[int]
+    SCALE_UPS_FIELD_NUMBER: _ClassVar[int]
+    FACTS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    FULL_FIELD_NUMBER: _ClassVar[int]
+    COMPACT_FIELD_NUMBER: _ClassVar[int]
     node: str
     incarnation: int
     seq: int
-    scale_requests: _containers.RepeatedCompositeFieldContainer[ScaleRequest]
-    traffic: _containers.RepeatedCompositeFieldContainer[TrafficFact]
     has_summary: bool
     blind: str
-    def __init__(self, node: _Optional[str] = ..., incarnation: _Optional[int] = ..., seq: _Optional[int] = ..., scale_requests: _Optional[_Iterable[_Union[ScaleRequest, _Mapping]]] = ..., traffic: _Optional[_Iterable[_Union[TrafficFact, _Mapping]]] = ..., has_summary: _Optional[bool] = ..., blind: _Optional[str] = ...) -> None: ...
+    scale_ups: _containers.RepeatedCompositeFieldContainer[ScaleUp]
+    facts: _containers.RepeatedCompositeFieldContainer[ServiceFact]
+    generation: int
+    full: bool
+    compact: bool
+    def __init__(self, node: _Optional[str] = ..., incarnation: _Optional[int] = ..., seq: _Optional[int] = ..., has_summary: _Optional[bool] = ..., blind: _Optional[str] = ..., scale_ups: _Optional[_Iterable[_Union[ScaleUp, _Mapping]]] = ..., facts: _Optional[_Iterable[_Union[ServiceFact, _Mapping]]] = ..., generation: _Optional[int] = ..., full: _Optional[bool] = ..., compact: _Optional[bool] = ...) -> None: ...
 
-class TrafficFact(_message.Message):
-    __slots__ = ("service_ip", "passed", "dropped", "idle_ns")
-    SERVICE_IP_FIELD_NUMBER: _ClassVar[int]
+class ScaleUp(_message.Message):
+    __slots__ = ("service", "source", "monotonic_ns", "unix_ms", "events")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    MONOTONIC_NS_FIELD_NUMBER: _ClassVar[int]
+    UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    service: int
+    source: int
+    monotonic_ns: int
+    unix_ms: int
+    events: int
+    def __init__(self, service: _Optional[int] = ..., source: _Optional[int] = ..., monotonic_ns: _Optional[int] = ..., unix_ms: _Optional[int] = ..., events: _Optional[int] = ...) -> None: ...
+
+class ServiceFact(_message.Message):
+    __slots__ = ("service", "passed", "dropped", "idle_ns")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
     PASSED_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
     IDLE_NS_FIELD_NUMBER: _ClassVar[int]
-    service_ip: str
+    service: int
     passed: int
     dropped: int
     idle_ns: int
-    def __init__(self, service_ip: _Optional[str] = ..., passed: _Optional[int] = ..., dropped: _Optional[int] = ..., idle_ns: _Optional[int] = ...) -> None: ...
+    def __init__(self, service: _Optional[int] = ..., passed: _Optional[int] = ..., dropped: _Optional[int] = ..., idle_ns: _Optional[int] = ...) -> None: ...
 
 class ReportAck(_message.Message):
-    __slots__ = ("seq", "duplicate", "leader", "term")
+    __slots__ = ("seq", "duplicate", "leader", "term", "need_full", "compact")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     LEADER_FIELD_NUMBER: _ClassVar[int]
     TERM_FIELD_NUMBER: _ClassVar[int]
+    NEED_FULL_FIELD_NUMBER: _ClassVar[int]
+    COMPACT_FIELD_NUMBER: _ClassVar[int]
     seq: int
     duplicate: bool
     leader: str
     term: int
-    def __init__(self, seq: _Optional[int] = ..., duplicate: _Optional[bool] = ..., leader: _Optional[str] = ..., term: _Optional[int] = ...) -> None: ...
+    need_full: bool
+    compact: bool
+    def __init__(self, seq: _Optional[int] = ..., duplicate: _Optional[bool] = ..., leader: _Optional[str] = ..., term: _Optional[int] = ..., need_full: _Optional[bool] = ..., compact: _Optional[bool] = ...) -> None: ...

@@ -119,13 +119,13 @@ class GossipServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Report(self, request, context):
-        """A node's report to the leader: the scale-up requests its data plane raised (and, in the
-        scaling issue, its traffic facts). Sent only to the leader; acknowledged once the leader
-        has counted the report and handed its requests to its source. Idempotent by (node,
-        incarnation, seq): a retried report the leader already took is acknowledged again
+        """A node's report to the leader: the scale-up requests its data plane raised and its traffic
+        summary (full, or a delta on the previous one). Sent only to the leader; acknowledged once
+        the leader has counted the report and handed its requests to its source. Idempotent by
+        (node, incarnation, seq): a retried report the leader already took is acknowledged again
         (duplicate = true) and acted on once. Limits: a node name of 1..253 characters, seq >= 1,
-        at most 256 requests per report, one per service, valid dotted IPv4s; anything else is
-        INVALID_ARGUMENT, changes nothing and must not be retried. UNAVAILABLE
+        at most 256 requests per report, one per service, at most 1024 facts, one per service;
+        anything else is INVALID_ARGUMENT, changes nothing and must not be retried. UNAVAILABLE
         when the callee does not lead (or is still taking office): the sender finds the leader
         again and retries with backoff until a report is acknowledged.
         """

@@ -25,6 +25,7 @@ from gossip_agent.core import reports, snapshots
 from gossip_agent.dataplane import bpfsys, events
 from gossip_agent.leases import bpffs
 from gossip_agent.sources import base as source_base
+from gossip_agent.v1 import compat_pb2
 from gossip_agent.v1 import gossip_pb2 as pb
 from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc
 from tests.conftest import require
@@ -74,9 +75,20 @@ async def report_raw(target: str, payload: bytes) -> pb.ReportAck:
 
 def node_report(*services: str, node: str = "node-x", incarnation: int = 1,
                 seq: int = 1) -> pb.NodeReport:
-    return pb.NodeReport(node=node, incarnation=incarnation, seq=seq, scale_requests=[
-        pb.ScaleRequest(service_ip=s, source_ip=CLIENT, monotonic_ns=5, events=1)
+    """A report as agents since 0.2 send it (fixed32 addresses)."""
+    return pb.NodeReport(node=node, incarnation=incarnation, seq=seq, compact=True, scale_ups=[
+        pb.ScaleUp(service=snapshots.parse_ip(s), source=snapshots.parse_ip(CLIENT),
+                   monotonic_ns=5, events=1)
         for s in services])
+
+
+def legacy_report(*services: str, node: str = "node-x", incarnation: int = 1,
+                  seq: int = 1) -> compat_pb2.LegacyNodeReport:
+    """A report as agents before 0.2 send it (dotted strings): the leader still reads it."""
+    return compat_pb2.LegacyNodeReport(
+        node=node, incarnation=incarnation, seq=seq, scale_requests=[
+            pb.ScaleRequest(service_ip=s, source_ip=CLIENT, monotonic_ns=5, events=1)
+            for s in services])
 
 
 class Watch:
@@ -236,6 +248,19 @@ async def test_a_retried_report_is_acknowledged_as_duplicate_and_acted_on_once(
     assert leader.scale_ups.inbox.counts.duplicates == 1
 
 
+async def test_a_report_in_the_layout_before_0_2_is_read_and_acknowledged_as_compact(
+    three: tuple[agent_mod.Agent, list[agent_mod.Agent]],
+) -> None:
+    """A rolling update from 0.1: an older node's dotted-string report reaches a newer leader,
+    which acts on it and says (compact) that the node may use the new layout."""
+    leader, _ = three
+    ack = await report_raw(address(leader), legacy_report(SERVICE, node="old-node")
+                           .SerializeToString())
+    assert (ack.seq, ack.duplicate, ack.compact, ack.need_full) == (1, False, True, False)
+    assert [(r.node, r.service_ip, r.source_ip) for r in scale_ups(leader)] == [
+        ("old-node", snapshots.parse_ip(SERVICE), snapshots.parse_ip(CLIENT))]
+
+
 async def test_a_follower_refuses_reports_with_unavailable_and_acts_on_nothing(
     three: tuple[agent_mod.Agent, list[agent_mod.Agent]],
 ) -> None:
@@ -247,15 +272,21 @@ async def test_a_follower_refuses_reports_with_unavailable_and_acts_on_nothing(
     assert scale_ups(followers[0]) == []
 
 
+TOO_MANY = [f"10.96.{i // 256}.{i % 256}" for i in range(reports.MAX_REPORT_REQUESTS + 1)]
+
+
 @pytest.mark.parametrize(("payload", "says"), [
     (b"\xff\xff\xff", "parse"),
     (node_report(SERVICE, node="").SerializeToString(), "node name"),
     (node_report(SERVICE, seq=0).SerializeToString(), "seq"),
-    (node_report("10.96.0.300").SerializeToString(), "not an IPv4"),
     (node_report(SERVICE, SERVICE).SerializeToString(), "twice"),
-    (node_report(*(f"10.96.{i // 256}.{i % 256}" for i in range(reports.MAX_REPORT_REQUESTS + 1)))
-     .SerializeToString(), "at most 256"),
-], ids=["garbage", "no-node", "seq-0", "bad-ip", "service-twice", "too-many"])
+    (node_report(*TOO_MANY).SerializeToString(), "at most 256"),
+    (legacy_report(SERVICE, node="").SerializeToString(), "node name"),
+    (legacy_report("10.96.0.300").SerializeToString(), "not an IPv4"),
+    (legacy_report(SERVICE, SERVICE).SerializeToString(), "twice"),
+    (legacy_report(*TOO_MANY).SerializeToString(), "at most 256"),
+], ids=["garbage", "no-node", "seq-0", "service-twice", "too-many", "legacy-no-node",
+        "legacy-bad-ip", "legacy-service-twice", "legacy-too-many"])
 async def test_a_report_breaking_its_contract_is_invalid_argument_and_changes_nothing(
     three: tuple[agent_mod.Agent, list[agent_mod.Agent]], payload: bytes, says: str,
 ) -> None:

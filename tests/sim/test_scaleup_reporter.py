@@ -9,11 +9,12 @@ import random
 
 import pytest
 
-from gossip_agent.core import peers, reports
+from gossip_agent.core import peers, reports, snapshots
 from gossip_agent.dataplane import events
 from gossip_agent.scaleup import hub as hub_mod
 from gossip_agent.scaleup import reporter as reporter_mod
 from gossip_agent.scaleup import wire
+from gossip_agent.v1 import compat_pb2
 from gossip_agent.v1 import gossip_pb2 as pb
 
 pytestmark = pytest.mark.sim
@@ -32,7 +33,8 @@ class FlakyLeader:
         self.acted: list[reports.Request] = []
         self.acked = asyncio.Event()
 
-    async def deliver(self, message: pb.NodeReport) -> pb.ReportAck:
+    async def deliver(self, message: reporter_mod.Report) -> pb.ReportAck:
+        assert isinstance(message, pb.NodeReport)
         self.seen.append(message.seq)
         if self.refuse > 0:
             self.refuse -= 1
@@ -45,7 +47,7 @@ class FlakyLeader:
             self.lose_acks -= 1
             raise reporter_mod.Undeliverable("deadline exceeded")
         self.acked.set()
-        return pb.ReportAck(seq=message.seq, leader="leader")
+        return pb.ReportAck(seq=message.seq, leader="leader", compact=True)
 
 
 def make_reporter(leader: FlakyLeader, hub: hub_mod.Hub) -> reporter_mod.Reporter:
@@ -105,3 +107,56 @@ async def test_a_watcher_that_falls_behind_loses_the_oldest_and_is_told_how_many
         second, skipped_again = await watcher.next()
     assert (first.request.monotonic_ns, skipped) == (5, 5)
     assert (second.request.monotonic_ns, skipped_again) == (6, 0)
+
+
+class OlderLeader:
+    """A leader before 0.2: it parses every payload as the layout it knows (LegacyNodeReport),
+    takes it by (node, incarnation, seq) and acknowledges without `compact`."""
+
+    def __init__(self) -> None:
+        self.ledger = reports.Ledger()
+        self.payloads: list[bytes] = []
+        self.acted: list[tuple[int, str]] = []  # (service, source) of each request acted on
+        self.summaries: list[int] = []  # facts in each summary it read
+        self.three_summaries = asyncio.Event()
+
+    async def deliver(self, message: reporter_mod.Report) -> pb.ReportAck:
+        payload = message.SerializeToString()
+        self.payloads.append(payload)
+        old = compat_pb2.LegacyNodeReport.FromString(payload)  # what its own code parses
+        if self.ledger.take(node=old.node, incarnation=old.incarnation, seq=old.seq):
+            self.acted.extend((snapshots.parse_ip(r.service_ip), r.source_ip)
+                              for r in old.scale_requests)
+            if old.has_summary:
+                self.summaries.append(len(old.traffic))
+        if len(self.summaries) >= 3:
+            self.three_summaries.set()
+        return pb.ReportAck(seq=old.seq, leader="old-leader")
+
+
+async def test_a_newer_node_reports_to_an_older_leader_in_its_layout_and_loses_nothing() -> None:
+    """The first report reaches the older leader in the compact layout, which it cannot read:
+    its acknowledgement lacks `compact`, and the same request goes again in the legacy layout
+    under a new seq, acted on once; from then on every summary is whole, as it expects. (Had
+    the compact report carried a summary, the older leader would have read it as one without
+    facts, which blocks scale-down: the safe side.)"""
+    leader = OlderLeader()
+    reporter = make_reporter(leader, hub_mod.Hub())  # type: ignore[arg-type]
+    reporter.note(event(0x0A60000A, 1))
+    tasks = [asyncio.create_task(reporter.run(), name="test.report"),
+             asyncio.create_task(reporter.summarise(
+                 counters=dict, listed=lambda: [0x0A60000A, 0x0A60000B], blind=str,
+                 interval=0.01), name="test.summarise")]
+    try:
+        async with asyncio.timeout(BOUND):
+            await leader.three_summaries.wait()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert leader.acted == [(0x0A60000A, "0.0.0.99")]
+    assert reporter.legacy
+    assert pb.NodeReport.FromString(leader.payloads[0]).compact  # the first went compact
+    # Every legacy summary carried both listed services, whole.
+    assert leader.summaries[:3] == [2, 2, 2]
+    assert all(b"\x0a\x60\x00\x0a" not in p for p in leader.payloads[1:])  # no fixed32 left

@@ -33,10 +33,18 @@ def facts_at(now_s: float, per_node: dict[str, float], *, took_office_s: float =
 # -- node side: TrafficWatch ------------------------------------------------------------------
 
 
+def full(generation: int, *facts: traffic.Fact) -> traffic.Summary:
+    return traffic.Summary(generation, full=True, facts=facts)
+
+
+def delta(generation: int, *facts: traffic.Fact) -> traffic.Summary:
+    return traffic.Summary(generation, full=False, facts=facts)
+
+
 def test_a_service_first_sampled_counts_as_seen_at_that_sample() -> None:
     watch = traffic.TrafficWatch()
     watch.sample(now_ns=5 * S, listed=[SVC], counts={})
-    assert watch.summary(now_ns=7 * S) == (traffic.Fact(SVC, 0, 0, 2 * S),)
+    assert watch.summary(now_ns=7 * S) == full(1, traffic.Fact(SVC, 0, 0, 2 * S))
 
 
 def test_growing_counters_date_traffic_at_the_sample_that_saw_them_and_deltas_restart() -> None:
@@ -44,29 +52,79 @@ def test_growing_counters_date_traffic_at_the_sample_that_saw_them_and_deltas_re
     watch.sample(now_ns=0, listed=[SVC], counts={SVC: traffic.Counts(10, 1)})
     watch.sample(now_ns=3 * S, listed=[SVC], counts={SVC: traffic.Counts(15, 4)})
     watch.sample(now_ns=4 * S, listed=[SVC], counts={SVC: traffic.Counts(15, 4)})
-    assert watch.summary(now_ns=6 * S) == (traffic.Fact(SVC, 5, 3, 3 * S),)
-    assert watch.summary(now_ns=6 * S) == (traffic.Fact(SVC, 0, 0, 3 * S),)
+    assert watch.summary(now_ns=6 * S) == full(1, traffic.Fact(SVC, 5, 3, 3 * S))
+    # Nothing moved since: the next summary is a beat, a delta without facts.
+    assert watch.summary(now_ns=6 * S) == delta(2)
+    watch.sample(now_ns=7 * S, listed=[SVC], counts={SVC: traffic.Counts(16, 4)})
+    assert watch.summary(now_ns=8 * S) == delta(3, traffic.Fact(SVC, 1, 0, 1 * S))
 
 
-def test_counters_going_backwards_count_as_traffic_now() -> None:
+def test_a_delta_names_only_the_services_whose_counters_moved() -> None:
     watch = traffic.TrafficWatch()
-    watch.sample(now_ns=0, listed=[SVC], counts={SVC: traffic.Counts(100, 0)})
-    watch.sample(now_ns=50 * S, listed=[SVC], counts={SVC: traffic.Counts(3, 0)})
-    assert watch.summary(now_ns=51 * S) == (traffic.Fact(SVC, 0, 0, 1 * S),)
+    watch.sample(now_ns=0, listed=[1, 2, 3], counts={})
+    assert watch.summary(now_ns=0).full
+    watch.sample(now_ns=S, listed=[1, 2, 3], counts={2: traffic.Counts(0, 7)})
+    assert watch.summary(now_ns=2 * S) == delta(2, traffic.Fact(2, 0, 7, S))
 
 
-def test_a_service_no_longer_listed_is_not_reported() -> None:
+def test_counters_going_backwards_count_as_traffic_now_in_a_full_summary() -> None:
+    watch = traffic.TrafficWatch()
+    watch.sample(now_ns=0, listed=[SVC, 2], counts={SVC: traffic.Counts(100, 0)})
+    assert watch.summary(now_ns=0).full
+    watch.sample(now_ns=50 * S, listed=[SVC, 2], counts={SVC: traffic.Counts(3, 0)})
+    assert watch.summary(now_ns=51 * S) == full(
+        2, traffic.Fact(SVC, 0, 0, 1 * S), traffic.Fact(2, 0, 0, 51 * S))
+
+
+def test_a_change_in_the_listed_services_makes_the_next_summary_full() -> None:
     watch = traffic.TrafficWatch()
     watch.sample(now_ns=0, listed=[SVC, 2], counts={})
+    assert watch.summary(now_ns=0).full
     watch.sample(now_ns=1, listed=[2], counts={})
-    assert [f.service_ip for f in watch.summary(now_ns=2)] == [2]
+    summary = watch.summary(now_ns=2)
+    assert summary.full and [f.service_ip for f in summary.facts] == [2]
+    watch.sample(now_ns=3, listed=[2, 5], counts={})
+    summary = watch.summary(now_ns=4)
+    assert summary.full and sorted(f.service_ip for f in summary.facts) == [2, 5]
+
+
+def test_the_leaders_request_makes_the_next_summary_full_and_then_deltas_resume() -> None:
+    watch = traffic.TrafficWatch()
+    watch.sample(now_ns=0, listed=[SVC], counts={})
+    assert [watch.summary(now_ns=0).full, watch.summary(now_ns=0).full] == [True, False]
+    watch.want_full()
+    assert watch.summary(now_ns=S) == full(3, traffic.Fact(SVC, 0, 0, S))
+    assert watch.summary(now_ns=S) == delta(4)
+
+
+def test_a_blind_node_sends_full_summaries_without_facts_and_starts_afresh_when_it_sees() -> None:
+    watch = traffic.TrafficWatch()
+    watch.sample(now_ns=0, listed=[SVC], counts={})
+    watch.summary(now_ns=0)
+    watch.blind("XDP failed on veth3: EPERM")
+    assert watch.summary(now_ns=S) == traffic.Summary(
+        2, full=True, facts=(), blind="XDP failed on veth3: EPERM")
+    assert watch.summary(now_ns=S).full  # always full while blind: tiny, and self-contained
+    watch.sample(now_ns=9 * S, listed=[], counts={})  # sees again, lists nothing
+    assert watch.summary(now_ns=9 * S) == full(4)  # replaces the blind one at the leader
 
 
 def test_a_summary_is_bounded_and_keeps_the_most_recently_busy() -> None:
     watch = traffic.TrafficWatch(max_facts=2)
     watch.sample(now_ns=0, listed=[1, 2, 3], counts={})
     watch.sample(now_ns=S, listed=[1, 2, 3], counts={3: traffic.Counts(1, 0)})
-    assert [f.service_ip for f in watch.summary(now_ns=2 * S)] == [3, 1]
+    assert [f.service_ip for f in watch.summary(now_ns=2 * S).facts] == [3, 1]
+
+
+def test_more_moved_services_than_a_summary_holds_make_it_full_not_a_partial_delta() -> None:
+    """A delta that left out a service whose counters moved would let the leader keep an old
+    date for its last packet; a full summary that leaves it out makes it missing (blocks)."""
+    watch = traffic.TrafficWatch(max_facts=2)
+    watch.sample(now_ns=0, listed=[1, 2, 3], counts={})
+    watch.summary(now_ns=0)
+    watch.sample(now_ns=S, listed=[1, 2, 3], counts={k: traffic.Counts(1, 0) for k in (1, 2, 3)})
+    summary = watch.summary(now_ns=S)
+    assert summary.full and len(summary.facts) == 2
 
 
 @given(st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 50), st.integers(0, 50)),
@@ -83,10 +141,71 @@ def test_idle_time_never_exceeds_the_time_since_traffic_was_last_observed(
         watch.sample(now_ns=now, listed=[SVC], counts={SVC: traffic.Counts(passed, dropped)})
         if i == 0 or more_passed or more_dropped:
             last_growth = now
-    (reported,) = watch.summary(now_ns=now + 1)
+    (reported,) = watch.summary(now_ns=now + 1).facts
     assert reported.idle_ns <= now + 1 - last_growth
     _, first_passed, first_dropped = steps[0]
     assert (reported.passed, reported.dropped) == (passed - first_passed, dropped - first_dropped)
+
+
+SAMPLES = st.lists(st.tuples(st.integers(1, 10**9),  # time to the next sample
+                             st.dictionaries(st.integers(1, 6), st.integers(0, 3)),  # growth
+                             st.booleans()),  # a summary after this sample
+                   min_size=1, max_size=40)
+
+
+@given(SAMPLES)
+def test_the_leader_holds_from_deltas_exactly_what_full_summaries_would_have_told_it(
+        steps: list[tuple[int, dict[int, int], bool]]) -> None:
+    """Two identical nodes, one sending deltas and the other only full summaries: at every
+    summary the leader dates every service's last packet identically for both."""
+    services = list(range(1, 7))
+    deltas, fulls = traffic.TrafficWatch(), traffic.TrafficWatch()
+    facts = scaling.ClusterFacts(window_ns=WINDOW, took_office_ns=0)
+    totals = dict.fromkeys(services, 0)
+    now = 0
+    for gap, growth, summarise in steps:
+        now += gap
+        for service, more in growth.items():
+            totals[service] += more
+        counts = {s: traffic.Counts(t, 0) for s, t in totals.items()}
+        for watch in (deltas, fulls):
+            watch.sample(now_ns=now, listed=services, counts=counts)
+        if summarise:
+            fulls.want_full()
+            assert facts.apply(node="d", incarnation=1, summary=deltas.summary(now_ns=now),
+                               now_ns=now + 5)
+            assert facts.apply(node="f", incarnation=1, summary=fulls.summary(now_ns=now),
+                               now_ns=now + 5)
+            held_d, held_f = facts.summary_of("d"), facts.summary_of("f")
+            assert held_d is not None and held_f is not None
+            assert held_d.last_traffic_ns == held_f.last_traffic_ns
+            assert held_d.received_ns == held_f.received_ns
+
+
+def test_a_delta_applies_only_onto_the_generation_before_it_of_the_same_incarnation() -> None:
+    facts = scaling.ClusterFacts(window_ns=WINDOW, took_office_ns=0)
+    assert not facts.apply(node="a", incarnation=1, summary=delta(2), now_ns=S)  # nothing held
+    assert facts.summary_of("a") is None
+    assert facts.apply(node="a", incarnation=1, summary=full(1, fact(5)), now_ns=10 * S)
+    assert not facts.apply(node="a", incarnation=1, summary=delta(3), now_ns=11 * S)  # a gap
+    assert not facts.apply(node="a", incarnation=2, summary=delta(2), now_ns=11 * S)  # restart
+    held = facts.summary_of("a")
+    assert held is not None and held.received_ns == 10 * S  # refused: not even fresher
+    assert facts.apply(node="a", incarnation=1, summary=delta(2), now_ns=12 * S)  # a beat
+    assert held.received_ns == 12 * S and held.last_traffic_ns == {SVC: 5 * S}
+    assert facts.apply(node="a", incarnation=1, summary=delta(3, fact(1)), now_ns=13 * S)
+    assert held.last_traffic_ns == {SVC: 12 * S} and held.generation == 3
+
+
+def test_a_full_summary_drops_the_services_the_node_no_longer_lists() -> None:
+    facts = scaling.ClusterFacts(window_ns=WINDOW, took_office_ns=0)
+    facts.apply(node="a", incarnation=1, summary=full(1, fact(5), fact(5, service=2)),
+                now_ns=10 * S)
+    facts.apply(node="a", incarnation=1, summary=full(2, fact(5, service=2)), now_ns=11 * S)
+    held = facts.summary_of("a")
+    assert held is not None and set(held.last_traffic_ns) == {2}
+    verdict = facts.scale_down(service=SVC, idle_ns=S, live_nodes=["a"], now_ns=20 * S)
+    assert not verdict.allowed and verdict.cause == scaling.NO_FACTS
 
 
 # -- leader side: scale-down ------------------------------------------------------------------
@@ -181,13 +300,17 @@ def test_each_refusal_names_its_cause() -> None:
 
 def test_a_blind_summary_rides_the_report_without_facts() -> None:
     queue = reports.ReportQueue()
-    queue.offer_summary((fact(1),), blind="XDP failed on veth3: EPERM")
-    report = queue.next_report()
-    assert report is not None and report.summary == () and report.blind.startswith("XDP failed")
+    watch = traffic.TrafficWatch()
+    watch.blind("XDP failed on veth3: EPERM")
+    queue.summary_due()
+    report = queue.next_report(lambda: watch.summary(now_ns=S))
+    assert report is not None and report.summary is not None
+    assert report.summary.facts == () and report.summary.blind.startswith("XDP failed")
     assert queue.acknowledged(seq=report.seq)
-    queue.offer_summary((fact(2),))
-    report = queue.next_report()
-    assert report is not None and report.summary == (fact(2),) and report.blind == ""
+    watch.sample(now_ns=2 * S, listed=[SVC], counts={})
+    queue.summary_due()
+    report = queue.next_report(lambda: watch.summary(now_ns=2 * S))
+    assert report is not None and report.summary == full(2, fact(0))
 
 
 def test_a_fresh_leader_waits_one_full_report_window() -> None:
@@ -332,14 +455,35 @@ def test_any_order_lists_each_service_once_and_respects_every_acyclic_edge(
 
 def test_a_summary_alone_makes_a_report_resent_unchanged_until_acknowledged() -> None:
     queue = reports.ReportQueue()
-    assert queue.next_report() is None
-    queue.offer_summary((fact(1),))
-    first = queue.next_report()
-    assert first is not None and first.requests == () and first.summary == (fact(1),)
-    queue.offer_summary((fact(2),))  # arrives while report 1 is in flight
-    queue.offer_summary((fact(3),))  # replaces the waiting one: fresher ages
-    assert queue.next_report() == first
+    built: list[int] = []
+
+    def summary() -> traffic.Summary:
+        built.append(len(built) + 1)
+        return delta(len(built))
+
+    assert queue.next_report(summary) is None  # nothing due: nothing built
+    queue.summary_due()
+    first = queue.next_report(summary)
+    assert first is not None and first.requests == () and first.summary == delta(1)
+    queue.summary_due()  # due again while report 1 is in flight
+    queue.summary_due()
+    assert queue.next_report(summary) == first and built == [1]  # a retry builds nothing
     assert queue.acknowledged(seq=first.seq)
-    second = queue.next_report()
-    assert second is not None and second.summary == (fact(3),) and second.seq == first.seq + 1
-    assert queue.acknowledged(seq=second.seq) and queue.idle
+    second = queue.next_report(summary)
+    # Built once, after the acknowledgement: a delta follows what the leader took.
+    assert second is not None and second.summary == delta(2) and second.seq == first.seq + 1
+    assert queue.acknowledged(seq=second.seq) and queue.idle and built == [1, 2]
+
+
+def test_a_report_an_older_leader_could_not_read_goes_again_under_a_new_seq() -> None:
+    queue = reports.ReportQueue()
+    request = reports.Request(service_ip=SVC, source_ip=9, monotonic_ns=1, unix_ms=2)
+    queue.add(request)
+    queue.summary_due()
+    first = queue.next_report(lambda: full(1))
+    assert first is not None and first.requests == (request,)
+    assert not queue.requeue(seq=first.seq + 1)  # not the report in flight: nothing happens
+    assert queue.requeue(seq=first.seq)
+    again = queue.next_report(lambda: full(2))
+    assert again is not None and again.seq == first.seq + 1
+    assert again.requests == (request,) and again.summary == full(2)
