@@ -416,15 +416,20 @@ class Cluster:
         for node in nodes if nodes is not None else self.nodes:
             self.start_agent(node)
 
-    def start_agent(self, node: Node) -> None:
+    def start_agent(self, node: Node, *, tree: str | None = None) -> None:
+        """Starts the node's agent; `tree` runs another release's code (a directory holding its
+        gossip_agent/ and bpf/, e.g. from `git archive`): a rolling update's older agents."""
         if node.running:
             raise HarnessError(f"the agent of {node.name} is already running")
+        env = self.agent_env(node)
+        if tree is not None:  # `-m` puts the working directory first on sys.path
+            env["PYTHONPATH"] = tree
         with open(node.log_path, "ab") as log_file:
             node.process = subprocess.Popen(
                 ["nsenter", f"--net={os.path.join(NETNS_DIR, node.netns)}", "--",
                  *self.wrapper, sys.executable, "-m", "gossip_agent", "run"],
-                env=self.agent_env(node), stdout=log_file, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                start_new_session=True, cwd=tree,
             )
 
     def kill_agent(self, node: Node, sig: int = signal.SIGKILL, *, timeout: float = STOP_GRACE
