@@ -32,6 +32,13 @@ maps only; --harness netns: network namespaces with XDP_INTERFACES set, every no
 attached and counting): per N, the leader's, the followers' median and max over
 --rest-seconds, the whole cluster in cores, the steal, and the timers in force.
 
+--anchors runs the etcd-watch anchor (tools/anchors.py: ../shared/anchors/anchor_bench.py
+--design etcd --encoding bin, in its own virtualenv --anchor-venv) at the same N, interleaved
+with ours round by round (ours, etcd, ours, etcd, ... --rounds times), and prints per N the
+medians of the rounds' p50 and p99 for both, the ratios gossip-agent / etcd of those medians,
+each round's own ratios and the steal of every round (--json: every round's full figures).
+Each anchor run makes as many puts as --changes, one every --gap seconds.
+
 --mtls measures every N twice per run, with mutual TLS off and on (a fresh CA, a certificate
 per agent, the admin certificate for the benchmark's own calls), --runs times alternating,
 and prints the medians and the ratio on/off of the p50 (the goal: under 1.2).
@@ -52,6 +59,7 @@ import statistics
 import sys
 from collections.abc import Mapping, Sequence
 
+import anchors  # tools/anchors.py: the etcd-watch anchor
 import benchcluster  # tools/ is on sys.path when this file runs as a script
 import failover  # tools/failover.py, next to this script
 import mapbench
@@ -286,6 +294,57 @@ def rest_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def anchors_main(args: argparse.Namespace) -> int:
+    """Ours and the etcd anchor at each N, interleaved --rounds times; medians and ratios."""
+    gaps = anchors.missing(anchor_dir=args.anchor_dir, venv=args.anchor_venv)
+    if gaps:
+        print("--anchors needs " + "; ".join(gaps) + "\n" + anchors.install_hint(args.anchor_venv),
+              file=sys.stderr)
+        return 2
+    rows = []
+    for nodes in args.nodes or [8, 16, 32]:
+        ours: list[dict[str, object]] = []
+        etcd: list[dict[str, float]] = []
+        for rep in range(1, args.rounds + 1):
+            ours.append(run_size(nodes, args))
+            etcd.append(anchors.run(anchor_dir=args.anchor_dir, venv=args.anchor_venv,
+                                    nodes=nodes, changes=args.changes, gap=args.gap,
+                                    rep=rep).as_dict())
+            print(f"N={nodes} round {rep}: ours p50 {ours[-1]['p50_ms']} / p99 "
+                  f"{ours[-1]['p99_ms']} ms, etcd p50 {etcd[-1]['p50_ms']} / p99 "
+                  f"{etcd[-1]['p99_ms']} ms", file=sys.stderr)
+        rows.append(anchor_row(nodes, ours, etcd))
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print_table(rows, ANCHOR_COLUMNS)
+    return 0
+
+
+def anchor_row(nodes: int, ours: list[dict[str, object]], etcd: list[dict[str, float]]
+               ) -> dict[str, object]:
+    row: dict[str, object] = {"nodes": nodes, "rounds": len(ours)}
+    for key in ("p50_ms", "p99_ms"):
+        row[f"ours_{key}"], row[f"etcd_{key}"] = median_of(ours, key), median_of(etcd, key)
+        row[f"ratio_{key[:3]}"] = round(float(str(row[f"ours_{key}"])) /
+                                        float(str(row[f"etcd_{key}"])), 2)
+    row["round_ratios"] = " ".join(
+        "/".join(f"{float(str(o[key])) / e[key]:.2f}" for key in ("p50_ms", "p99_ms"))
+        for o, e in zip(ours, etcd, strict=True))
+    row["steal_pct"] = " ".join(f"{o['steal_pct']}/{e['steal_pct']}"
+                                for o, e in zip(ours, etcd, strict=True))
+    row["ours"], row["etcd"] = ours, etcd  # every round, for --json
+    return row
+
+
+ANCHOR_COLUMNS = (
+    ("rounds", "rounds"), ("ours_p50_ms", "ours p50"), ("etcd_p50_ms", "etcd p50"),
+    ("ratio_p50", "ratio p50"), ("ours_p99_ms", "ours p99"), ("etcd_p99_ms", "etcd p99"),
+    ("ratio_p99", "ratio p99"), ("round_ratios", "per round p50/p99 ratios"),
+    ("steal_pct", "steal % per round, ours/etcd"),
+)
+
+
 def failover_main(args: argparse.Namespace) -> int:
     results = failover.run(backends=args.backend or failover.BACKENDS,
                            nodes=args.failover_nodes, kills=args.kills, env=args.env)
@@ -340,6 +399,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="length of the quiet period CPU at rest is measured over")
     parser.add_argument("--settle-seconds", type=float, default=5.0,
                         help="wait after the table is full everywhere, before measuring")
+    parser.add_argument("--anchors", action="store_true",
+                        help="interleave each run with the etcd-watch anchor; print ratios")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="--anchors: rounds per N (ours, etcd, ours, etcd, ...)")
+    parser.add_argument("--anchor-dir", default=anchors.default_dir(),
+                        help="--anchors: the folder of anchor_bench.py (default: %(default)s)")
+    parser.add_argument("--anchor-venv", default=anchors.DEFAULT_VENV,
+                        help="--anchors: the anchor's virtualenv with aetcd and psutil "
+                             "(default: %(default)s)")
     args = parser.parse_args(argv)
     if args.wake:
         return wakebench.report(nodes=args.wake_nodes, wakes=args.wakes, runs=args.runs,
@@ -355,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--mtls runs in the local harness only")
     if args.rest:
         return rest_main(args)
+    if args.anchors:
+        return anchors_main(args)
     if args.mtls:
         return mtls_main(args)
     results = [run_size(n, args) for n in args.nodes or [8, 16, 32]]
