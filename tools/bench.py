@@ -1,16 +1,43 @@
-"""Full-convergence latency of gossip-agent on this machine.
+"""Full-convergence latency of gossip-agent on this machine, and what it costs in CPU.
 
 For each cluster size N (default 8, 16, 32 agent processes on loopback, bpffs lease, pinned BPF
-maps), the leader's table is first filled to 1024 entries; then --changes writes (default 200),
-one every --gap seconds after the previous reply, each changing one service's replicas through
-the leader's SetService. A change's latency runs from the leader's write
+maps), the leader's table is first filled to 1024 entries and the cluster left to settle
+(--settle-seconds); then it is left alone for a quiet period, then --changes writes (default
+200), one every --gap seconds after the previous reply, each changing one service's replicas
+through the leader's SetService. A change's latency runs from the leader's write
 (WriteResponse.written_monotonic_ns) to the moment the LAST agent finished writing it into its
 map (applied_monotonic_ns in each agent's GetHistory, read after the changes, so no watcher
 stream loads the agents while they are measured). All processes share this host's
 CLOCK_MONOTONIC, so the difference is exact.
 
-Prints p50 / p99 / max per N as a table, or with --json one JSON line: a list of objects with
-nodes, p50_ms, p99_ms, max_ms (and changes, entries).
+CPU, from /proc/<pid>/stat (utime + stime of each agent process, tools/proccpu.py):
+- at rest: each agent's CPU over the quiet period as % of one core; the leader's and the
+  followers' median. The quiet period lasts --rest-seconds, or as long as the changes take at
+  the least (changes x gap + the pauses before reading the histories), whichever is longer.
+- per change: each agent's CPU over the whole run of changes, minus its rest rate (CPU of the
+  quiet period / its length) x the run's wall time, divided by the number of changes, in ms;
+  the leader's and the followers' median. CPU time comes in 10 ms ticks, so each figure is
+  good to about 2 ticks / changes (0.1 ms at 200 changes). The run includes the leader's
+  SetService calls and each agent's GetHistory reads (one per 100 changes). "Leader per peer"
+  is the leader's figure / (N - 1): what each more agent costs it.
+- steal: /proc/stat's steal over the quiet period and the changes, as % of wall x cores; a
+  run with steal is one on a noisy machine, its figures are not comparable.
+
+Prints a table per N, or with --json one JSON line: a list of objects with nodes, changes,
+entries, p50_ms, p99_ms, max_ms, leader_ / follower_cpu_ms_per_change,
+leader_cpu_ms_per_peer_per_change, leader_ / follower_rest_pct, quiet_s, changes_s, steal_pct.
+
+--rest measures CPU at rest only, in either harness (--harness local: the loopback cluster,
+maps only; --harness netns: network namespaces with XDP_INTERFACES set, every node's program
+attached and counting): per N, the leader's, the followers' median and max over
+--rest-seconds, the whole cluster in cores, the steal, and the timers in force.
+
+--anchors runs the etcd-watch anchor (tools/anchors.py: ../shared/anchors/anchor_bench.py
+--design etcd --encoding bin, in its own virtualenv --anchor-venv) at the same N, interleaved
+with ours round by round (ours, etcd, ours, etcd, ... --rounds times), and prints per N the
+medians of the rounds' p50 and p99 for both, the ratios gossip-agent / etcd of those medians,
+each round's own ratios and the steal of every round (--json: every round's full figures).
+Each anchor run makes as many puts as --changes, one every --gap seconds.
 
 --mtls measures every N twice per run, with mutual TLS off and on (a fresh CA, a certificate
 per agent, the admin certificate for the benchmark's own calls), --runs times alternating,
@@ -25,48 +52,40 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
-import os
-import shutil
+import math
 import statistics
 import sys
-import tempfile
-import time
+from collections.abc import Mapping, Sequence
 
+import anchors  # tools/anchors.py: the etcd-watch anchor
+import benchcluster  # tools/ is on sys.path when this file runs as a script
 import failover  # tools/failover.py, next to this script
-import mapbench  # tools/ is on sys.path when this file runs as a script
+import mapbench
+import proccpu
 import wakebench  # tools/wakebench.py: the scaling loop's wake-up latency (issue 8)
 
-from gossip_agent import localcluster
-from gossip_agent.security import tls
 from gossip_agent.v1 import gossip_pb2 as pb
 from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc
 
-TABLE_ENTRIES = 1024
 HISTORY_BATCH = 100  # changes between history collections (agents keep 256 adoptions)
 SETTLE_SECONDS = 1.0  # before collecting: anything slower than this is a failure to converge
-FIRST_IP = 0x0A600000  # 10.96.0.0
+History = list[tuple[tuple[int, int], int]]  # ((term, seq), applied_monotonic_ns) per adoption
 
 
-def ip_of(index: int) -> str:
-    value = FIRST_IP + index
-    return ".".join(str((value >> shift) & 0xFF) for shift in (24, 16, 8, 0))
-
-
-async def histories(
-    addresses: list[str], channels: tls.ChannelFactory
-) -> list[list[tuple[tuple[int, int], int]]]:
+async def histories(cluster: benchcluster.Cluster) -> list[History]:
     """Each agent's recent adoptions as ((term, seq), applied_monotonic_ns)."""
 
-    async def one(address: str) -> list[tuple[tuple[int, int], int]]:
-        async with channels.open(address, []) as channel:
+    async def one(address: str) -> History:
+        async with cluster.channels.open(address, []) as channel:
             reply = await pb_grpc.StateStub(channel).GetHistory(pb.GetHistoryRequest(), timeout=10)
         return [((e.version.term, e.version.seq), e.applied_monotonic_ns) for e in reply.events]
 
-    return list(await asyncio.gather(*(one(a) for a in addresses)))
+    return list(await asyncio.gather(*(one(a) for a in cluster.addresses)))
 
 
-def applied_at(history: list[tuple[tuple[int, int], int]], version: tuple[int, int]) -> int:
+def applied_at(history: History, version: tuple[int, int]) -> int:
     """When an agent's map first held `version`: it may have skipped straight to a newer one."""
     times = [ns for v, ns in history if v >= version and ns > 0]
     if not times:
@@ -74,10 +93,7 @@ def applied_at(history: list[tuple[tuple[int, int], int]], version: tuple[int, i
     return min(times)
 
 
-def latencies_of(
-    written: list[tuple[tuple[int, int], int]],
-    agent_histories: list[list[tuple[tuple[int, int], int]]],
-) -> list[float]:
+def latencies_of(written: History, agent_histories: list[History]) -> list[float]:
     """Leader's write -> the last agent's map write, per change, in milliseconds."""
     return [
         (max(applied_at(h, version) for h in agent_histories) - written_ns) / 1e6
@@ -91,86 +107,131 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[index]
 
 
-async def fill_table(stub: pb_grpc.StateStub) -> None:
-    semaphore = asyncio.Semaphore(64)
-
-    async def one(index: int) -> None:
-        async with semaphore:
-            await stub.SetService(pb.SetServiceRequest(
-                ip=ip_of(index), replicas=1, name=f"bench/svc-{index}"), timeout=30)
-
-    await asyncio.gather(*(one(i) for i in range(TABLE_ENTRIES)))
+def quiet_seconds(rest_seconds: float, changes: int, gap: float) -> float:
+    """--rest-seconds, or the shortest the run of changes can take if that is longer: the rest
+    rate subtracted from it is then measured over about as long as it is applied to."""
+    return max(rest_seconds, changes * gap + math.ceil(changes / HISTORY_BATCH) * SETTLE_SECONDS)
 
 
-async def measure(
-    cluster: localcluster.LocalCluster, changes: int, gap: float
+@dataclasses.dataclass(frozen=True)
+class Measured:
+    leader: str
+    latencies: list[float]  # ms, one per change
+    quiet: proccpu.Window
+    changes: proccpu.Window
+    steal_pct: float  # over the quiet period and the changes
+
+
+async def make_changes(
+    cluster: benchcluster.Cluster, stub: pb_grpc.StateStub, *, changes: int, gap: float
 ) -> list[float]:
-    addresses, channels = cluster.addresses, cluster.client
-    await localcluster.wait_all(addresses, what="every agent to serve", timeout=120,
-                                check=lambda s: True, channels=channels)
-    leader, _ = await localcluster.find_leader(addresses, timeout=60, channels=channels)
-    async with channels.open(leader, []) as channel:
-        stub = pb_grpc.StateStub(channel)
-        await fill_table(stub)
-        await localcluster.wait_all(addresses, what="the full table everywhere", timeout=120,
-                                    check=lambda s: len(s.entries) == TABLE_ENTRIES,
-                                    channels=channels)
-        latencies: list[float] = []
-        written: list[tuple[tuple[int, int], int]] = []
-        for change in range(changes):
-            reply = await stub.SetService(pb.SetServiceRequest(
-                ip=ip_of(change % TABLE_ENTRIES), replicas=2 + change,
-                name=f"bench/svc-{change % TABLE_ENTRIES}"), timeout=30)
-            written.append(((reply.version.term, reply.version.seq), reply.written_monotonic_ns))
-            await asyncio.sleep(gap)
-            # Agents keep their last 256 adoptions: collect before they roll over.
-            if len(written) == HISTORY_BATCH or change == changes - 1:
-                await asyncio.sleep(SETTLE_SECONDS)
-                latencies += latencies_of(written, await histories(addresses, channels))
-                written = []
+    latencies: list[float] = []
+    written: History = []
+    entries = benchcluster.TABLE_ENTRIES
+    for change in range(changes):
+        reply = await stub.SetService(pb.SetServiceRequest(
+            ip=benchcluster.ip_of(change % entries), replicas=2 + change,
+            name=f"bench/svc-{change % entries}"), timeout=30)
+        written.append(((reply.version.term, reply.version.seq), reply.written_monotonic_ns))
+        await asyncio.sleep(gap)
+        # Agents keep their last 256 adoptions: collect before they roll over.
+        if len(written) == HISTORY_BATCH or change == changes - 1:
+            await asyncio.sleep(SETTLE_SECONDS)
+            latencies += latencies_of(written, await histories(cluster))
+            written = []
     return latencies
 
 
-def run_size(
-    nodes: int, changes: int, gap: float, root: str, *, mtls: bool = False
-) -> dict[str, object]:
-    log_dir = tempfile.mkdtemp(prefix=f"gossip-bench-{nodes}-")
-    shutil.rmtree(root, ignore_errors=True)  # fresh maps: every size starts from the same state
-    cluster = localcluster.LocalCluster(
-        nodes, root=root, log_dir=log_dir, extra_env={"LOG_LEVEL": "warning"}, mtls=mtls)
-    started = time.monotonic()
-    cluster.start()
-    try:
-        latencies = asyncio.run(measure(cluster, changes, gap))
-    finally:
-        cluster.stop()
-    print(f"N={nodes}{' mTLS' if mtls else ''}: {changes} changes in "
-          f"{time.monotonic() - started:.1f}s (logs {log_dir})", file=sys.stderr)
-    shutil.rmtree(log_dir, ignore_errors=True)
+async def measure(
+    cluster: benchcluster.Cluster, *, changes: int, gap: float, quiet: float, settle: float
+) -> Measured:
+    leader = await benchcluster.prepare(cluster, settle=settle)
+    async with cluster.channels.open(leader, []) as channel:
+        stub = pb_grpc.StateStub(channel)
+        before = benchcluster.sample(cluster)
+        await asyncio.sleep(quiet)
+        start = benchcluster.sample(cluster)
+        latencies = await make_changes(cluster, stub, changes=changes, gap=gap)
+        end = benchcluster.sample(cluster)
+    return Measured(leader=leader, latencies=latencies, quiet=proccpu.between(before, start),
+                    changes=proccpu.between(start, end),
+                    steal_pct=proccpu.between(before, end).steal_pct)
+
+
+def cpu_figures(
+    cluster: benchcluster.Cluster, measured: Measured, changes: int
+) -> dict[str, float]:
+    quiet, run = measured.quiet, measured.changes
+
+    def per_change(pid: int) -> float:
+        at_rest = quiet.cpu[pid] / quiet.wall * run.wall
+        return 1000.0 * (run.cpu[pid] - at_rest) / changes
+
+    cost = benchcluster.per_agent(cluster, measured.leader, per_change)
+    rest = benchcluster.per_agent(cluster, measured.leader, quiet.percent)
+    peers = max(1, len(cluster.addresses) - 1)
     return {
-        "nodes": nodes,
-        "mtls": mtls,
-        "changes": changes,
-        "entries": TABLE_ENTRIES,
-        "p50_ms": round(statistics.median(latencies), 2),
-        "p99_ms": round(percentile(latencies, 0.99), 2),
-        "max_ms": round(max(latencies), 2),
+        **cost.summary("cpu_ms_per_change", digits=3),
+        "leader_cpu_ms_per_peer_per_change": round(cost.leader / peers, 3),
+        **rest.summary("rest_pct"),
+        "quiet_s": round(quiet.wall, 1),
+        "changes_s": round(run.wall, 1),
+        "steal_pct": round(measured.steal_pct, 2),
     }
 
 
-def mtls_main(args: argparse.Namespace, root: str) -> int:
+def run_size(nodes: int, args: argparse.Namespace, *, mtls: bool = False) -> dict[str, object]:
+    """One cluster of `nodes` agents: latency percentiles and CPU figures of --changes."""
+    quiet = quiet_seconds(args.rest_seconds, args.changes, args.gap)
+    with benchcluster.start(args.harness, nodes, mtls=mtls) as cluster:
+        measured = asyncio.run(measure(cluster, changes=args.changes, gap=args.gap, quiet=quiet,
+                                       settle=args.settle_seconds))
+    print(f"N={nodes}{' mTLS' if mtls else ''}: {args.changes} changes in "
+          f"{measured.changes.wall:.1f}s after {measured.quiet.wall:.1f}s at rest", file=sys.stderr)
+    latencies = measured.latencies
+    return {
+        "nodes": nodes,
+        "harness": args.harness,
+        "mtls": mtls,
+        "changes": args.changes,
+        "entries": benchcluster.TABLE_ENTRIES,
+        "p50_ms": round(statistics.median(latencies), 2),
+        "p99_ms": round(percentile(latencies, 0.99), 2),
+        "max_ms": round(max(latencies), 2),
+        **cpu_figures(cluster, measured, args.changes),
+    }
+
+
+COLUMNS = (  # (key, header) of the default table, after nodes
+    ("changes", "changes"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("max_ms", "max ms"),
+    ("leader_cpu_ms_per_change", "leader ms/chg"),
+    ("follower_cpu_ms_per_change", "follower ms/chg"),
+    ("leader_cpu_ms_per_peer_per_change", "leader ms/peer/chg"),
+    ("leader_rest_pct", "leader rest %"), ("follower_rest_pct", "follower rest %"),
+    ("steal_pct", "steal %"),
+)
+
+
+def print_table(rows: list[dict[str, object]], columns: tuple[tuple[str, str], ...]) -> None:
+    print(" ".join(f"{header:>{max(6, len(header))}}" for _, header in (("", "nodes"),
+                                                                        *columns)))
+    for row in rows:
+        print(" ".join(f"{row[key]!s:>{max(6, len(header))}}"
+                       for key, header in (("nodes", "nodes"), *columns)))
+
+
+def mtls_main(args: argparse.Namespace) -> int:
     """Each N with mTLS off then on, --runs times; medians of the runs' p50 and p99."""
     rows = []
     for nodes in args.nodes or [8, 32]:
         runs: dict[bool, list[dict[str, object]]] = {False: [], True: []}
         for _ in range(args.runs):
             for mtls in (False, True):
-                runs[mtls].append(run_size(nodes, args.changes, args.gap, root, mtls=mtls))
+                runs[mtls].append(run_size(nodes, args, mtls=mtls))
         row: dict[str, object] = {"nodes": nodes, "runs": args.runs, "changes": args.changes}
         for mtls, name in ((False, "plain"), (True, "mtls")):
             for key in ("p50_ms", "p99_ms"):
-                row[f"{name}_{key}"] = round(statistics.median(
-                    float(str(r[key])) for r in runs[mtls]), 2)
+                row[f"{name}_{key}"] = median_of(runs[mtls], key)
         row["ratio_p50"] = round(float(str(row["mtls_p50_ms"])) /
                                  float(str(row["plain_p50_ms"])), 3)
         rows.append(row)
@@ -183,6 +244,107 @@ def mtls_main(args: argparse.Namespace, root: str) -> int:
         print(f"{r['nodes']:>5} {r['runs']:>4} {r['plain_p50_ms']:>9} {r['mtls_p50_ms']:>9} "
               f"{r['plain_p99_ms']:>9} {r['mtls_p99_ms']:>9} {r['ratio_p50']:>9}")
     return 0
+
+
+def median_of(rows: Sequence[Mapping[str, object]], key: str) -> float:
+    return round(statistics.median(float(str(r[key])) for r in rows), 2)
+
+
+async def rest_once(cluster: benchcluster.Cluster, *, settle: float, seconds: float
+                    ) -> dict[str, object]:
+    leader = await benchcluster.prepare(cluster, settle=settle)
+    before = benchcluster.sample(cluster)
+    await asyncio.sleep(seconds)
+    window = proccpu.between(before, benchcluster.sample(cluster))
+    rest = benchcluster.per_agent(cluster, leader, window.percent)
+    return {
+        "harness": cluster.harness,
+        "nodes": len(cluster.addresses),
+        "entries": benchcluster.TABLE_ENTRIES,
+        "rest_s": round(window.wall, 1),
+        **rest.summary("rest_pct"),
+        "follower_rest_max_pct": round(max(rest.followers), 2),
+        "cluster_cores": round(sum(window.cpu.values()) / window.wall, 3),
+        "steal_pct": round(window.steal_pct, 2),
+        "timers": benchcluster.timers(cluster.env),
+    }
+
+
+REST_COLUMNS = (
+    ("harness", "harness"), ("entries", "entries"), ("rest_s", "seconds"),
+    ("leader_rest_pct", "leader %"), ("follower_rest_pct", "follower %"),
+    ("follower_rest_max_pct", "follower max %"), ("cluster_cores", "all agents, cores"),
+    ("steal_pct", "steal %"),
+)
+
+
+def rest_main(args: argparse.Namespace) -> int:
+    """CPU at rest per agent, in % of one core, of a cluster holding the full table."""
+    rows = []
+    for nodes in args.nodes or [32]:
+        with benchcluster.start(args.harness, nodes) as cluster:
+            rows.append(asyncio.run(rest_once(cluster, settle=args.settle_seconds,
+                                              seconds=args.rest_seconds)))
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print_table(rows, REST_COLUMNS)
+    timers = rows[0]["timers"]  # the same at every N: one harness, one environment
+    assert isinstance(timers, dict)
+    print(f"timers in force ({args.harness} harness): "
+          + " ".join(f"{name}={value}" for name, value in timers.items()))
+    return 0
+
+
+def anchors_main(args: argparse.Namespace) -> int:
+    """Ours and the etcd anchor at each N, interleaved --rounds times; medians and ratios."""
+    gaps = anchors.missing(anchor_dir=args.anchor_dir, venv=args.anchor_venv)
+    if gaps:
+        print("--anchors needs " + "; ".join(gaps) + "\n" + anchors.install_hint(args.anchor_venv),
+              file=sys.stderr)
+        return 2
+    rows = []
+    for nodes in args.nodes or [8, 16, 32]:
+        ours: list[dict[str, object]] = []
+        etcd: list[dict[str, float]] = []
+        for rep in range(1, args.rounds + 1):
+            ours.append(run_size(nodes, args))
+            etcd.append(anchors.run(anchor_dir=args.anchor_dir, venv=args.anchor_venv,
+                                    nodes=nodes, changes=args.changes, gap=args.gap,
+                                    rep=rep).as_dict())
+            print(f"N={nodes} round {rep}: ours p50 {ours[-1]['p50_ms']} / p99 "
+                  f"{ours[-1]['p99_ms']} ms, etcd p50 {etcd[-1]['p50_ms']} / p99 "
+                  f"{etcd[-1]['p99_ms']} ms", file=sys.stderr)
+        rows.append(anchor_row(nodes, ours, etcd))
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print_table(rows, ANCHOR_COLUMNS)
+    return 0
+
+
+def anchor_row(nodes: int, ours: list[dict[str, object]], etcd: list[dict[str, float]]
+               ) -> dict[str, object]:
+    row: dict[str, object] = {"nodes": nodes, "rounds": len(ours)}
+    for key in ("p50_ms", "p99_ms"):
+        row[f"ours_{key}"], row[f"etcd_{key}"] = median_of(ours, key), median_of(etcd, key)
+        row[f"ratio_{key[:3]}"] = round(float(str(row[f"ours_{key}"])) /
+                                        float(str(row[f"etcd_{key}"])), 2)
+    row["round_ratios"] = " ".join(
+        "/".join(f"{float(str(o[key])) / e[key]:.2f}" for key in ("p50_ms", "p99_ms"))
+        for o, e in zip(ours, etcd, strict=True))
+    row["steal_pct"] = " ".join(f"{o['steal_pct']}/{e['steal_pct']}"
+                                for o, e in zip(ours, etcd, strict=True))
+    row["ours"], row["etcd"] = ours, etcd  # every round, for --json
+    return row
+
+
+ANCHOR_COLUMNS = (
+    ("rounds", "rounds"), ("ours_p50_ms", "ours p50"), ("etcd_p50_ms", "etcd p50"),
+    ("ratio_p50", "ratio p50"), ("ours_p99_ms", "ours p99"), ("etcd_p99_ms", "etcd p99"),
+    ("ratio_p99", "ratio p99"), ("round_ratios", "per round p50/p99 ratios"),
+    ("steal_pct", "steal % per round, ours/etcd"),
+)
 
 
 def failover_main(args: argparse.Namespace) -> int:
@@ -230,6 +392,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wake-nodes", type=int, default=8, help="--wake: agents")
     parser.add_argument("--runs", type=int, default=3,
                         help="--mtls: runs per N and mode; --wake: runs (medians reported)")
+    parser.add_argument("--harness", choices=benchcluster.HARNESSES, default="local",
+                        help="local: agents on loopback, maps only; netns: network namespaces, "
+                             "XDP on every node (root, bcc)")
+    parser.add_argument("--rest", action="store_true",
+                        help="measure CPU at rest only, per agent (default N: 32)")
+    parser.add_argument("--rest-seconds", type=float, default=10.0,
+                        help="length of the quiet period CPU at rest is measured over")
+    parser.add_argument("--settle-seconds", type=float, default=5.0,
+                        help="wait after the table is full everywhere, before measuring")
+    parser.add_argument("--anchors", action="store_true",
+                        help="interleave each run with the etcd-watch anchor; print ratios")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="--anchors: rounds per N (ours, etcd, ours, etcd, ...)")
+    parser.add_argument("--anchor-dir", default=anchors.default_dir(),
+                        help="--anchors: the folder of anchor_bench.py (default: %(default)s)")
+    parser.add_argument("--anchor-venv", default=anchors.DEFAULT_VENV,
+                        help="--anchors: the anchor's virtualenv with aetcd and psutil "
+                             "(default: %(default)s)")
     args = parser.parse_args(argv)
     if args.wake:
         return wakebench.report(nodes=args.wake_nodes, wakes=args.wakes, runs=args.runs,
@@ -238,23 +418,22 @@ def main(argv: list[str] | None = None) -> int:
         return mapbench.report(runs=args.map_runs, as_json=args.json)
     if args.failover:
         return failover_main(args)
-    sizes = args.nodes or [8, 16, 32]
-    # A root of this run's own (pid): two benchmarks at once must not wipe each other's maps.
-    root = (localcluster.BPFFS_ROOT + f"-bench-{os.getpid()}" if localcluster.bpffs_mounted()
-            and os.geteuid() == 0 else tempfile.mkdtemp(prefix="gossip-bench-"))
+    gaps = benchcluster.missing(args.harness)
+    if gaps:
+        parser.error(f"--harness {args.harness} needs " + ", ".join(gaps))
+    if args.mtls and args.harness != "local":
+        parser.error("--mtls runs in the local harness only")
+    if args.rest:
+        return rest_main(args)
+    if args.anchors:
+        return anchors_main(args)
     if args.mtls:
-        code = mtls_main(args, root)
-        shutil.rmtree(root, ignore_errors=True)
-        return code
-    results = [run_size(n, args.changes, args.gap, root) for n in sizes]
-    shutil.rmtree(root, ignore_errors=True)
+        return mtls_main(args)
+    results = [run_size(n, args) for n in args.nodes or [8, 16, 32]]
     if args.json:
         print(json.dumps(results))
     else:
-        print(f"{'nodes':>5} {'changes':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
-        for r in results:
-            print(f"{r['nodes']:>5} {r['changes']:>7} {r['p50_ms']:>8} {r['p99_ms']:>8} "
-                  f"{r['max_ms']:>8}")
+        print_table(results, COLUMNS)
     return 0
 
 
