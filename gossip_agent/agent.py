@@ -161,7 +161,6 @@ def lease_location(cfg: config_mod.Config) -> str:
 def open_scaling(cfg: config_mod.Config, agent: Agent) -> scaler_service.Scaling:
     """Traffic summaries where an XDP program counts packets; the scaler with SOURCE=kubernetes
     (the kubernetes client is imported only then)."""
-    plane = agent.dataplane
     stats = agent.enforcer.plane.stats if agent.enforcer is not None else None
     source: scaler_service.HasInventory | None = None
     factory = None
@@ -176,7 +175,10 @@ def open_scaling(cfg: config_mod.Config, agent: Agent) -> scaler_service.Scaling
     return scaler_service.Scaling(
         cfg=cfg.scaling, engine=agent.engine, leadership=agent.leadership,
         scale_ups=agent.scale_ups, stats=stats, blind=blindness_of(agent.enforcer),
-        listed=lambda: plane.read().keys(), source=source, workloads_factory=factory)
+        # The held table's keys, not a read of the map: the map holds the same keys (map
+        # repair puts hand edits back) and reading 1024 entries every interval cost more
+        # than the whole summary.
+        listed=lambda: agent.engine.table.keys(), source=source, workloads_factory=factory)
 
 
 def blindness_of(enforcer: enforcer_mod.Enforcer | None) -> Callable[[], str]:
@@ -283,7 +285,7 @@ class Agent:
             engine=self.engine, state_service=self.state_service, health_servicer=self.health,
             max_message_bytes=cfg.gossip.max_message_bytes, streams=self.streams,
             dataplane_service=self.dataplane_service,
-            extra_handlers=(scale_api.report_handler(self.scale_ups.inbox),),
+            extra_handlers=(scale_api.report_handler(self.scale_ups.inbox, self.streams),),
             interceptors=self.security.gossip_checks(self.engine.stats),
         )
         self.port = server_mod.bind(self.server, cfg.node.listen_addr,

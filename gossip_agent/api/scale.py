@@ -1,5 +1,6 @@
-"""Scale-up requests in the API: Gossip/Report (a node's report to the leader) and
-State/WatchScaleRequests (the stream operators and the leader's tooling read).
+"""Scale-up requests in the API: Gossip/Report and Gossip/ReportStream (a node's reports to the
+leader, one unary call each or one stream for all) and State/WatchScaleRequests (the stream
+operators and the leader's tooling read).
 
 Report takes raw bytes, like the other Gossip handlers, so a message that does not parse is
 INVALID_ARGUMENT with a sentence. It is registered as its own generic handler next to the Gossip
@@ -28,20 +29,35 @@ Context = grpc.aio.ServicerContext[Any, Any]
 GOSSIP_SERVICE = "gossip_agent.v1.Gossip"
 
 
-def report_handler(inbox: inbox_mod.Inbox) -> grpc.GenericRpcHandler[Any, Any]:
+def report_handler(inbox: inbox_mod.Inbox,
+                   streams: streams_mod.OpenStreams) -> grpc.GenericRpcHandler[Any, Any]:
     async def report(payload: bytes, context: Context) -> pb.ReportAck:
-        try:
-            message = gossip_wire.parse(pb.NodeReport, payload)
-            taken = inbox.take(compat.read_report(message, payload))
-        except errors.GossipAgentError as exc:
-            await context.abort(status.code_for(exc), str(exc))
-        return route.ack_of(taken, message.seq)
+        return await _take(inbox, payload, context)
+
+    async def report_stream(payloads: AsyncIterator[bytes],
+                            context: Context) -> AsyncIterator[pb.ReportAck]:
+        with streams.serving():
+            async for payload in payloads:
+                yield await _take(inbox, payload, context)
 
     return grpc.method_handlers_generic_handler(GOSSIP_SERVICE, {
         "Report": grpc.unary_unary_rpc_method_handler(
             report, request_deserializer=None,
             response_serializer=pb.ReportAck.SerializeToString),
+        "ReportStream": grpc.stream_stream_rpc_method_handler(
+            report_stream, request_deserializer=None,
+            response_serializer=pb.ReportAck.SerializeToString),
     })
+
+
+async def _take(inbox: inbox_mod.Inbox, payload: bytes, context: Context) -> pb.ReportAck:
+    """One report, in either layout, taken by the inbox; its refusal ends the call."""
+    try:
+        message = gossip_wire.parse(pb.NodeReport, payload)
+        taken = inbox.take(compat.read_report(message, payload))
+    except errors.GossipAgentError as exc:
+        await context.abort(status.code_for(exc), str(exc))
+    return route.ack_of(taken, message.seq)
 
 
 async def watch(

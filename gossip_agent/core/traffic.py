@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 
 # Services per summary: SERVICE_LIST holds 1024 by default; each fact is ~20 bytes on the wire,
 # so a full summary stays ~20 KB, well under the 4 MB gRPC message limit.
@@ -50,6 +51,9 @@ class Counts:
     @property
     def total(self) -> int:
         return self.passed + self.dropped
+
+
+ZERO = Counts(0, 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,11 +84,17 @@ class _Watched:
 
 
 class TrafficWatch:
-    """The node's side: samples of the counters in, bounded summaries out."""
+    """The node's side: samples of the counters in, bounded summaries out.
+
+    A sample costs what has counters (the services that saw packets), not what is listed: the
+    listed set is compared whole (one C-level set comparison) and walked only when it changed,
+    and only services whose counters moved are remembered for the next delta."""
 
     def __init__(self, *, max_facts: int = MAX_FACTS) -> None:
         self._max = max_facts
         self._watched: dict[int, _Watched] = {}
+        self._counted: set[int] = set()  # watched services whose counters are not zero
+        self._moved: set[int] = set()  # counters moved since the previous summary
         self._generation = 0
         self._full_due = True  # the leader knows nothing of this watch yet
         self._blind = ""
@@ -94,18 +104,34 @@ class TrafficWatch:
         """One reading of the counters for the services in this node's SERVICE_LIST.
 
         A listed service without a counter entry has simply seen no packet yet (the program
-        creates the entry on the first packet)."""
-        listed = set(listed)
+        creates the entry on the first packet), or its entry was evicted (see _observe)."""
         if self._blind:  # seeing again: idleness is measured only over time the node observed
             self._blind = ""
-            self._watched.clear()
+            self._forget_all()
             self._full_due = True  # the leader holds a blind summary: it must be replaced
-        if listed != self._watched.keys():
-            self._full_due = True  # the leader must drop what is no longer listed
-            for service in self._watched.keys() - listed:
-                del self._watched[service]
-        for service in listed:
-            self._observe(service, counts.get(service, Counts(0, 0)), now_ns=now_ns)
+        shown = listed if isinstance(listed, AbstractSet) else set(listed)
+        if self._watched.keys() != shown:
+            self._relist(set(shown), now_ns=now_ns, counts=counts)
+        for service, now in counts.items():
+            if service in self._watched:
+                self._observe(service, now, now_ns=now_ns)
+        for service in self._counted - counts.keys():  # entry gone: counters read as zero
+            self._observe(service, Counts(0, 0), now_ns=now_ns)
+
+    def _relist(self, listed: set[int], *, now_ns: int, counts: Mapping[int, Counts]) -> None:
+        """The listed services changed: the leader must drop what is no longer listed, and a
+        newly listed service is dated "seen now" (a node never claims idleness it did not
+        observe)."""
+        self._full_due = True
+        for service in self._watched.keys() - listed:
+            del self._watched[service]
+            self._counted.discard(service)
+            self._moved.discard(service)
+        for service in listed - self._watched.keys():
+            now = counts.get(service, ZERO)
+            self._watched[service] = _Watched(last=now, reported=now, seen_at=now_ns)
+            if now.total:
+                self._counted.add(service)
 
     def blind(self, reason: str) -> None:
         """The node cannot count its traffic now (`reason` says why): its summaries say so and
@@ -113,27 +139,36 @@ class TrafficWatch:
         if reason != self._blind:
             self._full_due = True
         self._blind = reason
-        self._watched.clear()
+        self._forget_all()
 
     def want_full(self) -> None:
         """The next summary is full: the leader asked for one (it could not apply a delta), or
         it reads only whole summaries (an agent before 0.2)."""
         self._full_due = True
 
+    def _forget_all(self) -> None:
+        self._watched.clear()
+        self._counted.clear()
+        self._moved.clear()
+
     def _observe(self, service: int, now: Counts, *, now_ns: int) -> None:
-        watched = self._watched.get(service)
-        if watched is None:
-            self._watched[service] = _Watched(last=now, reported=now, seen_at=now_ns)
+        watched = self._watched[service]
+        last = watched.last
+        if now.passed == last.passed and now.dropped == last.dropped:
             return
-        if now.passed < watched.last.passed or now.dropped < watched.last.dropped:
+        self._moved.add(service)
+        if now.total:
+            self._counted.add(service)
+        else:
+            self._counted.discard(service)
+        if now.passed < last.passed or now.dropped < last.dropped:
             # Counters went backwards (map recreated, entry evicted): what happened between the
             # samples is unknown, so it counts as traffic now, deltas restart from here, and the
             # leader gets everything again (a full summary).
             self._watched[service] = _Watched(last=now, reported=now, seen_at=now_ns)
             self._full_due = True
             return
-        if now.total > watched.last.total:
-            watched.seen_at = now_ns
+        watched.seen_at = now_ns
         watched.last = now
 
     def summary(self, *, now_ns: int) -> Summary:
@@ -144,10 +179,10 @@ class TrafficWatch:
         if self._blind:
             self._full_due = False
             return Summary(self._generation, full=True, facts=(), blind=self._blind)
-        moved = [s for s, w in self._watched.items() if w.last != w.reported]
-        full = self._full_due or len(moved) > self._max
+        full = self._full_due or len(self._moved) > self._max
         self._full_due = False
-        services = self._busiest(self._watched if full else moved)
+        services = self._busiest(self._watched if full else self._moved)
+        self._moved.difference_update(services)
         return Summary(self._generation, full=full,
                        facts=tuple(self._fact(service, now_ns) for service in services))
 

@@ -49,10 +49,11 @@ class ScaleUps:
         self.inbox = inbox_mod.Inbox(
             node=engine.node, leadership=leadership, source=source, hub=self.hub,
             name_of=name_of)
+        self.route = route.ToLeader(engine=engine, leadership=leadership, inbox=self.inbox,
+                                    channels=channels, timeout=rpc_timeout)
         self.reporter = reporter_mod.Reporter(
             node=engine.node, incarnation=rng.getrandbits(63) + 1,
-            deliver=route.ToLeader(engine=engine, leadership=leadership, inbox=self.inbox,
-                                   channels=channels, timeout=rpc_timeout),
+            deliver=self.route,
             hub=self.hub, name_of=name_of, backoff=backoff, rng=rng,
             leader_may_have_changed=engine.changed,
         )

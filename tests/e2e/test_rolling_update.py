@@ -7,7 +7,8 @@ the repository's history with `git archive` (so the test needs a clone with hist
 
 Checked, in both directions, with the scale-to-zero loop that reports feed:
 - an older leader with newer nodes: a newer node's scale-up request reaches it (the node falls
-  back to the older layout when the leader's acknowledgement lacks `compact`), traffic through
+  back to unary Report calls when ReportStream is UNIMPLEMENTED, and to the older layout when
+  the leader's acknowledgement lacks `compact`), traffic through
   a newer node keeps the service up, and exactly one scale-down follows when it stops;
 - a newer leader with an older node: the older node's scale-up request reaches it, traffic
   through the older node ALONE keeps the service up (the leader reads its whole summaries), and
@@ -125,6 +126,7 @@ async def test_old_and_new_agents_side_by_side_wake_keep_up_and_scale_down_in_bo
         await one_wake_and_one_sleep(cluster, kube, waker=new[0], sender=new[1], patches=0)
         log = nc._tail(new[0].log_path, lines=2000)
         assert f"leader {old.name} predates 0.2" in log, log
+        assert "has no ReportStream (before 0.2)" in log, log
 
         # A newer leader, an older node (the 0.1 agent restarted as a follower).
         assert cluster.kill_agent(old) == -signal.SIGKILL

@@ -248,6 +248,44 @@ async def test_a_retried_report_is_acknowledged_as_duplicate_and_acted_on_once(
     assert leader.scale_ups.inbox.counts.duplicates == 1
 
 
+async def test_a_followers_reports_ride_one_stream_to_the_leader(
+    three: tuple[agent_mod.Agent, list[agent_mod.Agent]],
+) -> None:
+    leader, followers = three
+    follower = followers[0]
+    for i, service in enumerate(("10.96.0.10", "10.96.0.11", "10.96.0.12")):
+        emit(follower, event(service, at=i + 1))
+
+        async def taken(count: int = i + 1) -> bool:
+            return len(scale_ups(leader)) == count
+
+        await poll(f"request {i + 1} at the leader", taken, timeout=CONVERGE_DEADLINE)
+    assert follower.scale_ups.route.streams_opened == 1
+    assert follower.scale_ups.reporter.reports_acked >= 3
+
+
+async def test_reports_on_one_stream_are_acknowledged_in_order_and_a_bad_one_ends_it(
+    three: tuple[agent_mod.Agent, list[agent_mod.Agent]],
+) -> None:
+    leader, _ = three
+    async with grpc.aio.insecure_channel(address(leader)) as channel:
+        call = channel.stream_stream("/gossip_agent.v1.Gossip/ReportStream",
+                                     request_serializer=None,
+                                     response_deserializer=pb.ReportAck.FromString)()
+        acks = []
+        for payload in (node_report(SERVICE, seq=1).SerializeToString(),
+                        node_report(SERVICE, seq=1).SerializeToString(),  # a retry
+                        legacy_report("10.96.0.11", seq=2).SerializeToString()):
+            await call.write(payload)
+            acks.append(await call.read())
+        assert [(a.seq, a.duplicate, a.compact) for a in acks] == [
+            (1, False, True), (1, True, True), (2, False, True)]
+        await call.write(node_report(SERVICE, seq=0).SerializeToString())
+        error = await expect_code(call.read(), grpc.StatusCode.INVALID_ARGUMENT)
+        assert "seq" in (error.details() or "")
+    assert len(scale_ups(leader)) == 2
+
+
 async def test_a_report_in_the_layout_before_0_2_is_read_and_acknowledged_as_compact(
     three: tuple[agent_mod.Agent, list[agent_mod.Agent]],
 ) -> None:
