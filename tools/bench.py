@@ -30,7 +30,9 @@ leader_cpu_ms_per_peer_per_change, leader_ / follower_rest_pct, quiet_s, changes
 --rest measures CPU at rest only, in either harness (--harness local: the loopback cluster,
 maps only; --harness netns: network namespaces with XDP_INTERFACES set, every node's program
 attached and counting): per N, the leader's, the followers' median and max over
---rest-seconds, the whole cluster in cores, the steal, and the timers in force.
+--rest-seconds, the whole cluster in cores, the steal, and the timers in force. The harnesses
+run PROFILE=local (fast timers for tests and demos); --timers cluster sets every timer to the
+DaemonSet's default instead, which is what a node pays in production.
 
 --anchors runs the etcd-watch anchor (tools/anchors.py: ../shared/anchors/anchor_bench.py
 --design etcd --encoding bin, in its own virtualenv --anchor-venv) at the same N, interleaved
@@ -282,7 +284,7 @@ def rest_main(args: argparse.Namespace) -> int:
     """CPU at rest per agent, in % of one core, of a cluster holding the full table."""
     rows = []
     for nodes in args.nodes or [32]:
-        with benchcluster.start(args.harness, nodes) as cluster:
+        with benchcluster.start(args.harness, nodes, timers=args.timers) as cluster:
             rows.append(asyncio.run(rest_once(cluster, settle=args.settle_seconds,
                                               seconds=args.rest_seconds)))
     if args.json:
@@ -291,7 +293,7 @@ def rest_main(args: argparse.Namespace) -> int:
     print_table(rows, REST_COLUMNS)
     timers = rows[0]["timers"]  # the same at every N: one harness, one environment
     assert isinstance(timers, dict)
-    print(f"timers in force ({args.harness} harness): "
+    print(f"timers in force ({args.harness} harness, --timers {args.timers}): "
           + " ".join(f"{name}={value}" for name, value in timers.items()))
     return 0
 
@@ -397,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
                              "XDP on every node (root, bcc)")
     parser.add_argument("--rest", action="store_true",
                         help="measure CPU at rest only, per agent (default N: 32)")
+    parser.add_argument("--timers", choices=("profile", "cluster"), default="profile",
+                        help="--rest: the harness's own timers (PROFILE=local), or every timer "
+                             "at the DaemonSet's default (PROFILE=cluster)")
     parser.add_argument("--rest-seconds", type=float, default=10.0,
                         help="length of the quiet period CPU at rest is measured over")
     parser.add_argument("--settle-seconds", type=float, default=5.0,

@@ -82,17 +82,29 @@ def missing(harness: str) -> list[str]:
     return netns.missing()
 
 
+def timer_env(timers: str) -> dict[str, str]:
+    """The agents' timers: "profile" keeps the harness's own (PROFILE=local: fast timers for
+    tests and demos); "cluster" sets every timer to the DaemonSet's default (PROFILE=cluster),
+    which is what a node pays in production. Addresses and ports stay the harness's."""
+    if timers == "profile":
+        return {}
+    return {v.name: v.defaults["cluster"] for v in config.VARIABLES
+            if v.unit in UNITS and v.defaults["cluster"] != v.defaults["local"]}
+
+
 @contextlib.contextmanager
-def start(harness: str, nodes: int, *, mtls: bool = False) -> Iterator[Cluster]:
+def start(harness: str, nodes: int, *, mtls: bool = False,
+          timers: str = "profile") -> Iterator[Cluster]:
     """N running agents; stopped (and their maps removed) on leaving. The agents' logs are
     removed after a clean run and kept, with their path printed, after a failure."""
     log_dir = tempfile.mkdtemp(prefix=f"gossip-bench-{harness}-{nodes}-")
+    env = {**AGENT_ENV, **timer_env(timers)}
     if harness == "local":
-        cluster = _local(nodes, log_dir=log_dir, mtls=mtls)
+        cluster = _local(nodes, log_dir=log_dir, mtls=mtls, env=env)
     elif mtls:
         raise ValueError("mutual TLS is measured in the local harness only")
     else:
-        cluster = _namespaced(nodes, log_dir=log_dir)
+        cluster = _namespaced(nodes, log_dir=log_dir, env=env)
     try:
         with cluster as running:
             yield running
@@ -104,12 +116,12 @@ def start(harness: str, nodes: int, *, mtls: bool = False) -> Iterator[Cluster]:
 
 
 @contextlib.contextmanager
-def _local(nodes: int, *, log_dir: str, mtls: bool) -> Iterator[Cluster]:
+def _local(nodes: int, *, log_dir: str, mtls: bool, env: dict[str, str]) -> Iterator[Cluster]:
     # A root of this process's own: two benchmarks at once must not wipe each other's maps.
     root = (localcluster.BPFFS_ROOT + f"-bench-{os.getpid()}" if localcluster.bpffs_mounted()
             and os.geteuid() == 0 else tempfile.mkdtemp(prefix="gossip-bench-"))
     shutil.rmtree(root, ignore_errors=True)  # fresh maps: every run starts from the same state
-    agents = localcluster.LocalCluster(nodes, root=root, log_dir=log_dir, extra_env=AGENT_ENV,
+    agents = localcluster.LocalCluster(nodes, root=root, log_dir=log_dir, extra_env=env,
                                        mtls=mtls)
     agents.start()
     try:
@@ -122,13 +134,13 @@ def _local(nodes: int, *, log_dir: str, mtls: bool) -> Iterator[Cluster]:
 
 
 @contextlib.contextmanager
-def _namespaced(nodes: int, *, log_dir: str) -> Iterator[Cluster]:
+def _namespaced(nodes: int, *, log_dir: str, env: dict[str, str]) -> Iterator[Cluster]:
     from gossip_agent.testing import netns  # root-only harness: imported when asked for
 
     netns.sweep_stale(NETNS_PREFIX)
     root = os.path.join(NETNS_BPFFS, uuid.uuid4().hex[:12])
     with netns.Cluster(nodes, prefix=NETNS_PREFIX, bpffs_root=root, log_dir=log_dir,
-                       env=AGENT_ENV) as agents:
+                       env=env) as agents:
         agents.start()
 
         def attached() -> bool:
