@@ -16,7 +16,7 @@ Invariants:
 Task `lease.mirror`: heartbeat every period; after each adoption, the leader mirrors the
 snapshot it publishes. Cost per period: one heartbeat per agent, a constant amount of backend
 work whatever the cluster's size (O(log N) in Redis: leases/redis.py), plus one mirror write
-per leader adoption.
+per leader adoption. Adoptions never add heartbeats.
 """
 
 from __future__ import annotations
@@ -138,14 +138,20 @@ class Mirror:
         self._error = ""
 
     async def run(self) -> None:
-        """The `lease.mirror` task."""
+        """The `lease.mirror` task: a heartbeat once per period, whatever happens between (it
+        once went out after every adoption too: one backend write per agent per change), and
+        the leader's mirror write after each adoption."""
         await self._guarded(self.warm_start)
+        loop = asyncio.get_running_loop()
+        next_beat = loop.time()
         while True:
-            if await self._guarded(self.heartbeat):
-                self._error = ""  # the backend answers again: a new failure is news
+            if loop.time() >= next_beat:
+                next_beat = loop.time() + self.period
+                if await self._guarded(self.heartbeat):
+                    self._error = ""  # the backend answers again: a new failure is news
             await self._guarded(self.publish)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.period):
+                async with asyncio.timeout(max(0.0, next_beat - loop.time())):
                     await self.engine.changed()
 
     async def _guarded(self, step: Any) -> bool:

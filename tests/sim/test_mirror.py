@@ -93,3 +93,31 @@ async def test_a_leader_whose_lease_lapsed_publishes_nothing_and_its_write_fails
                 leader.leadership.write(updates={SVC: (2, "")}, deletes=()), timeout=5)
         assert all(a.dataplane.read() == {SVC: 1} for a in c.agents), "the write leaked"
         assert all(a.engine.held.version >= first.version for a in c.agents)
+
+
+async def test_a_burst_of_changes_adds_no_heartbeat_beyond_one_per_period() -> None:
+    """Each agent's heartbeat goes out once per period; adoptions wake only the leader's mirror
+    write (they once cost every agent a backend write per change)."""
+    c = sim.SimCluster(2, seed=8)
+    sink = mirror.MemorySink()
+    async with sim.running(c):
+        leader = await c.leader()
+        follower = next(a for a in c.agents if a is not leader)
+        period = 0.5
+        task = asyncio.create_task(mirror.Mirror(
+            engine=follower.engine, leadership=follower.leadership, sink=sink,
+            period=period).run(), name="test.mirror")
+        try:
+            await asyncio.sleep(0.05)  # the first heartbeat, at start
+            started = asyncio.get_running_loop().time()
+            for replicas in range(20):
+                result = await leader.leadership.write(updates={SVC: (replicas, "default/web")},
+                                                       deletes=())
+                await c.wait_for("the follower at the write", lambda r=result: (
+                    follower.engine.held.version >= r.version), 5)
+            elapsed = asyncio.get_running_loop().time() - started
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert len(sink.heartbeats) <= 2 + elapsed / period, (len(sink.heartbeats), elapsed)
+    assert sink.document is None  # a follower never writes the mirror
