@@ -246,6 +246,17 @@ def exposition(agent: agent_mod.Agent) -> str:
 
 
 def _series(agent: agent_mod.Agent) -> int:
-    """Metric series (one per label set) the agent exposes on /metrics."""
-    return sum(1 for line in exposition(agent).splitlines()
-               if line and not line.startswith("#"))
+    """Metric series (one per metric and label set) the agent exposes on /metrics. A histogram
+    counts once per label set, not once per bucket line: a label value it meets for the first
+    time (an adoption via "pull" on a loaded machine) is one new series, not twenty."""
+    return len({_series_key(line) for line in exposition(agent).splitlines()
+                if line and not line.startswith("#")})
+
+
+def _series_key(line: str) -> tuple[str, str]:
+    name, _, rest = line.partition("{")
+    labels = rest.rpartition("}")[0] if rest else ""
+    for suffix in ("_bucket", "_sum", "_count", "_created"):
+        name = name.split(" ")[0].removesuffix(suffix)
+    kept = ",".join(part for part in labels.split(",") if not part.startswith("le="))
+    return name, kept
