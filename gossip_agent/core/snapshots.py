@@ -21,8 +21,9 @@ import hashlib
 import ipaddress
 import itertools
 import operator
+import struct
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from gossip_agent import errors
 from gossip_agent.core import versions
@@ -32,6 +33,7 @@ from gossip_agent.core import versions
 MAX_NAME_BYTES = 253
 U32_MAX = 2**32 - 1
 _ENTRY_BYTES = 8  # one (key, value) pair of u32
+_U32_LE = struct.Struct("<I")  # a key or value as the wire table holds it
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -132,28 +134,47 @@ def delta_between(old: Snapshot, new: Snapshot) -> Delta | None:
 
 
 def expand(delta: Delta, held: Snapshot | None) -> Snapshot:
-    """The full snapshot a delta describes, built on the held one; NeedFull if it does not fit.
+    """The full snapshot a delta describes, built on the held one; NeedFull if it does not fit."""
+    return expand_with_previous(delta, held)[0]
 
-    Values are patched in place in a copy of the held table (binary search per changed key),
-    so the result keeps the canonical encoding without re-sorting 1024 entries.
+
+def expand_with_previous(delta: Delta, held: Snapshot | None) -> tuple[Snapshot, bytes]:
+    """expand(), and the (key, value) pairs the delta replaced in the held table (the same keys
+    in the same order as delta.changes): what a map write restores if it fails halfway.
+
+    Values are patched in place in a copy of the held table (binary search per changed key, on
+    a view of its keys: no copy), so the result keeps the canonical encoding without re-sorting
+    or re-encoding 1024 entries; a one-entry delta costs little more than the hash check.
     """
     if held is None or held.version != delta.base or held.names_hash != delta.names_hash:
         raise NeedFull(f"delta {delta.version} needs base {delta.base}")
     if len(delta.changes) % _ENTRY_BYTES:
         raise errors.SnapshotInvalid("delta changes are not whole (key, value) pairs")
-    pairs = u32_pairs(held.table)
-    keys = pairs[0::2]
+    keys = _keys_view(held.table)
+    patched = bytearray(held.table)
     changes = u32_pairs(delta.changes)
+    replaced = array.array("I")
     for key, value in zip(changes[0::2], changes[1::2], strict=True):
         index = bisect.bisect_left(keys, key)
         if index == len(keys) or keys[index] != key:
             raise NeedFull(f"delta {delta.version} changes a key missing at {delta.base}")
-        pairs[2 * index + 1] = value
-    table = _le_bytes(pairs)
+        at = index * _ENTRY_BYTES + 4  # the value half of the pair
+        replaced.extend((key, _U32_LE.unpack_from(patched, at)[0]))
+        _U32_LE.pack_into(patched, at, value)
+    table = bytes(patched)
     if content_hash(table) != delta.content_hash:
         raise errors.SnapshotInvalid(f"delta {delta.version} content hash does not match")
-    return Snapshot(delta.version, delta.leader, delta.leader_address, table, held.names,
-                    delta.content_hash, held.names_hash)
+    snapshot = Snapshot(delta.version, delta.leader, delta.leader_address, table, held.names,
+                        delta.content_hash, held.names_hash)
+    return snapshot, _le_bytes(replaced)
+
+
+def _keys_view(table: bytes) -> Sequence[int]:
+    """The keys of a canonical table, for lookups: a strided view of its bytes on
+    little-endian hosts (no copy of 1024 keys), a decoded array elsewhere."""
+    if sys.byteorder != "little":  # pragma: no cover - the wire is little-endian by contract
+        return table_keys(table)
+    return memoryview(table).cast("I")[0::2]
 
 
 def _le_bytes(pairs: array.array[int]) -> bytes:
