@@ -192,10 +192,15 @@ def names_hash(table: bytes, names: tuple[str, ...]) -> bytes:
 
 
 def with_names(snapshot: Snapshot, held: Snapshot | None) -> Snapshot:
-    """Fills omitted names from the held snapshot when they are the same names."""
+    """Fills omitted names from the held snapshot when they are the same names.
+
+    The keys are compared too, not only the names hash the sender claims (it cannot be checked
+    without the names): so a held snapshot's names always match its keys and names hash, which
+    validate() relies on to skip re-checking the same names.
+    """
     if snapshot.names is not None or held is None or held.names is None:
         return snapshot
-    if held.names_hash != snapshot.names_hash:
+    if held.names_hash != snapshot.names_hash or not _same_keys(snapshot.table, held.table):
         return snapshot
     return dataclasses.replace(snapshot, names=held.names)
 
@@ -224,8 +229,15 @@ def build(
     )
 
 
-def validate(snapshot: Snapshot, *, max_entries: int) -> None:
-    """Raises SnapshotTooLarge or SnapshotInvalid; returns None for a snapshot safe to adopt."""
+def validate(snapshot: Snapshot, *, max_entries: int, held: Snapshot | None = None) -> None:
+    """Raises SnapshotTooLarge or SnapshotInvalid; returns None for a snapshot safe to adopt.
+
+    `held`: the snapshot this agent holds, which passed these checks when it was adopted (or
+    was patched from one that did, keeping its keys). Keys equal to its keys are ascending, and
+    the same names over the same keys have its valid names hash: both checks are skipped then,
+    which saves about 100 us of per-key Python work on a 1024-entry delivery. The content hash
+    is always checked.
+    """
     if not snapshot.version.is_valid():
         raise errors.SnapshotInvalid(f"snapshot version {snapshot.version} is not a valid version")
     if not snapshot.leader:
@@ -239,18 +251,32 @@ def validate(snapshot: Snapshot, *, max_entries: int) -> None:
         raise errors.SnapshotTooLarge(
             f"snapshot {snapshot.version} has {count} entries; this map holds {max_entries}"
         )
-    keys = table_keys(snapshot.table)
-    # map(operator.lt) runs in C: this check is on every delivery's hot path.
-    if not all(map(operator.lt, keys, keys[1:])):
-        raise errors.SnapshotInvalid(
-            f"snapshot {snapshot.version} table keys are not strictly ascending"
-        )
+    same_keys = held is not None and _same_keys(snapshot.table, held.table)
+    if not same_keys:
+        keys = table_keys(snapshot.table)
+        # map(operator.lt) runs in C: this check is on every delivery's hot path.
+        if not all(map(operator.lt, keys, keys[1:])):
+            raise errors.SnapshotInvalid(
+                f"snapshot {snapshot.version} table keys are not strictly ascending"
+            )
     if snapshot.content_hash != content_hash(snapshot.table):
         raise errors.SnapshotInvalid(f"snapshot {snapshot.version} content hash does not match")
-    if snapshot.names is not None:
-        _validate_names(snapshot.names, count)
-        if snapshot.names_hash != names_hash(snapshot.table, snapshot.names):
-            raise errors.SnapshotInvalid(f"snapshot {snapshot.version} names hash does not match")
+    if snapshot.names is None or (same_keys and _same_names(snapshot, held)):
+        return
+    _validate_names(snapshot.names, count)
+    if snapshot.names_hash != names_hash(snapshot.table, snapshot.names):
+        raise errors.SnapshotInvalid(f"snapshot {snapshot.version} names hash does not match")
+
+
+def _same_keys(table: bytes, other: bytes) -> bool:
+    """Whether two tables have the same keys in the same order (array ==: one memcmp)."""
+    return len(table) == len(other) and table_keys(table) == table_keys(other)
+
+
+def _same_names(snapshot: Snapshot, held: Snapshot | None) -> bool:
+    """Whether snapshot carries held's names and names hash (tuple ==: C, identity first)."""
+    return (held is not None and held.names is not None
+            and snapshot.names_hash == held.names_hash and snapshot.names == held.names)
 
 
 def _validate_names(names: tuple[str, ...], count: int) -> None:
