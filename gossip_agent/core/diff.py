@@ -134,19 +134,15 @@ def _diff_keyed(old_pairs: array.array[int], new_pairs: array.array[int]) -> Map
     return dataclasses.replace(change, previous=previous)
 
 
-def from_changes(changes: bytes, *, previous: bytes | None = None) -> MapDiff:
+def from_changes(changes: bytes, *, replaced: bytes | None = None) -> MapDiff:
     """The MapDiff a delta's (key, value) pairs describe (see snapshots.Delta): the leader
     already named what changed, so the receiver need not compare all ~1024 entries again.
-    `previous`: the same keys' pairs in the table the delta applies to (snapshots.expand)."""
+    `replaced`: the values those keys held before, one u32 per pair in the same order
+    (snapshots.expand_with_previous), which become the diff's `previous`."""
     pairs = snapshots.u32_pairs(changes)
     keys = pairs[0::2]
-    before = None
-    if previous is not None:
-        old_pairs = snapshots.u32_pairs(previous)
-        if old_pairs[0::2] != keys:
-            raise ValueError("previous pairs do not name the same keys as the changes")
-        before = U32Pairs(keys, old_pairs[1::2])
-    return MapDiff(updates=U32Pairs(keys, pairs[1::2]), deletes=(), previous=before)
+    previous = None if replaced is None else U32Pairs(keys, snapshots.u32_pairs(replaced))
+    return MapDiff(updates=U32Pairs(keys, pairs[1::2]), deletes=(), previous=previous)
 
 
 def patch(old: Mapping[int, int], change: MapDiff) -> dict[int, int]:

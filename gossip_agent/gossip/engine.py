@@ -202,7 +202,7 @@ class Engine:
             raise
         # expand() built the table from the held one and checked its hash: it is canonical.
         return self._judge(snapshot, via=via, age_us=age_us,
-                           change=diff.from_changes(delta.changes, previous=replaced))
+                           change=diff.from_changes(delta.changes, replaced=replaced))
 
     def _judge_version(
         self, version: versions.Version, digest: bytes, *, via: str

@@ -192,3 +192,14 @@ def test_a_delta_with_a_forged_result_is_invalid_not_adopted():
     forged = dataclasses.replace(delta, content_hash=b"\x00" * 32)
     with pytest.raises(errors.SnapshotInvalid):
         snapshots.expand(forged, old)
+
+
+def test_a_delta_naming_a_key_twice_states_the_value_held_before_it():
+    old = snap(1, 1, {5: 1, 6: 1})
+    new = snap(1, 2, {5: 3, 6: 1})
+    changes = snapshots.encode_table({5: 2}) + snapshots.encode_table({5: 3})
+    delta = snapshots.Delta(new.version, old.version, "node-a", "a:1", changes,
+                            new.content_hash, old.names_hash)
+    expanded, replaced = snapshots.expand_with_previous(delta, old)
+    assert expanded.table == new.table
+    assert replaced == (1).to_bytes(4, "little") * 2  # the held value, for both

@@ -147,7 +147,7 @@ def test_a_delta_states_the_values_it_replaces(old_entries, data):
     delta = snapshots.delta_between(old, snapshot_of(versions.Version(2, 2), new_entries))
     assert delta is not None
     _, replaced = snapshots.expand_with_previous(delta, old)
-    change = diff.from_changes(delta.changes, previous=replaced)
+    change = diff.from_changes(delta.changes, replaced=replaced)
     assert dict(change.updates) == {k: v for k, v in new_entries.items() if old_entries[k] != v}
     assert change.previous is not None
     assert dict(change.previous) == {key: old_entries[key] for key in change.updates}
