@@ -66,11 +66,14 @@ class Snapshot:
         return dict(zip(table_keys(self.table), self.names, strict=True))
 
 
+if array.array("I").itemsize != 4:  # pragma: no cover - every Linux ABI we target has it
+    raise ImportError("array('I') is not 32 bits on this platform")
+
+
 def u32_pairs(table: bytes) -> array.array[int]:
-    values = array.array("I")
-    if values.itemsize != 4:  # pragma: no cover - every Linux ABI we target has 4-byte int
-        raise RuntimeError("array('I') is not 32 bits on this platform")
-    values.frombytes(table)
+    """The u32 words of wire bytes (pairs of a table, or values), decoded in one C call; this
+    runs several times per delivery, so the platform checks are made once, at import."""
+    values = array.array("I", table)
     if sys.byteorder != "little":  # pragma: no cover - the wire is little-endian by contract
         values.byteswap()
     return values
