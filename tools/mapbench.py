@@ -8,7 +8,10 @@ network is left out (tools/bench.py measures cluster convergence). Real pinned m
 Two cases, each timed over --runs applications (median and p99, microseconds):
   full-churn   a full 1024-entry snapshot in which every value changed (diff + 1024 updates)
   one-entry    a delta that changes one value of the 1024 (as the leader pushes it)
-Targets (issue 4): full churn < 1 ms, one entry < 100 us.
+Targets (issue 15): full churn < 600 us, one entry < 30 us. What no Python change removes, on
+the 2-core test machine (medians in this loop): the kernel's batch update of 1024 entries,
+150-260 us; for one entry, the sha256 check of the 8 KiB table plus the entry and meta-record
+updates, 14-15 us.
 
 Run: `.venv/bin/python tools/bench.py --map` (root, bpffs mounted), or this file directly.
 """
@@ -33,7 +36,7 @@ from gossip_agent.gossip import memnet
 
 ENTRIES = layout.DEFAULT_MAX_ENTRIES
 FIRST_IP = 0x0A600000  # 10.96.0.0
-TARGETS_US = {"full-churn": 1000.0, "one-entry": 100.0}
+TARGETS_US = {"full-churn": 600.0, "one-entry": 30.0}
 ROOT = "/sys/fs/bpf/gossip-agent-bench-map"
 
 

@@ -6,7 +6,8 @@ Contract:
   is never replaced by an empty one: an existing pin is reused with its entries.
 - apply(change, version, content_hash) writes deletes then updates, then the meta record. It is
   all or nothing: on a failure it restores the entries it touched, leaves the meta record as it
-  was and raises errors.DataPlaneError.
+  was and raises errors.DataPlaneError. What the touched entries held may be taken from
+  change.previous when the diff states it (the engine's diffs do) rather than read first.
 - read() returns the table the map holds now (used to detect and repair hand edits).
 - Calls are synchronous: a bpf() map operation takes microseconds, cheaper than a thread hop.
 """

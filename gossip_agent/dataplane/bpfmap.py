@@ -14,11 +14,20 @@ Invariants:
 - The data plane never goes blank: existing pins are reused with their entries; a pin of
   another shape (older layout, other max_entries) is migrated by copying (dataplane/migrate.py)
   or, where it cannot be, refused (DataPlaneError) and left in place; never replaced empty.
-- apply() is all or nothing. It reads the table first (one batch call), refuses a result larger
-  than max_entries before writing, writes deletes then updates (batched), then the meta
-  record. If any write fails it restores the previous values of every key it touched, leaves
-  the meta record as it was, and raises DataPlaneError. So the meta record always describes a
-  table that was fully written.
+- apply() is all or nothing. It knows the previous values of the keys it touches before
+  writing, refuses a result larger than max_entries before writing, writes deletes then
+  updates (batched), then the meta record. If any write fails it restores the previous values
+  of every key it touched, leaves the meta record as it was, and raises DataPlaneError. So the
+  meta record always describes a table that was fully written.
+- Where the previous values come from: a diff that states them (MapDiff.previous, set by the
+  engine, which diffs against the table it wrote itself) is taken at its word, with no read;
+  any other diff has them looked up in the map first. Taking the engine's word is safe because
+  that table is the one the meta record describes: the map differs from it only after a hand
+  edit (or a rollback that failed too), and then a rollback restores the touched keys to the
+  recorded version, which is what the map-repair check (Engine.repair_map, a full read every
+  REPAIR_EVERY_ROUNDS anti-entropy rounds) would write anyway. The entry count it implies is
+  used to refuse early, but never alone: before refusing, the map is read to be sure; a count
+  short of the truth ends in the kernel's E2BIG, which rolls back like any failed write.
 """
 
 from __future__ import annotations
@@ -27,6 +36,8 @@ import array
 import contextlib
 import os
 import struct
+from collections.abc import Mapping
+from typing import TypeAlias
 
 from gossip_agent import errors
 from gossip_agent.core import diff, versions
@@ -74,20 +85,37 @@ class BpfDataPlane:
         self, change: diff.MapDiff, *, version: versions.Version, content_hash: bytes
     ) -> None:
         record = encode_meta(version, content_hash, path=self._meta.path)
-        _check_u32(change, path=self.location)
-        before = self._before(change)
-        size = (self._count - sum(1 for key in change.deletes if key in before)
-                + len(change.updates.keys() - before.keys()))
-        _check_capacity(size, max_entries=self.max_entries, path=self.location)
+        writes = _u32_writes(change, path=self.location)
+        before, size = self._before_and_size(change)
         try:
-            self._write(change, before, record)
+            self._write(writes, before, record)
         except errors.DataPlaneError as exc:
             self.read()  # recount: the failed write may have changed the map before rollback
             raise self._rolled_back(change, before, version, exc) from exc
         self._count = size
 
+    def _before_and_size(self, change: diff.MapDiff) -> tuple[Mapping[int, int], int]:
+        """The previous values of the touched keys (for rollback) and the entry count after the
+        change; refuses, before any write, a count above max_entries that the map confirms."""
+        if change.previous is not None:
+            # previous holds exactly the touched keys present before (MapDiff's contract):
+            # each of those is replaced or removed, every other update adds an entry.
+            size = self._count + len(change.updates) - len(change.previous)
+            if size <= self.max_entries:
+                return change.previous, size
+            # Refuse only on what the map holds (read whole: recounted), not on the engine's
+            # word: the map may differ from the table the engine wrote.
+            before = self.read()
+        else:
+            before = self._before(change)
+        size = (self._count - sum(1 for key in change.deletes if key in before)
+                + len(change.updates.keys() - before.keys()))
+        _check_capacity(size, max_entries=self.max_entries, path=self.location)
+        return before, size
+
     def _before(self, change: diff.MapDiff) -> dict[int, int]:
-        """The current values of (at least) the keys a change touches, for rollback and sizing.
+        """The current values of (at least) the keys a change touches, for rollback and sizing,
+        when the change does not state them.
 
         A typical snapshot changes a few entries: looking those up one by one (~3 us each)
         is far cheaper than reading all 1024 entries on every delivery; big changes read all
@@ -149,16 +177,18 @@ class BpfDataPlane:
         raw = self._meta.lookup(_META_KEY)
         return raw if raw is not None else bytes(layout.META_STRUCT.size)
 
-    def _write(self, change: diff.MapDiff, before: dict[int, int], record: bytes) -> None:
-        # Only keys present are deleted: one missing key fails a whole delete batch.
-        self._table.delete_u32_batch(key for key in change.deletes if key in before)
-        self._table.update_u32_batch(change.updates.keys(), change.updates.values())
+    def _write(self, writes: _Writes, before: Mapping[int, int], record: bytes) -> None:
+        keys, values, deletes = writes
+        if deletes:
+            # Only keys present are deleted: one missing key fails a whole delete batch.
+            self._table.delete_u32_batch(key for key in deletes if key in before)
+        self._table.update_u32_batch(keys, values)
         self._meta.update(_META_KEY, record)
 
     def _rolled_back(
         self,
         change: diff.MapDiff,
-        before: dict[int, int],
+        before: Mapping[int, int],
         version: versions.Version,
         cause: Exception,
     ) -> errors.DataPlaneError:
@@ -178,7 +208,7 @@ class BpfDataPlane:
             f"meta record was left as it was"
         )
 
-    def _restore(self, touched: set[int], before: dict[int, int]) -> None:
+    def _restore(self, touched: set[int], before: Mapping[int, int]) -> None:
         # Deletes first: keys the failed apply added may be what stands in the way of
         # re-inserting the ones it removed.
         self._table.delete_u32_batch(key for key in touched if key not in before)
@@ -186,11 +216,16 @@ class BpfDataPlane:
         self._table.update_u32_batch(back.keys(), back.values())
 
 
-def _check_u32(change: diff.MapDiff, *, path: str) -> None:
-    """Refuses, before any write, keys or values that do not fit a u32."""
+# A change as the batch calls take it: (update keys, their values, deletes), u32 arrays.
+_Writes: TypeAlias = "tuple[array.array[int], array.array[int], array.array[int]]"
+
+
+def _u32_writes(change: diff.MapDiff, *, path: str) -> _Writes:
+    """The change as u32 arrays (as they are for a diff between tables: no conversion);
+    refuses, before any write, keys or values that do not fit a u32."""
     try:
-        for numbers in (change.updates.keys(), change.updates.values(), change.deletes):
-            array.array("I", numbers)
+        keys, values = diff.u32_arrays(change.updates)
+        return keys, values, array.array("I", change.deletes)
     except OverflowError as exc:
         raise errors.DataPlaneError(
             f"a key or value for {path} is outside 0..{2**32 - 1} ({exc}); nothing was written"

@@ -298,6 +298,9 @@ class PinnedMap:
     def update_u32_batch(self, keys: Iterable[int], values: Iterable[int]) -> None:
         """Writes key[i] -> value[i]; one bpf() call where the kernel has batches."""
         ks, vs = _u32_array(keys), _u32_array(values)
+        if len(ks) == 1:  # the plain update: same effect, a third of the batch call's cost
+            self.update(_U32.pack(ks[0]), _U32.pack(vs[0]))
+            return
         done = self._batch("update_batch", _lib().bpf_update_batch, ks, vs)
         for key, value in zip(ks[done:], vs[done:], strict=True):
             self.update(_U32.pack(key), _U32.pack(value))
@@ -402,7 +405,10 @@ class PinnedMap:
 
 
 def _u32_array(items: Iterable[int]) -> array.array[int]:
-    """A C u32 array built in one C loop; out-of-range values raise OverflowError."""
+    """A C u32 array built in one C loop (or the u32 array given, as it is); out-of-range
+    values raise OverflowError."""
+    if isinstance(items, array.array) and items.typecode == "I":
+        return items
     values = array.array("I", items)
     if values.itemsize != 4:  # pragma: no cover - every Linux ABI we target has 4-byte int
         raise RuntimeError("array('I') is not 32 bits on this platform")

@@ -166,7 +166,8 @@ class Engine:
         """Judges and, if it wins, adopts one snapshot. Raises on invalid input or map failure.
         age_us: time since its leader wrote it, as carried on the wire (Snapshot.age_us)."""
         try:
-            snapshots.validate(snapshot, max_entries=self.dataplane.max_entries)
+            snapshots.validate(snapshot, max_entries=self.dataplane.max_entries,
+                               held=self.held.snapshot)
         except errors.GossipAgentError as exc:
             self.stats.rejected["invalid"] += 1
             log.warning("rejected snapshot %s from %s via %s: %s", snapshot.version,
@@ -189,7 +190,7 @@ class Engine:
             raise errors.SnapshotInvalid(f"delta {delta.version} on base {delta.base} is invalid")
         self.note_term(delta.version.term)
         try:
-            snapshot = snapshots.expand(delta, self.held.snapshot)
+            snapshot, replaced = snapshots.expand_with_previous(delta, self.held.snapshot)
         except snapshots.NeedFull:
             if delta.version <= self.held.version:  # old news: say so like any stale push
                 return self._judge_version(delta.version, delta.content_hash, via=via)
@@ -201,7 +202,7 @@ class Engine:
             raise
         # expand() built the table from the held one and checked its hash: it is canonical.
         return self._judge(snapshot, via=via, age_us=age_us,
-                           change=diff.from_changes(delta.changes))
+                           change=diff.from_changes(delta.changes, replaced=replaced))
 
     def _judge_version(
         self, version: versions.Version, digest: bytes, *, via: str
@@ -240,7 +241,10 @@ class Engine:
         change: diff.MapDiff | None = None,
     ) -> None:
         """`change`: what a delta said changed against the held snapshot; used only while the
-        map holds exactly that snapshot's table (else the full diff is computed)."""
+        map holds exactly that snapshot's table (else the full diff is computed). Either way
+        the diff is against the table this agent last wrote to the map (or read from it at
+        start), so it states what it replaces (MapDiff.previous) and the data plane need not
+        read the map first; hand edits are the map-repair check's business (repair_map)."""
         started = time.perf_counter()
         previous_term = self.held.version.term
         held = self.held.snapshot

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from gossip_agent import errors
-from gossip_agent.core import diff, versions
+from gossip_agent.core import diff, snapshots, versions
 from gossip_agent.dataplane import base, bpfmap, bpfsys, layout
 from tests.conftest import require_bpf
 
@@ -272,6 +272,60 @@ def test_meta_write_failure_restores_the_table_and_keeps_meta(
         put(plane, {2: 9, 4: 4}, V2)
 
     assert plane.load() == before
+
+
+def stated(old: dict[int, int], new: dict[int, int]) -> diff.MapDiff:
+    """The engine's kind of diff: between tables, stating what the touched keys held."""
+    return diff.diff_tables(snapshots.encode_table(old), snapshots.encode_table(new))
+
+
+def test_a_diff_that_states_what_it_replaces_is_applied_without_reading_the_map(
+    plane: bpfmap.BpfDataPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    start = {0x0A000000 + i: 1 for i in range(1024)}
+    put(plane, start, V1)
+    churned = {key: 2 for key in start}
+    with monkeypatch.context() as patched:
+        def no_read(*args: object) -> None:
+            raise AssertionError("apply read the map")
+
+        patched.setattr(plane._table, "items_u32", no_read)
+        patched.setattr(plane._table, "lookup", no_read)
+        plane.apply(stated(start, churned), version=V2, content_hash=digest(churned))
+
+    assert plane.load() == base.Persisted(V2, digest(churned), churned)
+
+
+def test_a_failed_write_of_a_stated_diff_restores_what_it_stated(
+    plane: bpfmap.BpfDataPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    start = {key: 1 for key in range(1, 1001)}
+    put(plane, start, V1)
+    before = plane.load()
+    monkeypatch.setattr(bpfmap, "_check_capacity", lambda *args, **kwargs: None)
+    target = {key: 2 for key in range(11, 1101)}  # the kernel stops the batch at E2BIG
+
+    with pytest.raises(errors.DataPlaneError, match="were restored") as caught:
+        plane.apply(stated(start, target), version=V2, content_hash=digest(target))
+
+    assert "E2BIG" in str(caught.value)
+    assert plane.load() == before
+
+
+def test_a_stated_diff_is_refused_as_too_large_only_if_the_map_says_so(
+    plane: bpfmap.BpfDataPlane,
+) -> None:
+    full = {key: 1 for key in range(1, 1025)}
+    put(plane, full, V1)
+    # Stated against an empty table: by its word every update adds an entry (2048 > 1024),
+    # but the map holds every key already, so it fits.
+    plane.apply(stated({}, {key: 2 for key in full}), version=V2, content_hash=b"")
+    assert plane.read() == {key: 2 for key in full}
+
+    too_big = {key: 3 for key in range(1, 1026)}
+    with pytest.raises(errors.DataPlaneError, match="at most 1024"):
+        plane.apply(stated({key: 2 for key in full}, too_big), version=V2, content_hash=b"")
+    assert plane.read() == {key: 2 for key in full}
 
 
 def test_out_of_range_value_is_refused_before_any_write(plane: bpfmap.BpfDataPlane) -> None:

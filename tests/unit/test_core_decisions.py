@@ -68,6 +68,27 @@ def test_malformed_snapshots_are_invalid(change):
     s = dataclasses.replace(snap(1, 1), **change)
     with pytest.raises(errors.SnapshotInvalid):
         snapshots.validate(s, max_entries=1024)
+    # Judged against a held snapshot of the same keys and names, whose checks may be skipped.
+    with pytest.raises(errors.SnapshotInvalid):
+        snapshots.validate(s, max_entries=1024, held=snap(1, 1))
+
+
+def test_the_held_snapshots_names_are_not_taken_with_a_names_hash_that_does_not_match():
+    import dataclasses
+    held = snap(1, 1)
+    forged = dataclasses.replace(snap(1, 2), names_hash=b"\x00" * 32)
+    with pytest.raises(errors.SnapshotInvalid, match="names hash"):
+        snapshots.validate(forged, max_entries=1024, held=held)
+
+
+def test_omitted_names_are_filled_only_for_the_same_keys_as_held():
+    import dataclasses
+    held = snap(1, 1)
+    other_keys = dataclasses.replace(snap(1, 2, {0x0A60000B: 1}), names=None,
+                                     names_hash=held.names_hash)
+    assert snapshots.with_names(other_keys, held).names is None
+    same_keys = dataclasses.replace(snap(1, 2), names=None)
+    assert snapshots.with_names(same_keys, held).names == held.names
 
 
 def test_ip_keys_are_host_order_integers_as_the_xdp_program_reads_them():
@@ -171,3 +192,14 @@ def test_a_delta_with_a_forged_result_is_invalid_not_adopted():
     forged = dataclasses.replace(delta, content_hash=b"\x00" * 32)
     with pytest.raises(errors.SnapshotInvalid):
         snapshots.expand(forged, old)
+
+
+def test_a_delta_naming_a_key_twice_states_the_value_held_before_it():
+    old = snap(1, 1, {5: 1, 6: 1})
+    new = snap(1, 2, {5: 3, 6: 1})
+    changes = snapshots.encode_table({5: 2}) + snapshots.encode_table({5: 3})
+    delta = snapshots.Delta(new.version, old.version, "node-a", "a:1", changes,
+                            new.content_hash, old.names_hash)
+    expanded, replaced = snapshots.expand_with_previous(delta, old)
+    assert expanded.table == new.table
+    assert replaced == (1).to_bytes(4, "little") * 2  # the held value, for both

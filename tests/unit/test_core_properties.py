@@ -126,3 +126,28 @@ def test_a_durable_write_and_a_new_leaders_digest_round_always_share_a_member(
     acks, office = quorum.write_acks(members), quorum.office_peers(members)
     assert (acks + 1) + (office + 1) > members
     assert 0 <= office <= acks <= members - 1
+
+
+@given(table_st, table_st, st.data())
+def test_a_table_diff_states_exactly_what_the_touched_keys_held(old, new, data):
+    if data.draw(st.booleans()) and old:  # the fast path (same keys) too
+        new = {key: data.draw(st.integers(0, 2**32 - 1)) for key in old}
+    change = diff.diff_tables(snapshots.encode_table(old), snapshots.encode_table(new))
+    touched = [*change.updates, *change.deletes]
+    assert change.previous is not None
+    assert dict(change.previous) == {key: old[key] for key in touched if key in old}
+    # What the data plane counts on to size the result without reading the map.
+    assert len(old) + len(change.updates) - len(change.previous) == len(new)
+
+
+@given(table_st.filter(bool), st.data())
+def test_a_delta_states_the_values_it_replaces(old_entries, data):
+    new_entries = {key: data.draw(st.integers(0, 2**32 - 1)) for key in old_entries}
+    old = snapshot_of(versions.Version(2, 1), old_entries)
+    delta = snapshots.delta_between(old, snapshot_of(versions.Version(2, 2), new_entries))
+    assert delta is not None
+    _, replaced = snapshots.expand_with_previous(delta, old)
+    change = diff.from_changes(delta.changes, replaced=replaced)
+    assert dict(change.updates) == {k: v for k, v in new_entries.items() if old_entries[k] != v}
+    assert change.previous is not None
+    assert dict(change.previous) == {key: old_entries[key] for key in change.updates}
