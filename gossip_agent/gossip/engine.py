@@ -120,7 +120,9 @@ class Engine:
         self.stats = Stats()
         self.last_event: StateEvent | None = None
         self.history: collections.deque[StateEvent] = collections.deque(maxlen=HISTORY_LENGTH)
-        self._changed = asyncio.Event()
+        # Set by the next adoption; made by the first waiter after one (WatchState, readiness),
+        # so an adoption nobody waits for makes no Event.
+        self._changed: asyncio.Event | None = None
         # Lease heartbeats (configmap/lease backends): the lease writes its own, digests
         # carry the newest known both ways (core.beats).
         self.beats = beats if beats is not None else beats_mod.BeatBoard()
@@ -286,13 +288,16 @@ class Engine:
             via=via,
         )
         self.history.append(self.last_event)
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        if self._changed is not None:
+            changed, self._changed = self._changed, None
+            changed.set()
         log.debug("adopted %s from %s (%d entries)", snapshot.version, snapshot.leader,
                   snapshot.entry_count)
 
     async def changed(self) -> None:
         """Waits for the next adoption (WatchState)."""
+        if self._changed is None:
+            self._changed = asyncio.Event()
         await self._changed.wait()
 
     def needs_proof(self, message: pb.Snapshot) -> bool:
@@ -346,14 +351,23 @@ class Engine:
     # -- the Gossip service -----------------------------------------------------------------
 
     def handle_push(self, message: pb.Snapshot) -> pb.PushAck:
+        return self.push_ack(self.receive_push(message))
+
+    def receive_push(self, message: pb.Snapshot) -> pb.PushAck.Result:
+        """Judges (and maybe adopts) a pushed snapshot or delta; returns what its PushAck would
+        say. The push stream builds the PushAck only when one is sent (wire.wants_ack)."""
         if message.HasField("base"):
             decision = self.receive_delta(wire.delta_from_pb(message), via="push",
                                           age_us=message.age_us)
         else:
             decision = self.receive(wire.snapshot_from_pb(message), via="push",
                                     age_us=message.age_us)
+        return pb.PushAck.NEED_FULL if decision is None else _ACK_RESULTS[decision]
+
+    def push_ack(self, result: pb.PushAck.Result) -> pb.PushAck:
+        """The PushAck for `result`, with what this agent holds now."""
         return pb.PushAck(
-            result=pb.PushAck.NEED_FULL if decision is None else _ACK_RESULTS[decision],
+            result=result,
             held=wire.version_to_pb(self.held.version),
             held_hash=self.held.content_hash,
             node=self.node,

@@ -207,7 +207,7 @@ class Leadership:
         self._waiters: list[asyncio.Future[snapshots.Snapshot]] = []
         self._last_publish: float | None = None
         self._published_ns = 0
-        self._ack_event = asyncio.Event()
+        self._ack_waits: list[_AckWait] = []  # admin writes waiting for their quorum
         self._workers: dict[str, PushWorker] = {}
         self._publisher: asyncio.Task[None] | None = None
         self._ack_turn = 0  # rotates which peers are asked to acknowledge
@@ -573,8 +573,8 @@ class Leadership:
                         extra={"peer": address, "held": str(held), "term": self.term})
         elif ack.result == pb.PushAck.NEED_FULL and address in self._workers:
             self._workers[address].resend_full()
-        fired, self._ack_event = self._ack_event, asyncio.Event()
-        fired.set()
+        for wait in self._ack_waits:
+            wait.heard(address, held)
 
     # -- admin writes -------------------------------------------------------------------------
 
@@ -611,18 +611,50 @@ class Leadership:
         return WriteResult(snapshot.version, snapshot.leader, acked, self._published_ns,
                            quorum=need)
 
-    def _acked_count(self, version: versions.Version) -> int:
-        return sum(1 for p in self.engine.membership.peers() if p.version_known >= version)
+    def _holders(self, version: versions.Version) -> set[str]:
+        return {p.address for p in self.engine.membership.peers() if p.version_known >= version}
 
     async def _wait_for_acks(self, version: versions.Version, *, need: int) -> int:
         """Waits until `need` peers hold `version` (core.quorum.write_acks: with this leader a
         majority, which every later leader's digest round meets); gives up after
-        WRITE_ACK_TIMEOUT and reports the count, which the caller compares with the quorum."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.timing.write_ack_timeout):
-                while self._acked_count(version) < need:
-                    await self._ack_event.wait()
-        return self._acked_count(version)
+        WRITE_ACK_TIMEOUT and reports the count, which the caller compares with the quorum.
+        Each ack adds its peer to the write's count (_AckWait) instead of waking the write to
+        recount every peer: O(1) per ack rather than O(N), with ~N/2 acks per write."""
+        wait = _AckWait(version, need, self._holders(version),
+                        asyncio.get_running_loop().create_future())
+        if not wait.done.done():
+            self._ack_waits.append(wait)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.timing.write_ack_timeout):
+                        await wait.done
+            finally:
+                self._ack_waits.remove(wait)
+        # Peers that acked hold it (versions never go back); digests may have shown more.
+        return len(wait.holders | self._holders(version))
+
+
+@dataclasses.dataclass
+class _AckWait:
+    """One admin write waiting for `need` peers to hold `version`: `holders` so far."""
+
+    version: versions.Version
+    need: int
+    holders: set[str]
+    done: asyncio.Future[None]
+
+    def __post_init__(self) -> None:
+        self._check()
+
+    def heard(self, address: str, held: versions.Version) -> None:
+        """A PushAck from `address`, which holds `held`."""
+        if held >= self.version and address not in self.holders:
+            self.holders.add(address)
+            self._check()
+
+    def _check(self) -> None:
+        if len(self.holders) >= self.need and not self.done.done():
+            self.done.set_result(None)
 
 
 def _fail(waiters: list[asyncio.Future[snapshots.Snapshot]], exc: Exception) -> None:

@@ -97,7 +97,13 @@ _ALWAYS_ACKED = (pb.PushAck.STALE, pb.PushAck.CONFLICT, pb.PushAck.NEED_FULL)
 
 def ack_wanted(message: pb.Snapshot, ack: pb.PushAck) -> bool:
     """Whether a pushed snapshot's receiver sends its PushAck (see Snapshot.ack)."""
-    return message.ack or ack.result in _ALWAYS_ACKED
+    return wants_ack(message, ack.result)
+
+
+def wants_ack(message: pb.Snapshot, result: pb.PushAck.Result) -> bool:
+    """ack_wanted, decided from the result alone: before the PushAck is built, so a push
+    nobody asked an acknowledgement of costs no PushAck (most pushes at N > 8)."""
+    return message.ack or result in _ALWAYS_ACKED
 
 
 M = TypeVar("M", bound=protobuf_message.Message)
