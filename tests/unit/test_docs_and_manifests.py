@@ -42,6 +42,8 @@ NOT_AGENT_VARIABLES = {
     "POD_NAMESPACE": "Downward API helper in k8s/: only used to build PEER_SERVICE "
                      "($(POD_NAMESPACE) expansion); the agent never reads it",
     "GRPC_TRACE": "grpc core's tracing switch (names the peer of a refused TLS handshake)",
+    "GRPC_EXPERIMENTS": "grpc core's experiment switches; gossip_agent/__init__.py sets a "
+                        "default (iomgr endpoints) unless the operator sets it",
     "CI": "the test suite's switch (tests/conftest.py): missing components fail, not skip",
     "PYTEST_ARGS": "a Makefile variable passed to pytest by `make test`",
     "CLOCK_MONOTONIC": "the Linux clock the benchmark's timestamps come from",
