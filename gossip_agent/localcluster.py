@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -34,14 +35,40 @@ from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc
 BPFFS_ROOT = "/sys/fs/bpf/gossip-agent-local"
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel hands out now; held open together so they are distinct."""
-    sockets = []
+# Listening ports are picked below the kernel's ephemeral range: a port bind(0) hands out comes
+# from that range, and between its release here and the agent's own bind any outgoing
+# connection (32 agents open hundreds) may take it. The agent then exits at start and a
+# benchmark waited 300 s for it.
+LOWEST_PORT = 10000
+
+
+def ephemeral_start(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> int:
+    with contextlib.suppress(OSError, ValueError), open(path, encoding="utf-8") as ranges:
+        return int(ranges.read().split()[0])
+    return 32768
+
+
+def free_ports(count: int, *, rng: random.Random | None = None) -> list[int]:
+    """Distinct ports that bind now, below the ephemeral range; held open together while they
+    are chosen so they are distinct."""
+    rng = rng or random.Random()
+    candidates = list(range(LOWEST_PORT, ephemeral_start()))
+    rng.shuffle(candidates)
+    sockets: list[socket.socket] = []
     try:
-        for _ in range(count):
+        for port in candidates:
+            if len(sockets) == count:
+                break
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                sock.close()
+                continue
             sockets.append(sock)
+        if len(sockets) < count:
+            raise RuntimeError(f"only {len(sockets)} of {count} listening ports are free below "
+                               f"{ephemeral_start()}")
         return [s.getsockname()[1] for s in sockets]
     finally:
         for sock in sockets:
