@@ -57,14 +57,7 @@ def legacy_report_to_pb(report: reports.Report, *, node: str,
 def legacy_report_from_pb(message: compat_pb2.LegacyNodeReport) -> wire.Incoming:
     node = message.node
     wire.check_header(node, message.seq)
-    if len(message.scale_requests) > reports.MAX_REPORT_REQUESTS:
-        raise errors.ReportInvalid(
-            f"report from {node} carries {len(message.scale_requests)} scale requests; "
-            f"at most {reports.MAX_REPORT_REQUESTS} are accepted")
-    if len(message.traffic) > traffic.MAX_FACTS:
-        raise errors.ReportInvalid(
-            f"report from {node} carries {len(message.traffic)} traffic facts; "
-            f"at most {traffic.MAX_FACTS} are accepted")
+    wire.check_sizes(node, requests=len(message.scale_requests), facts=len(message.traffic))
     try:
         requests = tuple(reports.Request(
             service_ip=snapshots.parse_ip(r.service_ip), source_ip=snapshots.parse_ip(r.source_ip),

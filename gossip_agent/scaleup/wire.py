@@ -74,10 +74,7 @@ def report_to_pb(report: reports.Report, *, node: str, incarnation: int) -> pb.N
 def report_from_pb(message: pb.NodeReport) -> Incoming:
     """A report in the compact layout (compat.read_report takes either layout)."""
     check_header(message.node, message.seq)
-    if len(message.scale_ups) > reports.MAX_REPORT_REQUESTS:
-        raise errors.ReportInvalid(
-            f"report from {message.node} carries {len(message.scale_ups)} scale requests; "
-            f"at most {reports.MAX_REPORT_REQUESTS} are accepted")
+    check_sizes(message.node, requests=len(message.scale_ups), facts=len(message.facts))
     requests = tuple(reports.Request(service_ip=r.service, source_ip=r.source,
                                      monotonic_ns=r.monotonic_ns, unix_ms=r.unix_ms,
                                      events=max(1, r.events))
@@ -96,6 +93,18 @@ def check_header(node: str, seq: int) -> None:
         raise errors.ReportInvalid(f"report from {node}: seq must be >= 1")
 
 
+def check_sizes(node: str, *, requests: int, facts: int) -> None:
+    """A report's bounds, in either layout, checked before anything in it is built."""
+    if requests > reports.MAX_REPORT_REQUESTS:
+        raise errors.ReportInvalid(
+            f"report from {node} carries {requests} scale requests; "
+            f"at most {reports.MAX_REPORT_REQUESTS} are accepted")
+    if facts > traffic.MAX_FACTS:
+        raise errors.ReportInvalid(
+            f"report from {node} carries {facts} traffic facts; "
+            f"at most {traffic.MAX_FACTS} are accepted")
+
+
 def check_requests(requests: tuple[reports.Request, ...], *, node: str) -> None:
     if len({r.service_ip for r in requests}) != len(requests):
         raise errors.ReportInvalid(
@@ -103,11 +112,7 @@ def check_requests(requests: tuple[reports.Request, ...], *, node: str) -> None:
 
 
 def check_summary(*, node: str, facts: tuple[traffic.Fact, ...], blind: str, full: bool) -> None:
-    """A summary's limits, in either layout."""
-    if len(facts) > traffic.MAX_FACTS:
-        raise errors.ReportInvalid(
-            f"report from {node} carries {len(facts)} traffic facts; "
-            f"at most {traffic.MAX_FACTS} are accepted")
+    """A summary's rules, in either layout (its size: check_sizes)."""
     if len({f.service_ip for f in facts}) != len(facts):
         raise errors.ReportInvalid(f"report from {node} has two traffic facts for one service")
     if blind:  # a blind node counts nothing, so a blind summary with facts contradicts itself
@@ -125,10 +130,6 @@ def check_summary(*, node: str, facts: tuple[traffic.Fact, ...], blind: str, ful
 
 
 def _summary_from_pb(message: pb.NodeReport) -> traffic.Summary:
-    if len(message.facts) > traffic.MAX_FACTS:  # before building any of them
-        raise errors.ReportInvalid(
-            f"report from {message.node} carries {len(message.facts)} traffic facts; "
-            f"at most {traffic.MAX_FACTS} are accepted")
     facts = tuple(traffic.Fact(f.service, f.passed, f.dropped, f.idle_ns)
                   for f in message.facts)
     check_summary(node=message.node, facts=facts, blind=message.blind, full=message.full)
