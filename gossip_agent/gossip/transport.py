@@ -213,6 +213,9 @@ class GrpcTransport:
             stream.call.cancel()
             if stream.reader is not None:
                 stream.reader.cancel()
+                # Awaited by close(): a dropped stream's reader must not outlive the transport.
+                self._closing.add(stream.reader)
+                stream.reader.add_done_callback(self._closing.discard)
 
     async def exchange(
         self, address: str, request: pb.ExchangeRequest, *, timeout: float
