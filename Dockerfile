@@ -1,4 +1,4 @@
-# gossip-agent container image: `docker build -t ghcr.io/gossip-agent/gossip-agent:0.2.0 .`
+# gossip-agent container image: `docker build -t ghcr.io/gossip-agent/gossip-agent:0.3.0 .`
 #
 # Not built by `make test` or CI (no container engine on those machines); k8s/ expects you to
 # build and push it yourself (README.md, "Deploying to Kubernetes").

@@ -32,7 +32,7 @@ from gossip_agent import config as config_mod
 from gossip_agent import errors, observe
 from gossip_agent import liveness as liveness_mod
 from gossip_agent.api import dataplane as dataplane_api
-from gossip_agent.api import probes
+from gossip_agent.api import probes, pushport
 from gossip_agent.api import scale as scale_api
 from gossip_agent.api import server as server_mod
 from gossip_agent.api import state as state_mod
@@ -206,6 +206,19 @@ def open_source(cfg: config_mod.Config) -> source_base.Source:
     return api_source.ApiSource()
 
 
+def open_push_port(
+    cfg: config_mod.Config, engine: engine_mod.Engine, security: security_setup.Security
+) -> pushport.PushPort | None:
+    """PUSH_PORT, bound now (a port in use fails start-up here), or None when off."""
+    if cfg.gossip.push_port is None:
+        return None
+    host, _ = config_mod.parse_hostport(cfg.node.listen_addr)
+    return pushport.PushPort(
+        engine=engine, host=host, port=cfg.gossip.push_port,
+        limit=cfg.gossip.max_message_bytes, policy=security.policy,
+        cluster_id=cfg.security.cluster_id, context=security.push_context())
+
+
 class Agent:
     """Everything one agent owns; start() and stop() are the only lifecycle calls."""
 
@@ -221,6 +234,9 @@ class Agent:
             self.enforcer = open_enforcer(cfg, self.dataplane, self.scale_events, self.liveness)
             self._build(cfg)
         except BaseException:
+            push_port: pushport.PushPort | None = getattr(self, "push_port", None)
+            if push_port is not None:
+                push_port.close()  # bound, never started: LISTEN_ADDR failed after it
             if self.enforcer is not None:
                 self.enforcer.close()
             self.dataplane.close()  # frees the pin-directory lock for whoever comes next
@@ -269,6 +285,7 @@ class Agent:
             self.source.follow(self.leadership)  # it watches only while this agent leads
         self.scaling = open_scaling(cfg, self)  # issue 8: traffic summaries, the scaler
         self.streams = streams_mod.OpenStreams()
+        self.push_port = open_push_port(cfg, self.engine, self.security)
         self.health: server_mod.HealthServicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.state_service = state_mod.StateService(
             engine=self.engine, leadership=self.leadership, lease=self.lease,
@@ -287,6 +304,7 @@ class Agent:
             dataplane_service=self.dataplane_service,
             extra_handlers=(scale_api.report_handler(self.scale_ups.inbox, self.streams),),
             interceptors=self.security.gossip_checks(self.engine.stats),
+            push_port=self.push_port.port if self.push_port is not None else 0,
         )
         self.port = server_mod.bind(self.server, cfg.node.listen_addr,
                                     self.security.server_credentials())
@@ -305,6 +323,8 @@ class Agent:
     async def start(self) -> None:
         self.engine.load()
         self.membership.set_discovered(peers.STATIC, self.cfg.discovery.peers)
+        if self.push_port is not None:
+            await self.push_port.start()
         await self.server.start()
         if self.health_server is not None:
             await self.health_server.start()
@@ -395,6 +415,8 @@ class Agent:
         log.info("shutting down: health NOT_SERVING, releasing the lease, stopping the server")
         await self.health.enter_graceful_shutdown()
         self.streams.close()  # push and watch streams end now, not after the grace period
+        if self.push_port is not None:
+            await self.push_port.stop()
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)

@@ -69,6 +69,16 @@ def _int_range(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def _push_port(value: str) -> int | None:
+    """None for off, else a port (0: any free one)."""
+    if value.strip().lower() == "off":
+        return None
+    try:
+        return _int_range(0, 65535)(value)
+    except ValueError:
+        raise ValueError("must be a port (0-65535, 0 = any free port) or off") from None
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(value: str) -> str:
         lowered = value.strip().lower()
@@ -241,6 +251,12 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MAX_MESSAGE_BYTES", "bytes", _default("1048576"),
              "Largest gRPC message accepted or sent. 1024 entries with names take ~80 KiB.",
              _int_range(4096, 64 * 1024 * 1024)),
+    Variable("PUSH_PORT", "port|off", _default("50053", "0"),
+             "TCP port of the push port, on LISTEN_ADDR's host: the leader's pushes as frames "
+             "on a plain connection (same mutual TLS and checks as the gRPC port) instead of "
+             "gRPC messages, at a fraction of the CPU. Announced to the leader on the gRPC "
+             "port, so it may differ per node; 0 = any free port; off = pushes stay on gRPC. "
+             "A leader that cannot reach it pushes over gRPC.", _push_port),
     Variable("COORDINATION_BACKEND", "-", _default("bpffs"),
              "Leader lease backend. bpffs: flock under BPF_LEASE_DIR, spans one host only. "
              "redis: a TTL key in REDIS_URL's Redis with a fencing counter, spans nodes. "
@@ -453,6 +469,7 @@ class GossipConfig:
     backoff_cap: float
     write_ack_timeout: float
     max_message_bytes: int
+    push_port: int | None  # None: off (pushes stay on gRPC); 0: any free port
 
 
 @dataclasses.dataclass(frozen=True)
@@ -740,7 +757,7 @@ def from_env(env: Mapping[str, str], *, hostname: str = "localhost") -> Config:
         gossip=GossipConfig(
             values["GOSSIP_INTERVAL"], values["COALESCE_WINDOW"], values["RPC_TIMEOUT"],
             values["PEER_BACKOFF_BASE"], values["PEER_BACKOFF_CAP"],
-            values["WRITE_ACK_TIMEOUT"], values["MAX_MESSAGE_BYTES"],
+            values["WRITE_ACK_TIMEOUT"], values["MAX_MESSAGE_BYTES"], values["PUSH_PORT"],
         ),
         lease=LeaseConfig(
             backend, values["BPF_LEASE_DIR"] or pin_dir, values["LEASE_RETRY_INTERVAL"],

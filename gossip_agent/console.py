@@ -283,6 +283,7 @@ async def render_gossip(leadership: leader_mod.Leadership) -> str:
         _row("exchanges", f"ok={stats.exchanges_ok} failed={stats.exchanges_failed} "
                           f"snapshots-sent={stats.pushes_in_exchange}"),
         _row("bytes in", f"push={stats.bytes_received['push']} "
+                         f"push-port={stats.bytes_received['push-port']} "
                          f"exchange={stats.bytes_received['exchange']}"),
         _row("bytes out", f"push={stats.bytes_sent['push']}"),
     ]

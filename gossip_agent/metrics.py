@@ -239,7 +239,8 @@ class AgentCollector(registry.Collector):
                        ["result"], [(("ok",), stats.exchanges_ok),
                                     (("failed",), stats.exchanges_failed)])
         yield _counter("received_bytes", "Gossip message bytes received, by kind.", ["kind"],
-                       [((k,), stats.bytes_received[k]) for k in ("push", "exchange")])
+                       [((k,), stats.bytes_received[k])
+                        for k in ("push", "push-port", "exchange")])
         yield _counter("sent_bytes", "Gossip message bytes pushed by this agent as leader.",
                        ["kind"], [(("push",), stats.bytes_sent["push"])])
         yield _counter("map_repairs", "Map entries rewritten because they differed from the "

@@ -23,7 +23,7 @@ from gossip_agent import errors
 from gossip_agent.api import state, status
 from gossip_agent.api import streams as streams_mod
 from gossip_agent.gossip import engine as engine_mod
-from gossip_agent.gossip import wire
+from gossip_agent.gossip import frames, wire
 from gossip_agent.v1 import dataplane_pb2_grpc
 from gossip_agent.v1 import gossip_pb2 as pb
 from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc
@@ -51,14 +51,20 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> 
 
 
 def gossip_handler(
-    engine: engine_mod.Engine, streams: streams_mod.OpenStreams
+    engine: engine_mod.Engine, streams: streams_mod.OpenStreams, *, push_port: int = 0
 ) -> grpc.GenericRpcHandler[Any, Any]:
+    """push_port: this agent's push port (api/pushport.py), announced in the initial metadata of
+    every PushStream so the leader moves its pushes there; 0 announces none."""
+    announce = ((frames.PORT_KEY, str(push_port)),) if push_port else ()
+
     async def push_stream(
         requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
         """Reads with context.read() and acks with context.write(), not through async
         generators: two fewer coroutine layers to resume per pushed snapshot."""
         with streams.serving():
+            if announce:
+                await context.send_initial_metadata(announce)
             # request_deserializer=None: each message is its raw bytes; the end is grpc.aio.EOF.
             while isinstance(payload := await context.read(), bytes):
                 engine.stats.bytes_received["push"] += len(payload)
@@ -127,10 +133,12 @@ def build(
     dataplane_service: dataplane_pb2_grpc.DataPlaneServicer | None = None,
     extra_handlers: tuple[grpc.GenericRpcHandler[Any, Any], ...] = (),
     interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (),  # type: ignore[type-arg]
+    push_port: int = 0,
 ) -> grpc.aio.Server:
     server = grpc.aio.server(options=server_options(max_message_bytes),
                              interceptors=interceptors)
-    server.add_generic_rpc_handlers((gossip_handler(engine, streams), *extra_handlers))
+    server.add_generic_rpc_handlers(
+        (gossip_handler(engine, streams, push_port=push_port), *extra_handlers))
     pb_grpc.add_StateServicer_to_server(state_service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     services = [GOSSIP_SERVICE, STATE_SERVICE]

@@ -7,7 +7,9 @@
 - memnet.MemoryNetwork (gossip/memnet.py): the same calls in one event loop, with loss, delay
   and partitions, for simulations.
 
-A push is one write on the peer's stream; acknowledgements (sent only when asked for, or for
+A push is one write on the peer's stream, or, once the peer announced its push port in the
+stream's initial metadata, one frame on a plain connection to that port (gossip/pushlink.py:
+a fraction of grpc.aio's cost per message); acknowledgements (sent only when asked for, or for
 STALE / CONFLICT results: see Snapshot.ack) come back on the same stream, are read by one task
 per stream and handed to the callback set with set_ack_handler. Every failure surfaces as
 PeerUnreachable; grpc's exception types stay in this module.
@@ -24,7 +26,8 @@ from typing import Protocol
 import grpc
 import grpc.aio
 
-from gossip_agent.security import tls
+from gossip_agent.gossip import frames, pushlink
+from gossip_agent.security import cluster, tls
 from gossip_agent.v1 import gossip_pb2 as pb
 
 log = logging.getLogger("gossip_agent.tls")
@@ -113,6 +116,7 @@ class GrpcTransport:
         factory: tls.ChannelFactory | None = None, metadata: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self._options = channel_options(max_message_bytes, reconnect_cap=reconnect_cap)
+        self._limit = max_message_bytes
         # Mutual TLS or plaintext (security/tls.py); channels are reopened when its files change.
         self.factory = factory or tls.ChannelFactory(None)
         self._generation = self.factory.generation
@@ -123,13 +127,21 @@ class GrpcTransport:
         self._on_ack: AckHandler = _ignore_ack
         self._closing: set[asyncio.Task[None]] = set()
         self._tls_failed: set[str] = set()  # peers whose handshake failure was logged
+        # The push port: ports announced on each peer's current PushStream (taken when a link
+        # is opened: one attempt per announcement), the links open, and the peers whose port
+        # did not connect (logged once; they stay on the PushStream).
+        self._push_ports: dict[str, int] = {}
+        self._links: dict[str, pushlink.Link] = {}
+        self._link_failed: set[str] = set()
+        self._hello = pb.PushHello(protocol=frames.PROTOCOL,
+                                   cluster_id=dict(metadata).get(cluster.CLUSTER_KEY, ""))
 
     def set_ack_handler(self, handler: AckHandler) -> None:
         self._on_ack = handler
 
     def kept(self) -> set[str]:
         """Addresses this transport keeps a channel or a push stream for."""
-        return set(self._channels) | set(self._streams)
+        return set(self._channels) | set(self._streams) | set(self._links)
 
     def channel(self, address: str) -> grpc.aio.Channel:
         if self.factory.check() != self._generation:
@@ -147,6 +159,8 @@ class GrpcTransport:
         self._generation = self.factory.generation
         for address in list(self._streams):
             self._drop_stream(address)
+        for address in list(self._links):
+            self._drop_link(address)
         old, self._channels = list(self._channels.values()), {}
         for channel in old:
             task = asyncio.create_task(channel.close(grace=1.0), name="gossip.close-channel")
@@ -170,6 +184,7 @@ class GrpcTransport:
     async def _read_acks(self, address: str, stream: _PushStream) -> None:
         """Hands each ack to the handler; when the stream ends, forgets it (next push reopens)."""
         try:
+            self._learn_port(address, stream, await stream.call.initial_metadata())
             while True:
                 ack = await stream.call.read()
                 if not isinstance(ack, pb.PushAck):  # EOF: the peer closed the stream
@@ -180,10 +195,30 @@ class GrpcTransport:
         finally:
             if self._streams.get(address) is stream:
                 del self._streams[address]
+                self._push_ports.pop(address, None)
             _disarm(stream)
             stream.call.cancel()
 
+    def _learn_port(self, address: str, stream: _PushStream, metadata: object) -> None:
+        """The push port the peer announced on this stream, if it did (agents since 0.3)."""
+        value = metadata.get(frames.PORT_KEY) if isinstance(metadata, grpc.aio.Metadata) else None
+        if isinstance(value, str) and value.isdigit() and 0 < int(value) < 65536:
+            if self._streams.get(address) is stream and address not in self._links:
+                self._push_ports[address] = int(value)
+
     async def push(self, address: str, payload: bytes, *, timeout: float) -> None:
+        link = self._links.get(address)
+        if link is None and address in self._push_ports:
+            link = await self._open_link(address, timeout=timeout)
+        if link is not None:
+            try:
+                link.send(payload, timeout=timeout)
+                return
+            except pushlink.LinkFailed as exc:
+                # As a failed stream: both go, the next push renegotiates on a new stream.
+                self._drop_link(address)
+                self._drop_stream(address)
+                raise PeerUnreachable(address, str(exc), code=exc.code) from exc
         stream = self._stream(address)
         try:
             await _write(stream, payload, timeout=timeout)
@@ -194,6 +229,32 @@ class GrpcTransport:
                 detail = PeerUnreachable(address, await _end_detail(stream.call))
             self._drop_stream(address)
             raise detail from exc
+
+    async def _open_link(self, address: str, *, timeout: float) -> pushlink.Link | None:
+        """A link to the port the peer announced, or None (pushes stay on its stream) when
+        it does not connect: a firewall that lets the gRPC port through but not PUSH_PORT
+        costs speed, never delivery."""
+        port = self._push_ports.pop(address)
+        host = address.rpartition(":")[0].strip("[]")
+        try:
+            link = await pushlink.connect(
+                address, host, port, hello=self._hello, context=self.factory.ssl_context(),
+                server_name=self.factory.files.server_name if self.factory.files else "",
+                limit=self._limit, timeout=timeout, on_ack=self._on_ack)
+        except (OSError, TimeoutError, tls.TlsError) as exc:
+            if address not in self._link_failed:
+                self._link_failed.add(address)
+                log.warning("push port %d of peer %s does not connect (%s): pushes to it stay "
+                            "on the gRPC stream; let PUSH_PORT through between nodes",
+                            port, address, exc or type(exc).__name__, extra={"peer": address})
+            return None
+        self._links[address] = link
+        return link
+
+    def _drop_link(self, address: str) -> None:
+        link = self._links.pop(address, None)
+        if link is not None:
+            link.fail(pushlink.LinkFailed("closed by this agent"))
 
     def _note_handshake_failure(self, address: str, exc: grpc.aio.AioRpcError) -> None:
         """Logs, once per peer, a TLS handshake that failed (grpc's core logs the server side
@@ -207,6 +268,7 @@ class GrpcTransport:
                         extra={"peer": address})
 
     def _drop_stream(self, address: str) -> None:
+        self._push_ports.pop(address, None)  # announced on that stream: not yet used, void
         stream = self._streams.pop(address, None)
         if stream is not None:
             _disarm(stream)
@@ -244,6 +306,9 @@ class GrpcTransport:
 
     async def forget(self, address: str) -> None:
         self._tls_failed.discard(address)
+        self._link_failed.discard(address)
+        self._push_ports.pop(address, None)
+        self._drop_link(address)
         stream = self._streams.get(address)
         self._drop_stream(address)
         if stream is not None and stream.reader is not None:
@@ -253,7 +318,7 @@ class GrpcTransport:
             await channel.close(grace=None)
 
     async def close(self) -> None:
-        for address in list(self._channels):
+        for address in list(self._channels) + list(self._links):
             await self.forget(address)
         await asyncio.gather(*self._closing, return_exceptions=True)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import ssl
 from typing import Protocol
 
 import grpc
@@ -51,6 +52,10 @@ class Security:
 
     def server_credentials(self) -> grpc.ServerCredentials | None:
         return None if self.files is None else tls.server_credentials(self.files)
+
+    def push_context(self) -> ssl.SSLContext | None:
+        """The push port's server TLS (api/pushport.py), or None for plaintext."""
+        return None if self.files is None else tls.server_ssl_context(self.files)
 
     def gossip_checks(
         self, stats: _HasRejected

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import ssl
 import time
 from collections.abc import Callable
 
@@ -116,6 +117,59 @@ def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
         initial, fetch, require_client_authentication=True)  # type: ignore[arg-type]
 
 
+def _ssl_context(files: TlsFiles, purpose: int) -> ssl.SSLContext:
+    """The push port's TLS (gossip/pushlink.py, api/pushport.py): the same files and checks as
+    the gRPC port's: our certificate, peers' certificates signed by TLS_CA and required both
+    ways, TLS 1.2 at least. Raises TlsError naming the problem when the files do not load."""
+    context = ssl.SSLContext(purpose)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED
+    try:
+        context.load_cert_chain(files.cert, files.key)
+        context.load_verify_locations(cafile=files.ca)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise TlsError(f"TLS_CERT/TLS_KEY/TLS_CA do not load for the push port: {exc}") from exc
+    return context
+
+
+def server_ssl_context(files: TlsFiles) -> ssl.SSLContext:
+    """The push port's server side, following the files as they change: before each handshake
+    (the SNI callback: our clients always name TLS_SERVER_NAME), the files are stat'ed and,
+    when they changed, the connection is switched to a context built from the new ones."""
+    current = {"stamp": stamp(files), "context": _ssl_context(files, ssl.PROTOCOL_TLS_SERVER)}
+
+    def newest(connection: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> None:
+        now = stamp(files)
+        if now != current["stamp"]:
+            current["stamp"] = now
+            try:
+                current["context"] = _ssl_context(files, ssl.PROTOCOL_TLS_SERVER)
+                log.info("TLS files changed: new push-port handshakes use the new certificates")
+            except TlsError as exc:
+                log.error("TLS files changed but do not load; keeping the previous ones: %s",
+                          exc)
+        context = current["context"]
+        assert isinstance(context, ssl.SSLContext)
+        if connection.context is not context:
+            connection.context = context
+
+    first = current["context"]
+    assert isinstance(first, ssl.SSLContext)
+    first.sni_callback = newest
+    return first
+
+
+def peer_names(certificate: object) -> frozenset[str]:
+    """identity.names_of for a certificate as ssl.SSLObject.getpeercert() gives it: the subject
+    common name and every subject alternative name."""
+    if not isinstance(certificate, dict):
+        return frozenset()
+    names = {value for rdn in certificate.get("subject", ()) for key, value in rdn
+             if key == "commonName"}
+    names.update(value for _, value in certificate.get("subjectAltName", ()))
+    return frozenset(names)
+
+
 class ChannelFactory:
     """Opens client channels: TLS with this agent's certificate when configured, else plaintext.
 
@@ -131,6 +185,7 @@ class ChannelFactory:
         self._checked = clock()
         self._stamp: Stamp = ()
         self._credentials: grpc.ChannelCredentials | None = None
+        self._ssl: tuple[int, ssl.SSLContext] | None = None  # (generation, push-port client)
         if files is not None:
             self._stamp = stamp(files)
             self._credentials = _channel_credentials(load(files))
@@ -158,6 +213,17 @@ class ChannelFactory:
         self.generation += 1
         log.info("TLS files changed: reopening peer channels with the new certificates")
         return self.generation
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The push port's client side (None: plaintext): built again when `generation` moves,
+        so new connections use the files the channels use. The server is checked against
+        TLS_SERVER_NAME, as grpc's ssl_target_name_override does on the gRPC port."""
+        self.check()
+        if self.files is None:
+            return None
+        if self._ssl is None or self._ssl[0] != self.generation:
+            self._ssl = (self.generation, _ssl_context(self.files, ssl.PROTOCOL_TLS_CLIENT))
+        return self._ssl[1]
 
     def open(self, address: str, options: list[tuple[str, int]]) -> grpc.aio.Channel:
         self.check()

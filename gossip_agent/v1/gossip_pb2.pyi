@@ -115,6 +115,30 @@ class PushAck(_message.Message):
     max_term_seen: int
     def __init__(self, result: _Optional[_Union[PushAck.Result, str]] = ..., held: _Optional[_Union[Version, _Mapping]] = ..., held_hash: _Optional[bytes] = ..., node: _Optional[str] = ..., max_term_seen: _Optional[int] = ...) -> None: ...
 
+class PushHello(_message.Message):
+    __slots__ = ("protocol", "cluster_id")
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    protocol: str
+    cluster_id: str
+    def __init__(self, protocol: _Optional[str] = ..., cluster_id: _Optional[str] = ...) -> None: ...
+
+class PushRefusal(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    message: str
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class PushReply(_message.Message):
+    __slots__ = ("ack", "refusal")
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_FIELD_NUMBER: _ClassVar[int]
+    ack: PushAck
+    refusal: PushRefusal
+    def __init__(self, ack: _Optional[_Union[PushAck, _Mapping]] = ..., refusal: _Optional[_Union[PushRefusal, _Mapping]] = ...) -> None: ...
+
 class Entry(_message.Message):
     __slots__ = ("ip", "replicas", "name")
     IP_FIELD_NUMBER: _ClassVar[int]

@@ -522,3 +522,13 @@ def test_every_ignored_hadolint_rule_says_why() -> None:
         if re.match(r"#\s*hadolint ignore=", line):
             assert lines[index - 1].startswith("#") and "hadolint" not in lines[index - 1], (
                 f"Dockerfile line {index + 1}: say why above `{line}`")
+
+
+@pytest.mark.parametrize("overlay", ["bpffs", "configmap", "lease", "redis"])
+def test_every_overlay_opens_the_push_port_it_configures(overlay: str) -> None:
+    """The leader reaches each node's PUSH_PORT (api/pushport.py): the DaemonSet names the
+    port it sets, so a NetworkPolicy or firewall rule can be written from the manifest."""
+    agent = container(rendered(overlay))
+    env = {e["name"]: e.get("value") for e in agent["env"]}
+    assert {"name": "push", "containerPort": int(env["PUSH_PORT"]),
+            "protocol": "TCP"} in agent["ports"]
