@@ -24,7 +24,7 @@ from gossip_agent.core import policy, scaling, traffic
 from gossip_agent.scaler import kube, loop, workloads
 from gossip_agent.sources import base as source_base
 from gossip_agent.sources import kubernetes as kube_source
-from gossip_agent.testing import fakekube
+from lab import fakekube
 
 pytestmark = pytest.mark.integration
 

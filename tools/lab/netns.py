@@ -49,7 +49,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from gossip_agent.dataplane import bpfsys, layout
 
-log = logging.getLogger("gossip_agent.testing.netns")
+log = logging.getLogger("lab.netns")
 
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/run/netns"

@@ -34,11 +34,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from gossip_agent import agent as agent_mod
-from gossip_agent import config, localcluster
+from gossip_agent import config
 from gossip_agent.core import peers, scaling, snapshots
 from gossip_agent.scaler import loop as scaler_loop
 from gossip_agent.scaler import service as scaler_service
 from gossip_agent.scaler import workloads
+from lab import localcluster
 
 SERVICE = snapshots.parse_ip("10.96.7.7")
 # Seconds: the visitors' summaries and the leader's scale-down rounds (which forget the facts
