@@ -59,7 +59,8 @@ import grpc
 import grpc.aio
 
 from gossip_agent import config
-from gossip_agent.dataplane import bpfsys, layout
+from gossip_agent.dataplane import layout
+from gossip_agent.system import bpfsys
 from gossip_agent.v1 import gossip_pb2 as pb
 from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc
 from lab import chaoscheck, fakekube, netns

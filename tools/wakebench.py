@@ -12,7 +12,7 @@ fake API server received the PATCH (its request log, stamped with this process's
 time.monotonic(), the clock the send was timed with).
 
 Measured on a cluster at rest: every map holds the sleeping Services, every program is attached
-and the leader's scaler has made its warm-up read (scaler/loop.py). Each Service is woken once,
+and the leader's scaler has made its warm-up read (scaling/loop.py). Each Service is woken once,
 so the SCALE_UP_COOLDOWN never delays a measurement. Prints median,
 p99 and max per run and the medians over --runs runs (or one JSON line with --json).
 """

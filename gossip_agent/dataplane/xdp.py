@@ -31,7 +31,8 @@ import pathlib
 from typing import Any
 
 from gossip_agent import errors
-from gossip_agent.dataplane import bpfsys, events, layout, xdpsys
+from gossip_agent.dataplane import events, layout, xdpsys
+from gossip_agent.system import bpfsys
 
 log = logging.getLogger("gossip_agent.xdp")
 

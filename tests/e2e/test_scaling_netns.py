@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 
 from gossip_agent.core import policy, services
-from gossip_agent.scaler import workloads
+from gossip_agent.scaling import base as workloads
 from gossip_agent.v1 import gossip_pb2 as pb
 from lab import fakekube, localcluster, netns
 from tests.e2e import test_netns_cluster as nc

@@ -13,9 +13,10 @@ from collections.abc import Callable
 
 from gossip_agent.core import peers
 from gossip_agent.dataplane import memory as memory_dataplane
-from gossip_agent.gossip import antientropy, memnet
+from gossip_agent.gossip import antientropy
 from gossip_agent.gossip import engine as engine_mod
 from gossip_agent.gossip import leader as leader_mod
+from gossip_agent.gossip import memory as memnet
 from gossip_agent.leases import memory as memory_lease
 from gossip_agent.sources import api as api_source
 

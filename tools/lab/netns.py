@@ -47,7 +47,8 @@ import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 
-from gossip_agent.dataplane import bpfsys, layout
+from gossip_agent.dataplane import layout
+from gossip_agent.system import bpfsys
 
 log = logging.getLogger("lab.netns")
 
