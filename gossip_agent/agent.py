@@ -53,9 +53,9 @@ from gossip_agent.observability import observe
 from gossip_agent.scaling import scaler as scaler_service
 from gossip_agent.scaling import scaleups as scaleup
 from gossip_agent.security import setup as security_setup
-from gossip_agent.sources import api as api_source
 from gossip_agent.sources import base as source_base
 from gossip_agent.sources import file as file_source
+from gossip_agent.sources import memory as api_source
 
 log = logging.getLogger("gossip_agent")
 
