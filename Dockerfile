@@ -26,6 +26,9 @@ RUN apt-get update \
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
+# bpf/: the XDP program's C source, package data of gossip_agent.dataplane (dataplane/bpf links
+# to it), so the installed package compiles it from where it is installed.
+COPY bpf ./bpf
 COPY gossip_agent ./gossip_agent
 RUN pip install --no-cache-dir . && rm -rf /src
 

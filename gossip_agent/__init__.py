@@ -1,16 +1,24 @@
 """gossip-agent: keeps per-node eBPF SERVICE_LIST maps consistent across a cluster.
 
-Layout (one concept per module):
-  core/       pure decisions: versions, snapshots and adoption, map diffs, peers, fanout, coalescing
-  config      every env var, validated in one place
-  errors      the exception hierarchy (mapped to gRPC codes in api/status)
-  gossip/     the engine (adopt/publish), push streams, anti-entropy, discovery, peer transport
-  leases/     leader lease backends behind one Protocol (bpffs today)
-  dataplane/  the pinned SERVICE_LIST map behind one Protocol (bcc/bpf, or memory)
-  sources/    where the leader's truth comes from (file, api)
-  api/        the gRPC servers (Gossip, State, health, reflection)
-  agent       wiring and lifecycle of one agent process
-  cli         `gossip-agent run | state | peers | leader | set | delete`
+Layout, from the entry points down to the pure core (pyproject.toml's import-linter `layers`
+contract enforces this order: a module imports only from the layers below it):
+  cli, __main__   `gossip-agent run | state | peers | leader | set | delete | ...`
+  agent           wiring and lifecycle of one agent process
+  observability/  logs, metrics, the aiomonitor console, the telemetry plug point
+  api/            the gRPC servers (Gossip, State, health, reflection)
+  scaling/        scale-up reports to the leader, the leader's scaler, the Workloads plug point
+  gossip/         the engine (adopt/publish), push streams, anti-entropy, discovery, transport
+  leases/ sources/ dataplane/ security/
+                  the plug points (one Protocol in base.py, an in-memory twin in memory.py):
+                  leader lease backends, where the leader's truth comes from, the pinned
+                  SERVICE_LIST map and XDP program; and mTLS between agents
+  config          every env var, validated in one place
+  system/         bpf() syscalls and the Kubernetes client's configuration, below every backend
+  core/           pure decisions: versions, snapshots and adoption, diffs, peers, scaling rules
+  errors          the exception hierarchy (mapped to gRPC codes in api/status)
+  v1/             generated from proto/gossip_agent/v1/*.proto
+The lab (fake Kubernetes API, network namespaces, certificates, local launchers) lives in
+tools/lab, outside the package; the product never imports it.
 """
 
 import os

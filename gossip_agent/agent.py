@@ -3,8 +3,8 @@
 Start-up: open the data plane (owner lock on the pin directory, reuse pinned maps), recover the
 version floor, bind the gRPC port (fails fast when taken), then start the named tasks:
 `gossip.anti-entropy`, `lease.elect`, `source.<kind>`, `discovery.dns` (when PEER_SERVICE),
-`scaleup.read` and `scaleup.report` (scale-up requests to the leader: gossip_agent/scaleup).
-Only then is the agent up (gossip_agent/liveness.py), and the XDP heartbeat's probation begins:
+`scaleup.read` and `scaleup.report` (scale-up requests to the leader: gossip_agent/scaling).
+Only then is the agent up (dataplane/liveness.py), and the XDP heartbeat's probation begins:
 its first refresh comes only once the agent has been up and alive for the probation
 (dataplane/enforcer.py), so a process that dies during start-up or soon after cannot keep the
 node enforcing, however often it is restarted.
@@ -29,8 +29,7 @@ import grpc.aio
 from grpc_health.v1 import health
 
 from gossip_agent import config as config_mod
-from gossip_agent import errors, observe
-from gossip_agent import liveness as liveness_mod
+from gossip_agent import errors
 from gossip_agent.api import dataplane as dataplane_api
 from gossip_agent.api import probes, pushport
 from gossip_agent.api import scale as scale_api
@@ -42,6 +41,7 @@ from gossip_agent.core import peers
 from gossip_agent.dataplane import base as dataplane_base
 from gossip_agent.dataplane import enforcer as enforcer_mod
 from gossip_agent.dataplane import events as dataplane_events
+from gossip_agent.dataplane import liveness as liveness_mod
 from gossip_agent.dataplane import memory as memory_dataplane
 from gossip_agent.gossip import antientropy, discovery, transport
 from gossip_agent.gossip import engine as engine_mod
@@ -49,12 +49,13 @@ from gossip_agent.gossip import leader as leader_mod
 from gossip_agent.gossip import mirror as mirror_mod
 from gossip_agent.gossip import proof as proof_mod
 from gossip_agent.leases import base as lease_base
-from gossip_agent.scaler import service as scaler_service
-from gossip_agent.scaleup import service as scaleup
+from gossip_agent.observability import observe
+from gossip_agent.scaling import scaler as scaler_service
+from gossip_agent.scaling import scaleups as scaleup
 from gossip_agent.security import setup as security_setup
-from gossip_agent.sources import api as api_source
 from gossip_agent.sources import base as source_base
 from gossip_agent.sources import file as file_source
+from gossip_agent.sources import memory as api_source
 
 log = logging.getLogger("gossip_agent")
 
@@ -165,7 +166,7 @@ def open_scaling(cfg: config_mod.Config, agent: Agent) -> scaler_service.Scaling
     source: scaler_service.HasInventory | None = None
     factory = None
     if cfg.source.kind == "kubernetes":
-        from gossip_agent.scaler import kube
+        from gossip_agent.scaling import kube
         from gossip_agent.sources import kubernetes
 
         assert isinstance(agent.source, kubernetes.KubernetesSource)

@@ -27,7 +27,8 @@ from google.protobuf import json_format
 from google.protobuf import message as protobuf_message
 
 from gossip_agent import config as config_mod
-from gossip_agent import errors, logs
+from gossip_agent import errors
+from gossip_agent.observability import logs
 from gossip_agent.security import tls
 from gossip_agent.v1 import gossip_pb2 as pb
 from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc

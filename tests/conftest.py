@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import pytest
 import pytest_asyncio
 
-from gossip_agent import localredis as redisserver
+from lab import localredis as redisserver
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -91,8 +91,8 @@ async def _no_leaked_tasks():  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def fake_kube() -> Iterator[object]:
-    """A fresh fake Kubernetes API server on 127.0.0.1 (gossip_agent.testing.fakekube)."""
-    from gossip_agent.testing import fakekube
+    """A fresh fake Kubernetes API server on 127.0.0.1 (lab.fakekube)."""
+    from lab import fakekube
 
     with fakekube.FakeKube() as kube:
         yield kube

@@ -67,7 +67,6 @@ import failover  # tools/failover.py, next to this script
 import mapbench
 import proccpu
 import wakebench  # tools/wakebench.py: the scaling loop's wake-up latency (issue 8)
-
 from gossip_agent.v1 import gossip_pb2 as pb
 from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc
 

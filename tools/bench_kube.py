@@ -1,7 +1,7 @@
 """The Kubernetes backends' figures: `tools/bench.py kube [--failover] [--load]`.
 
-Both run agent processes on loopback (gossip_agent.localcluster, COORDINATION_BACKEND=configmap)
-against the fake API server (gossip_agent.testing.fakekube) over real HTTP, reached through a
+Both run agent processes on loopback (lab.localcluster, COORDINATION_BACKEND=configmap)
+against the fake API server (lab.fakekube) over real HTTP, reached through a
 kubeconfig file as a cluster would be.
 
 - failover: --kills times (default 10), SIGKILL the leader of --failover-nodes agents (default
@@ -36,9 +36,8 @@ from typing import Any
 
 import grpc.aio
 
-from gossip_agent import localcluster
-from gossip_agent.testing import fakekube
 from gossip_agent.v1 import gossip_pb2 as pb
+from lab import fakekube, localcluster
 
 
 async def leading(address: str) -> int:

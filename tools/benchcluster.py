@@ -6,10 +6,10 @@ all of them (and, in the netns harness, until every XDP program is attached), th
 cluster settle with nothing to do. What is measured after that starts from a cluster at rest.
 
 Harnesses:
-- local (gossip_agent.localcluster): agents on loopback, pinned maps under bpffs (memory maps
+- local (lab.localcluster): agents on loopback, pinned maps under bpffs (memory maps
   without it), /metrics and the aiomonitor console on, no XDP program: nothing counts packets,
   every agent is a blind node (maps only).
-- netns (gossip_agent.testing.netns): one network namespace per node, XDP_INTERFACES=veth*, so
+- netns (lab.netns): one network namespace per node, XDP_INTERFACES=veth*, so
   every node's program is attached to its pod's veth and counts. Needs root, iproute2, a
   mounted bpffs and bcc; metrics and console are off (the harness's default).
 
@@ -31,11 +31,11 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 
 import proccpu  # tools/proccpu.py, next to this module
-
-from gossip_agent import config, localcluster
+from gossip_agent import config
 from gossip_agent.security import tls
 from gossip_agent.v1 import gossip_pb2 as pb
 from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc
+from lab import localcluster
 
 HARNESSES = ("local", "netns")
 TABLE_ENTRIES = 1024  # the map's default capacity (MAP_MAX_ENTRIES): a full table
@@ -77,7 +77,7 @@ def missing(harness: str) -> list[str]:
     """What this machine lacks for `harness` (the local one runs anywhere)."""
     if harness == "local":
         return []
-    from gossip_agent.testing import netns
+    from lab import netns
 
     return netns.missing()
 
@@ -135,7 +135,7 @@ def _local(nodes: int, *, log_dir: str, mtls: bool, env: dict[str, str]) -> Iter
 
 @contextlib.contextmanager
 def _namespaced(nodes: int, *, log_dir: str, env: dict[str, str]) -> Iterator[Cluster]:
-    from gossip_agent.testing import netns  # root-only harness: imported when asked for
+    from lab import netns  # root-only harness: imported when asked for
 
     netns.sweep_stale(NETNS_PREFIX)
     root = os.path.join(NETNS_BPFFS, uuid.uuid4().hex[:12])

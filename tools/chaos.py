@@ -3,7 +3,7 @@
     tools/chaos.py --backend {bpffs,redis,lease,configmap} --seconds 60 --seed 1 --json
 
 Phases:
-1. Build: 5 node namespaces on a bridge (gossip_agent/testing/netns.py), agents with
+1. Build: 5 node namespaces on a bridge (tools/lab/netns.py), agents with
    PROFILE=local, DATAPLANE=bpf (maps pinned per node, no XDP program: nothing here needs
    packets filtered, and compiling it costs 3 s of CPU per start), COORDINATION_BACKEND as
    asked: bpffs (the flock on this host), redis (a redis-server without persistence in a host
@@ -26,7 +26,7 @@ Phases:
    maps hold the same table and version: the bound is 3 x (lease expiry + GOSSIP_INTERVAL +
    PEER_BACKOFF_CAP + RPC_TIMEOUT) with the PROFILE=local values (lease expiry: LEASE_TTL for
    bpffs and redis, LEASE_DURATION for the Kubernetes backends): 18 s and 24 s.
-5. Check the recorded history (gossip_agent/testing/chaoscheck.py says what and how) and print
+5. Check the recorded history (tools/lab/chaoscheck.py says what and how) and print
    one JSON line. Exit status 1 when there are violations, 2 when the campaign itself failed.
 
 Recording (from outside the agents): every agent's WatchState stream (reconnected across
@@ -59,10 +59,11 @@ import grpc
 import grpc.aio
 
 from gossip_agent import config
-from gossip_agent.dataplane import bpfsys, layout
-from gossip_agent.testing import chaoscheck, fakekube, netns
+from gossip_agent.dataplane import layout
+from gossip_agent.system import bpfsys
 from gossip_agent.v1 import gossip_pb2 as pb
 from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc
+from lab import chaoscheck, fakekube, netns
 
 BACKENDS = ("bpffs", "redis", "lease", "configmap")
 PREFIX = "gachaos"

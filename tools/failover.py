@@ -27,8 +27,8 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 
-from gossip_agent import localcluster, localredis
 from gossip_agent.v1 import gossip_pb2 as pb
+from lab import localcluster, localredis
 
 BACKENDS = ("bpffs", "redis")
 ROUND_TIMEOUT = 30.0  # seconds for one failover or one catch-up: a failure, far above any bound

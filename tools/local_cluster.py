@@ -27,9 +27,9 @@ import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from gossip_agent import localcluster
 from gossip_agent.security import tls
 from gossip_agent.v1 import gossip_pb2 as pb
+from lab import localcluster
 
 CHECK_IP = "10.96.0.10"
 T = TypeVar("T")

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from gossip_agent.core import peers, snapshots, versions
 from gossip_agent.dataplane import bpfmap, layout
 from gossip_agent.gossip import engine as engine_mod
-from gossip_agent.gossip import memnet
+from gossip_agent.gossip import memory as memnet
 
 ENTRIES = layout.DEFAULT_MAX_ENTRIES
 FIRST_IP = 0x0A600000  # 10.96.0.0

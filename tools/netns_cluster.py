@@ -3,7 +3,7 @@
     tools/netns_cluster.py --nodes 3     build it, start one agent per node namespace, print how
                                          to reach each agent and send packets; Ctrl-C removes it
 
-Needs root, iproute2, nsenter, a mounted bpffs and bcc (gossip_agent/testing/netns.py). Each
+Needs root, iproute2, nsenter, a mounted bpffs and bcc (tools/lab/netns.py). Each
 agent's gRPC port is forwarded to 127.0.0.1, so grpcurl works from this shell; packets from a
 node's pod namespace cross the node's veth (and its XDP program) to the service IPs given.
 Everything is removed on exit, also when the script fails.
@@ -19,7 +19,7 @@ import tempfile
 import threading
 import uuid
 
-from gossip_agent.testing import netns
+from lab import netns
 
 PREFIX = "gademo"
 

@@ -43,7 +43,6 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from gossip_agent import metrics
 from gossip_agent.api import server as server_mod
 from gossip_agent.api import streams as streams_mod
 from gossip_agent.core import peers, snapshots, versions
@@ -51,6 +50,7 @@ from gossip_agent.dataplane import base as dataplane_base
 from gossip_agent.dataplane import memory
 from gossip_agent.gossip import engine as engine_mod
 from gossip_agent.gossip import leader, transport, wire
+from gossip_agent.observability import metrics
 from gossip_agent.v1 import gossip_pb2 as pb
 
 ENTRIES = 1024

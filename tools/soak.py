@@ -1,5 +1,5 @@
 """The churn soak, longer: residents whose peers are replaced --replacements times by agents on
-new addresses (gossip_agent.testing.churn; tests/integration/test_churn.py runs 250).
+new addresses (lab.churn; tests/integration/test_churn.py runs 250).
 
 Every --every replacements, once the residents have closed what they kept for departed peers,
 prints one row: per resident the channels its transport keeps, its membership entries and the
@@ -21,7 +21,7 @@ import tempfile
 import time
 from typing import Any
 
-from gossip_agent.testing import churn
+from lab import churn
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

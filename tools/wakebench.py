@@ -1,7 +1,7 @@
 """Wake-up latency: from the first packet to a zero-replica service on any node to the scale-up
 request (the /scale PATCH) at the API server.
 
-A namespaced cluster (gossip_agent.testing.netns) of --nodes agent processes, each with the real
+A namespaced cluster (lab.netns) of --nodes agent processes, each with the real
 XDP program on its pod's veth, SOURCE=kubernetes against the fake API server on the cluster
 network. --wakes Services (10.96.200.0 and up), each naming its own Deployment at 0 replicas,
 are in every node's map at 0. Then, one at a time, one UDP datagram goes from a pod (round robin
@@ -12,7 +12,7 @@ fake API server received the PATCH (its request log, stamped with this process's
 time.monotonic(), the clock the send was timed with).
 
 Measured on a cluster at rest: every map holds the sleeping Services, every program is attached
-and the leader's scaler has made its warm-up read (scaler/loop.py). Each Service is woken once,
+and the leader's scaler has made its warm-up read (scaling/loop.py). Each Service is woken once,
 so the SCALE_UP_COOLDOWN never delays a measurement. Prints median,
 p99 and max per run and the medians over --runs runs (or one JSON line with --json).
 """
@@ -30,7 +30,7 @@ import uuid
 from typing import Any
 
 from gossip_agent.core import services, snapshots
-from gossip_agent.testing import fakekube, netns
+from lab import fakekube, netns
 
 PREFIX = "ga8w"
 BPFFS_ROOT = "/sys/fs/bpf/gossip-agent-wakebench"

@@ -19,9 +19,9 @@ from gossip_agent import errors
 from gossip_agent.api import status
 from gossip_agent.api import streams as streams_mod
 from gossip_agent.gossip import wire as gossip_wire
-from gossip_agent.scaleup import compat, route, wire
-from gossip_agent.scaleup import hub as hub_mod
-from gossip_agent.scaleup import inbox as inbox_mod
+from gossip_agent.scaling import compat, route, wire
+from gossip_agent.scaling import hub as hub_mod
+from gossip_agent.scaling import inbox as inbox_mod
 from gossip_agent.v1 import gossip_pb2 as pb
 
 Context = grpc.aio.ServicerContext[Any, Any]

@@ -23,7 +23,7 @@ from gossip_agent.gossip import leader as leader_mod
 from gossip_agent.gossip import transport as transport_mod
 from gossip_agent.gossip import wire
 from gossip_agent.leases import base as lease_base
-from gossip_agent.scaleup import hub as scale_hub_mod
+from gossip_agent.scaling import hub as scale_hub_mod
 from gossip_agent.security import identity
 from gossip_agent.v1 import gossip_pb2 as pb
 from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc

@@ -41,7 +41,8 @@ from typing import TypeAlias
 
 from gossip_agent import errors
 from gossip_agent.core import diff, versions
-from gossip_agent.dataplane import base, bpfsys, layout, migrate
+from gossip_agent.dataplane import base, layout, migrate
+from gossip_agent.system import bpfsys
 
 _META_KEY = struct.pack("=I", layout.META_KEY)  # u32 key 0, host byte order
 _U32 = struct.Struct("=I")  # SERVICE_LIST keys and values: u32 in host byte order

@@ -19,7 +19,8 @@ import os
 import socket
 
 from gossip_agent import errors
-from gossip_agent.dataplane import bpfsys, layout, xdp, xdpsys
+from gossip_agent.dataplane import layout, xdp, xdpsys
+from gossip_agent.system import bpfsys
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

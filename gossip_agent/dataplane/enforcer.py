@@ -11,7 +11,7 @@ Lifecycle:
   pinned: the data plane keeps enforcing the last state while the agent is down or
   restarting, until FAIL_OPEN_AFTER passes. `gossip-agent detach` removes both.
 
-The heartbeat vouches for a live agent (gossip_agent/liveness.py). Once the agent is up
+The heartbeat vouches for a live agent (dataplane/liveness.py). Once the agent is up
 (serving, its loops started) it is on probation for probation(FAIL_OPEN_AFTER) seconds: no
 refresh. Only if it stayed alive all that time (the loops it watches, `lease.elect` and
 `xdp.events`, still run and no task crashed) does it write its first refresh, then one every
@@ -55,8 +55,8 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from gossip_agent import liveness as liveness_mod
 from gossip_agent.dataplane import bpfmap, events, interfaces, xdp
+from gossip_agent.dataplane import liveness as liveness_mod
 
 log = logging.getLogger("gossip_agent.xdp")
 

@@ -32,45 +32,9 @@ LAYOUT_VERSION; an agent that finds pins of another shape migrates them by copyi
 
 from __future__ import annotations
 
-import dataclasses
 import struct
 
-# Kernel enum bpf_map_type values (include/uapi/linux/bpf.h); stable UAPI.
-BPF_MAP_TYPE_HASH = 1
-BPF_MAP_TYPE_ARRAY = 2
-BPF_MAP_TYPE_LRU_HASH = 9
-BPF_MAP_TYPE_LRU_PERCPU_HASH = 10
-
-BPF_MAP_TYPE_PERCPU_HASH = 5
-BPF_MAP_TYPE_PERCPU_ARRAY = 6
-# Maps whose values the kernel keeps once per possible CPU.
-PERCPU_TYPES = frozenset({BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY,
-                          BPF_MAP_TYPE_LRU_PERCPU_HASH})
-
-MAP_TYPE_NAMES = {
-    BPF_MAP_TYPE_HASH: "hash",
-    BPF_MAP_TYPE_ARRAY: "array",
-    BPF_MAP_TYPE_LRU_HASH: "lru_hash",
-    BPF_MAP_TYPE_LRU_PERCPU_HASH: "lru_percpu_hash",
-}
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class MapSpec:
-    """What a pinned map must be; an existing pin is checked against every field."""
-
-    name: str  # the pin's file name and the map name (the kernel keeps the first 15 bytes)
-    map_type: int
-    key_size: int
-    value_size: int
-    max_entries: int
-
-    def describe(self) -> str:
-        kind = MAP_TYPE_NAMES.get(self.map_type, f"type {self.map_type}")
-        return (
-            f"{kind} key {self.key_size}B value {self.value_size}B max_entries {self.max_entries}"
-        )
-
+from gossip_agent.system import bpfsys
 
 SERVICE_LIST = "SERVICE_LIST"
 SERVICE_LIST_META = "SERVICE_LIST_META"
@@ -94,19 +58,19 @@ META_STRUCT = struct.Struct("=QQ32sII")
 HASH_SIZE = 32
 assert META_STRUCT.size == 56
 
-META_SPEC = MapSpec(
+META_SPEC = bpfsys.MapSpec(
     name=SERVICE_LIST_META,
-    map_type=BPF_MAP_TYPE_ARRAY,
+    map_type=bpfsys.BPF_MAP_TYPE_ARRAY,
     key_size=4,
     value_size=META_STRUCT.size,
     max_entries=1,
 )
 
 
-def service_list_spec(max_entries: int = DEFAULT_MAX_ENTRIES) -> MapSpec:
-    return MapSpec(
+def service_list_spec(max_entries: int = DEFAULT_MAX_ENTRIES) -> bpfsys.MapSpec:
+    return bpfsys.MapSpec(
         name=SERVICE_LIST,
-        map_type=BPF_MAP_TYPE_HASH,
+        map_type=bpfsys.BPF_MAP_TYPE_HASH,
         key_size=KEY_SIZE,
         value_size=VALUE_SIZE,
         max_entries=max_entries,
@@ -136,25 +100,25 @@ EVENT_INTERVAL_NS = 100_000_000
 # 16 pages (64 KiB) hold 4096 events: a burst to 1024 sleeping services fits four times over.
 EVENT_RING_PAGES = 16
 
-HEARTBEAT_SPEC = MapSpec(
+HEARTBEAT_SPEC = bpfsys.MapSpec(
     name=HEARTBEAT,
-    map_type=BPF_MAP_TYPE_ARRAY,
+    map_type=bpfsys.BPF_MAP_TYPE_ARRAY,
     key_size=4,
     value_size=HEARTBEAT_STRUCT.size,
     max_entries=1,
 )
 
 
-def stats_spec(max_entries: int = DEFAULT_MAX_ENTRIES) -> MapSpec:
-    return MapSpec(SERVICE_STATS, BPF_MAP_TYPE_LRU_PERCPU_HASH, KEY_SIZE, STATS_STRUCT.size,
-                   max_entries)
+def stats_spec(max_entries: int = DEFAULT_MAX_ENTRIES) -> bpfsys.MapSpec:
+    return bpfsys.MapSpec(SERVICE_STATS, bpfsys.BPF_MAP_TYPE_LRU_PERCPU_HASH, KEY_SIZE,
+                          STATS_STRUCT.size, max_entries)
 
 
-def event_rate_spec(max_entries: int = DEFAULT_MAX_ENTRIES) -> MapSpec:
-    return MapSpec(EVENT_RATE, BPF_MAP_TYPE_LRU_HASH, KEY_SIZE, 8, max_entries)
+def event_rate_spec(max_entries: int = DEFAULT_MAX_ENTRIES) -> bpfsys.MapSpec:
+    return bpfsys.MapSpec(EVENT_RATE, bpfsys.BPF_MAP_TYPE_LRU_HASH, KEY_SIZE, 8, max_entries)
 
 
-def pinned_specs(max_entries: int) -> tuple[MapSpec, ...]:
+def pinned_specs(max_entries: int) -> tuple[bpfsys.MapSpec, ...]:
     """Every pinned map of this layout, SERVICE_LIST first."""
     return (service_list_spec(max_entries), META_SPEC, stats_spec(max_entries), HEARTBEAT_SPEC,
             event_rate_spec(max_entries))

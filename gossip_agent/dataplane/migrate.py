@@ -23,13 +23,14 @@ import logging
 import os
 
 from gossip_agent import errors
-from gossip_agent.dataplane import bpfsys, layout
+from gossip_agent.dataplane import layout
+from gossip_agent.system import bpfsys
 
 log = logging.getLogger("gossip_agent.dataplane")
 MIGRATING_SUFFIX = "_migrating"  # no dot: bpffs refuses dotted names
 
 
-def open_or_migrate(path: str, spec: layout.MapSpec) -> bpfsys.PinnedMap:
+def open_or_migrate(path: str, spec: bpfsys.MapSpec) -> bpfsys.PinnedMap:
     """The map pinned at path, of exactly `spec`: reused, created, or migrated (see above)."""
     fd = bpfsys._obj_get(path)
     if fd is None:
@@ -48,12 +49,12 @@ def open_or_migrate(path: str, spec: layout.MapSpec) -> bpfsys.PinnedMap:
         old.close()
 
 
-def _same_shape(found: layout.MapSpec, spec: layout.MapSpec) -> bool:
+def _same_shape(found: bpfsys.MapSpec, spec: bpfsys.MapSpec) -> bool:
     return (found.map_type, found.key_size, found.value_size, found.max_entries) == (
         spec.map_type, spec.key_size, spec.value_size, spec.max_entries)
 
 
-def _migrate(old: bpfsys.PinnedMap, spec: layout.MapSpec) -> bpfsys.PinnedMap:
+def _migrate(old: bpfsys.PinnedMap, spec: bpfsys.MapSpec) -> bpfsys.PinnedMap:
     entries = _entries(old, spec)
     fd = bpfsys.create_map(spec, path=old.path)
     new = bpfsys.PinnedMap(fd, path=old.path, spec=spec)
@@ -69,11 +70,11 @@ def _migrate(old: bpfsys.PinnedMap, spec: layout.MapSpec) -> bpfsys.PinnedMap:
     return new
 
 
-def _entries(old: bpfsys.PinnedMap, spec: layout.MapSpec) -> list[tuple[bytes, bytes]]:
+def _entries(old: bpfsys.PinnedMap, spec: bpfsys.MapSpec) -> list[tuple[bytes, bytes]]:
     """The old map's entries, after checking they can be copied into a map of `spec`."""
     found = old.spec
-    percpu_changed = (found.map_type in layout.PERCPU_TYPES) != (
-        spec.map_type in layout.PERCPU_TYPES)
+    percpu_changed = (found.map_type in bpfsys.PERCPU_TYPES) != (
+        spec.map_type in bpfsys.PERCPU_TYPES)
     if (found.key_size, found.value_size) != (spec.key_size, spec.value_size) or percpu_changed:
         raise errors.DataPlaneError(
             f"the map pinned at {old.path} is {found.describe()}, this agent's layout "
@@ -94,7 +95,7 @@ def _entries(old: bpfsys.PinnedMap, spec: layout.MapSpec) -> list[tuple[bytes, b
 
 
 # LRU maps are caches (counters, event rate limits): dropping the excess loses nothing needed.
-_EVICTING = frozenset({layout.BPF_MAP_TYPE_LRU_HASH, layout.BPF_MAP_TYPE_LRU_PERCPU_HASH})
+_EVICTING = frozenset({bpfsys.BPF_MAP_TYPE_LRU_HASH, bpfsys.BPF_MAP_TYPE_LRU_PERCPU_HASH})
 
 
 def _swap_pin(new: bpfsys.PinnedMap, path: str) -> None:

@@ -25,17 +25,25 @@ import contextlib
 import ctypes
 import dataclasses
 import errno as errno_codes
+import importlib.resources
 import logging
 import os
 import pathlib
 from typing import Any
 
 from gossip_agent import errors
-from gossip_agent.dataplane import bpfsys, events, layout, xdpsys
+from gossip_agent.dataplane import events, layout, xdpsys
+from gossip_agent.system import bpfsys
 
 log = logging.getLogger("gossip_agent.xdp")
 
-SOURCE = pathlib.Path(__file__).resolve().parents[2] / "bpf" / "service_list.bpf.c"
+# The C source is package data: gossip_agent/dataplane/bpf links to the repository's top-level
+# bpf/ (the C code's one home), and the wheel carries a copy of both files (pyproject.toml's
+# package-data). So an installed wheel or the container image compiles the program from where the
+# package is installed, never from a checkout's layout. bcc compiles from a path and
+# service_list.h is found next to it (-I), so this must be a directory on disk: it is, for a
+# package installed from a wheel (tests/integration/test_package_data.py builds one).
+SOURCE = pathlib.Path(str(importlib.resources.files(__package__) / "bpf" / "service_list.bpf.c"))
 MODES = ("auto", "native", "generic")
 _NATIVE_REFUSED = frozenset({errno_codes.EOPNOTSUPP, errno_codes.EINVAL, bpfsys.ENOTSUPP})
 

@@ -23,7 +23,7 @@ import functools
 import os
 from typing import Any
 
-from gossip_agent.dataplane import bpfsys
+from gossip_agent.system import bpfsys
 
 # include/uapi/linux/if_link.h
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0

@@ -21,12 +21,12 @@ import time
 from collections.abc import Callable
 
 from gossip_agent import errors
-from gossip_agent import telemetry as telemetry_mod
 from gossip_agent.core import beats as beats_mod
 from gossip_agent.core import diff, peers, snapshots, versions
 from gossip_agent.dataplane import base as dataplane_base
+from gossip_agent.gossip import base, wire
 from gossip_agent.gossip import proof as proof_mod
-from gossip_agent.gossip import transport, wire
+from gossip_agent.observability import telemetry as telemetry_mod
 from gossip_agent.v1 import gossip_pb2 as pb
 
 log = logging.getLogger("gossip_agent.gossip")
@@ -89,7 +89,7 @@ class Engine:
         address: str,
         boot_id: str,
         dataplane: dataplane_base.DataPlane,
-        transport: transport.Transport,
+        transport: base.Transport,
         membership: peers.Membership,
         rpc_timeout: float,
         rng: random.Random,
@@ -451,7 +451,7 @@ class Engine:
                         self.held.snapshot, age_us=self.held_age_us()),
                 ), timeout=self.rpc_timeout)
                 self.stats.pushes_in_exchange += 1
-        except transport.PeerUnreachable as exc:
+        except base.PeerUnreachable as exc:
             self.stats.exchanges_failed += 1
             self.membership.failed(address, now=self.clock())
             log.debug("anti-entropy with %s failed: %s", address, exc)

@@ -49,8 +49,8 @@ import time
 
 from gossip_agent import errors
 from gossip_agent.core import coalesce, peers, quorum, snapshots, terms, versions
+from gossip_agent.gossip import base, wire
 from gossip_agent.gossip import engine as engine_mod
-from gossip_agent.gossip import transport, wire
 from gossip_agent.leases import base as lease_base
 from gossip_agent.sources import base as source_base
 from gossip_agent.v1 import gossip_pb2 as pb
@@ -172,7 +172,7 @@ class PushWorker:
         try:
             await engine.transport.push(self.address, payload, timeout=engine.rpc_timeout)
             engine.stats.pushes_sent += 1
-        except transport.PeerUnreachable as exc:
+        except base.PeerUnreachable as exc:
             engine.stats.push_failures += 1
             engine.membership.failed(self.address, now=engine.clock())
             log.debug("push %s to %s failed: %s", version, self.address, exc)

@@ -5,7 +5,7 @@ Why not the PushStream: a message on a grpc.aio stream costs the writer 0.1 to 0
 and the reader as much (tools/pushbench.py); the same bytes in a frame on a socket cost a
 fraction of that, and the leader writes one per peer per change.
 
-A link fails as a stream does, with transport.PeerUnreachable on the push that finds it so:
+A link fails as a stream does, with base.PeerUnreachable on the push that finds it so:
 - the peer refused (a PushRefusal: its code and message are the detail) or closed;
 - the peer reads nothing: the bytes waiting to be sent have not drained within the push's
   timeout (what a blocked write on the stream would be), or exceed MAX_LAG_FRAMES frames of the

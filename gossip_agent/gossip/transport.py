@@ -1,10 +1,10 @@
-"""The peer transport: how one agent calls another. One Protocol, two implementations.
+"""The peer transport over gRPC: how one agent calls another (the Protocol is in base.py).
 
 - GrpcTransport: gossip_agent.v1.Gossip over grpc.aio. Pushes travel on one long-lived
   bidirectional stream per peer (DESIGN: a unary call costs a receiver ~1.1 ms of CPU, a
   streamed message 0.1-0.5 ms), and the payload is sent as the bytes the leader serialized
   once, not re-encoded per peer.
-- memnet.MemoryNetwork (gossip/memnet.py): the same calls in one event loop, with loss, delay
+- memory.MemoryNetwork (gossip/memory.py): the same calls in one event loop, with loss, delay
   and partitions, for simulations.
 
 A push is one write on the peer's stream, or, once the peer announced its push port in the
@@ -12,7 +12,7 @@ stream's initial metadata, one frame on a plain connection to that port (gossip/
 a fraction of grpc.aio's cost per message); acknowledgements (sent only when asked for, or for
 STALE / CONFLICT results: see Snapshot.ack) come back on the same stream, are read by one task
 per stream and handed to the callback set with set_ack_handler. Every failure surfaces as
-PeerUnreachable; grpc's exception types stay in this module.
+base.PeerUnreachable; grpc's exception types stay in this module.
 """
 
 from __future__ import annotations
@@ -20,13 +20,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable, Collection
-from typing import Protocol
+from collections.abc import Collection
 
 import grpc
 import grpc.aio
 
-from gossip_agent.gossip import frames, pushlink
+from gossip_agent.gossip import base, frames, pushlink
 from gossip_agent.security import cluster, tls
 from gossip_agent.v1 import gossip_pb2 as pb
 
@@ -34,42 +33,6 @@ log = logging.getLogger("gossip_agent.tls")
 
 PUSH_STREAM = "/gossip_agent.v1.Gossip/PushStream"
 EXCHANGE = "/gossip_agent.v1.Gossip/Exchange"
-
-
-class PeerUnreachable(Exception):
-    """A call to a peer failed or timed out; the caller suspects the peer and backs off."""
-
-    def __init__(self, address: str, detail: str, *, code: str = "") -> None:
-        super().__init__(f"peer {address}: {detail}")
-        self.address = address
-        self.code = code
-
-
-AckHandler = Callable[[str, pb.PushAck], None]
-
-
-class Transport(Protocol):
-    def set_ack_handler(self, handler: AckHandler) -> None:
-        """Where PushAcks arriving on push streams go (address, ack)."""
-        ...
-
-    async def push(self, address: str, payload: bytes, *, timeout: float) -> None:
-        """Writes one serialized pb.Snapshot on the peer's push stream (opened on demand)."""
-        ...
-
-    async def exchange(
-        self, address: str, request: pb.ExchangeRequest, *, timeout: float
-    ) -> pb.ExchangeReply: ...
-
-    async def forget(self, address: str) -> None:
-        """Drops any stream or channel kept for a peer that left."""
-        ...
-
-    async def retain(self, addresses: Collection[str]) -> int:
-        """Forgets every address not in `addresses`; returns how many were forgotten."""
-        ...
-
-    async def close(self) -> None: ...
 
 
 def channel_options(max_message_bytes: int, *, reconnect_cap: float) -> list[tuple[str, int]]:
@@ -124,7 +87,7 @@ class GrpcTransport:
         self.metadata = metadata
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._streams: dict[str, _PushStream] = {}
-        self._on_ack: AckHandler = _ignore_ack
+        self._on_ack: base.AckHandler = _ignore_ack
         self._closing: set[asyncio.Task[None]] = set()
         self._tls_failed: set[str] = set()  # peers whose handshake failure was logged
         # The push port: ports announced on each peer's current PushStream (taken when a link
@@ -136,7 +99,7 @@ class GrpcTransport:
         self._hello = pb.PushHello(protocol=frames.PROTOCOL,
                                    cluster_id=dict(metadata).get(cluster.CLUSTER_KEY, ""))
 
-    def set_ack_handler(self, handler: AckHandler) -> None:
+    def set_ack_handler(self, handler: base.AckHandler) -> None:
         self._on_ack = handler
 
     def kept(self) -> set[str]:
@@ -218,7 +181,7 @@ class GrpcTransport:
                 # As a failed stream: both go, the next push renegotiates on a new stream.
                 self._drop_link(address)
                 self._drop_stream(address)
-                raise PeerUnreachable(address, str(exc), code=exc.code) from exc
+                raise base.PeerUnreachable(address, str(exc), code=exc.code) from exc
         stream = self._stream(address)
         try:
             await _write(stream, payload, timeout=timeout)
@@ -226,7 +189,7 @@ class GrpcTransport:
             detail = _unreachable(address, exc)
             if stream.call.done() and not isinstance(exc, TimeoutError):
                 # Why the stream ended (a timed-out write ends it here: that is the cause).
-                detail = PeerUnreachable(address, await _end_detail(stream.call))
+                detail = base.PeerUnreachable(address, await _end_detail(stream.call))
             self._drop_stream(address)
             raise detail from exc
 
@@ -366,14 +329,14 @@ def _watch(stream: _PushStream, armed_for: float) -> None:
     stream.writer.cancel()
 
 
-def _unreachable(address: str, exc: BaseException) -> PeerUnreachable:
+def _unreachable(address: str, exc: BaseException) -> base.PeerUnreachable:
     if isinstance(exc, grpc.aio.AioRpcError):
-        return PeerUnreachable(
+        return base.PeerUnreachable(
             address, f"{exc.code().name}: {exc.details()}", code=exc.code().name
         )
     if isinstance(exc, TimeoutError):
-        return PeerUnreachable(address, "timed out", code="DEADLINE_EXCEEDED")
-    return PeerUnreachable(address, repr(exc))
+        return base.PeerUnreachable(address, "timed out", code="DEADLINE_EXCEEDED")
+    return base.PeerUnreachable(address, repr(exc))
 
 
 async def _end_detail(call: grpc.aio.StreamStreamCall) -> str:  # type: ignore[type-arg]

@@ -35,8 +35,8 @@ from typing import Protocol
 
 from gossip_agent import errors
 from gossip_agent.core import terms
-from gossip_agent.dataplane import bpfsys, layout
 from gossip_agent.leases import base
+from gossip_agent.system import bpfsys
 
 LOCK_DIR = "leader_lock"  # no dot: bpffs rejects dotted names with EPERM
 RECORD_MAP = "LEADER"
@@ -51,9 +51,9 @@ RECORD_JSON = "LEADER.json"
 # All zero means "never written". Holders are cut to 127 bytes so a C reader always finds a NUL.
 HOLDER_BYTES = 128
 RECORD_STRUCT = struct.Struct(f"={HOLDER_BYTES}sQQ")
-RECORD_SPEC = layout.MapSpec(
+RECORD_SPEC = bpfsys.MapSpec(
     name=RECORD_MAP,
-    map_type=layout.BPF_MAP_TYPE_ARRAY,
+    map_type=bpfsys.BPF_MAP_TYPE_ARRAY,
     key_size=4,
     value_size=RECORD_STRUCT.size,
     max_entries=1,

@@ -52,10 +52,11 @@ import kubernetes.client as k8s
 import kubernetes.config as k8s_config
 import urllib3.exceptions
 
-from gossip_agent import errors, kubeclient
+from gossip_agent import errors
 from gossip_agent.core import beats as beats_mod
 from gossip_agent.core import terms
 from gossip_agent.leases import base, kuberecord
+from gossip_agent.system import kubeclient
 
 log = logging.getLogger("gossip_agent.lease")
 

@@ -41,9 +41,10 @@ import kubernetes.client
 import kubernetes.config
 import urllib3
 
-from gossip_agent import errors, kubeclient
+from gossip_agent import errors
 from gossip_agent.core import coalesce, peers, services, snapshots
 from gossip_agent.sources import base
+from gossip_agent.system import kubeclient
 
 log = logging.getLogger("gossip_agent.sources.kubernetes")
 
@@ -298,7 +299,7 @@ class Reflector:
 
 
 class KubernetesSource(base.RecordsScaleUps):
-    """Scale-up requests are only recorded here: the scaler (scaler/loop.py) scales the
+    """Scale-up requests are only recorded here: the scaler (scaling/loop.py) scales the
     workloads, reading the Services this source keeps in `inventory`."""
 
     kind = "kubernetes"

@@ -1,5 +1,5 @@
 """A short seeded fault campaign per backend (tools/chaos.py): 5 agents in network namespaces,
-25 s of faults while a client writes, then the checker (gossip_agent/testing/chaoscheck.py).
+25 s of faults while a client writes, then the checker (tools/lab/chaoscheck.py).
 
 Each run must have injected faults of at least two kinds and had writes acknowledged by a
 peer, so `violations == []` is a statement about a cluster that was really disturbed; the
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from gossip_agent.testing import netns
+from lab import netns
 from tests.conftest import require, require_bpf
 
 pytestmark = pytest.mark.e2e

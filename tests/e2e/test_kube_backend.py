@@ -1,6 +1,6 @@
 """End to end on COORDINATION_BACKEND=configmap: agent processes, the fake API server, real maps.
 
-Each test runs 3 gossip_agent.localcluster agents (PROFILE=local: LEASE_DURATION=4 s,
+Each test runs 3 lab.localcluster agents (PROFILE=local: LEASE_DURATION=4 s,
 LEASE_RENEW_DEADLINE=3 s, LEASE_RETRY_INTERVAL=0.2 s) with their SERVICE_LIST pinned on bpffs
 (DATAPLANE=bpf), reaching an in-process fakekube.FakeKube through an ordinary kubeconfig file
 (KUBECONFIG), as they would reach a cluster. The maps are read from the pins, independently of
@@ -23,11 +23,10 @@ from typing import Any
 
 import pytest
 
-from gossip_agent import localcluster
 from gossip_agent.core import snapshots, versions
 from gossip_agent.gossip import mirror
 from gossip_agent.leases import kube, kuberecord
-from gossip_agent.testing import fakekube
+from lab import fakekube, localcluster
 from tests.e2e.test_local_cluster import (  # noqa: F401 - fixtures used by name
     Clients,
     clients,

@@ -1,6 +1,6 @@
 """End to end: agent processes with SOURCE=kubernetes against the fake API server.
 
-Three gossip_agent.localcluster agents (real pinned BPF maps, the bpffs lease) reach the fake
+Three lab.localcluster agents (real pinned BPF maps, the bpffs lease) reach the fake
 Kubernetes API over real HTTP through an ordinary kubeconfig (KUBECONFIG), as they would reach a
 cluster. The test changes Services and EndpointSlices on the server and reads every agent's
 pinned SERVICE_LIST directly (bpf(), independently of the agents).
@@ -15,9 +15,8 @@ from typing import Any
 
 import pytest
 
-from gossip_agent import localcluster
 from gossip_agent.core import services
-from gossip_agent.testing import fakekube
+from lab import fakekube, localcluster
 from tests.e2e import test_local_cluster as lc
 from tests.e2e.test_local_cluster import clients, e2e_root, start_cluster  # noqa: F401 (fixtures)
 

@@ -1,13 +1,13 @@
 """End to end: real agent processes on loopback, real pinned BPF maps, the real bpffs lease.
 
-Every test runs gossip_agent.localcluster agents (PROFILE=local, DATAPLANE=bpf: no silent fallback
+Every test runs lab.localcluster agents (PROFILE=local, DATAPLANE=bpf: no silent fallback
 to memory maps) with their pins and their lease under /sys/fs/bpf/gossip-agent-e2e/<uuid>/,
 removed in teardown. Every process is stopped in teardown whatever happened (SIGTERM, SIGKILL
 after a grace period, and a last sweep for any process that still names this test's directory
 in its environment, e.g. agents orphaned by a killed tools/local_cluster.py).
 
 The maps are read independently of the agents: straight from the pins with bpf() (through
-gossip_agent.dataplane.bpfsys: lookups only, never a write) or with bpftool.
+gossip_agent.system.bpfsys: lookups only, never a write) or with bpftool.
 
 Deadlines are liveness bounds with a generous margin for a 2-core machine running several Python
 processes; safety (versions never go backwards, a broken source changes nothing, a map never goes
@@ -43,12 +43,12 @@ import pytest
 import pytest_asyncio
 
 from gossip_agent import agent as agent_mod
-from gossip_agent import localcluster
-from gossip_agent.dataplane import bpfmap, bpfsys, layout
+from gossip_agent.dataplane import bpfmap, layout
 from gossip_agent.leases import bpffs
-from gossip_agent.testing import netns
+from gossip_agent.system import bpfsys
 from gossip_agent.v1 import gossip_pb2 as pb
 from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc
+from lab import localcluster, netns
 from tests.conftest import require
 
 pytestmark = pytest.mark.e2e

@@ -1,6 +1,6 @@
 """End to end in network namespaces: a small cluster of real agent processes, one per node
 namespace, gossiping over a bridge, each enforcing with the real XDP program on the node end of
-its pod's veth, against real UDP packets sent from the pods (gossip_agent.testing.netns).
+its pod's veth, against real UDP packets sent from the pods (lab.netns).
 
 What is checked, on every node:
 - a service the leader sets to 0 is dropped, and the scale-up requests reach the leader; set to
@@ -38,12 +38,11 @@ import grpc
 import grpc.aio
 import pytest
 
-from gossip_agent import localcluster
 from gossip_agent.core import snapshots
 from gossip_agent.dataplane import layout
-from gossip_agent.testing import netns
 from gossip_agent.v1 import dataplane_pb2, dataplane_pb2_grpc
 from gossip_agent.v1 import gossip_pb2 as pb
+from lab import localcluster, netns
 from tests.conftest import require, require_bpf
 from tests.integration import test_scale_requests as scale_tests
 

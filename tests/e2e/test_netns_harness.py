@@ -1,4 +1,4 @@
-"""The namespaced-cluster harness itself (gossip_agent.testing.netns): it cleans up whatever
+"""The namespaced-cluster harness itself (lab.netns): it cleans up whatever
 happens, and sweeps what a killed run left behind without touching live runs.
 
 Later issues build on this harness (Redis and Kubernetes backends, chaos tests), so its cleanup
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from gossip_agent.testing import netns
+from lab import netns
 from tests.e2e.test_netns_cluster import BPFFS_ROOT, PREFIX, require_netns_cluster
 
 pytestmark = pytest.mark.e2e

@@ -15,11 +15,10 @@ import grpc
 import grpc.aio
 import pytest
 
-from gossip_agent import localcluster
 from gossip_agent.core import snapshots
 from gossip_agent.security import tls
-from gossip_agent.testing import certs, netns
 from gossip_agent.v1 import gossip_pb2 as pb
+from lab import certs, localcluster, netns
 from tests.e2e.test_netns_cluster import (
     BPFFS_ROOT,
     CONVERGE_DEADLINE,

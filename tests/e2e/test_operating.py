@@ -1,4 +1,4 @@
-"""End to end, as an operator: agent processes (gossip_agent.localcluster on real pinned BPF maps
+"""End to end, as an operator: agent processes (lab.localcluster on real pinned BPF maps
 and the bpffs lease, as in test_local_cluster) inspected through the aiomonitor console over
 telnet, their JSON logs, and a real Prometheus server scraping them.
 
@@ -33,8 +33,8 @@ from typing import Any
 
 import pytest
 
-from gossip_agent import localcluster
 from gossip_agent.v1 import gossip_pb2 as pb
+from lab import localcluster
 from tests.conftest import require
 from tests.e2e.test_local_cluster import e2e_root, start_cluster  # noqa: F401 - fixtures
 from tests.unit.test_monitoring_manifests import dashboard_exprs

@@ -24,10 +24,10 @@ from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
-from gossip_agent import localcluster
-from gossip_agent import localredis as redisserver
 from gossip_agent.core import snapshots, versions
 from gossip_agent.gossip import mirror
+from lab import localcluster
+from lab import localredis as redisserver
 from tests.conftest import require
 from tests.e2e.test_local_cluster import (
     Agent,

@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from gossip_agent import localcluster
-from gossip_agent import localredis as redisserver
+from lab import localcluster
+from lab import localredis as redisserver
 from tests.conftest import require
 from tests.e2e.test_local_cluster import (
     Clients,

@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from gossip_agent import localcluster
-from gossip_agent import localredis as redisserver
+from lab import localcluster
+from lab import localredis as redisserver
 from tests.e2e.test_local_cluster import (
     Clients,
     assert_never_backwards,

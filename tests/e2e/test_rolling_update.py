@@ -29,9 +29,8 @@ import grpc
 import grpc.aio
 import pytest
 
-from gossip_agent import localcluster
-from gossip_agent.testing import fakekube, netns
 from gossip_agent.v1 import gossip_pb2 as pb
+from lab import fakekube, localcluster, netns
 from tests.conftest import require
 from tests.e2e import test_netns_cluster as nc
 from tests.e2e import test_scaling_netns as sc

@@ -1,6 +1,6 @@
 """End to end: the cluster-wide scale-to-zero loop with real packets through real XDP programs.
 
-Three agent processes in network namespaces (gossip_agent.testing.netns) with SOURCE=kubernetes
+Three agent processes in network namespaces (lab.netns) with SOURCE=kubernetes
 reach the fake Kubernetes API server, which listens on an extra host of the cluster network
 (its socket made inside that namespace; the objects are read and changed in-process). The test
 plays the endpoint controller: an EndpointSlice follows the Deployment's replicas, so what the
@@ -34,11 +34,10 @@ from typing import Any
 
 import pytest
 
-from gossip_agent import localcluster
 from gossip_agent.core import policy, services
-from gossip_agent.scaler import workloads
-from gossip_agent.testing import fakekube, netns
+from gossip_agent.scaling import base as workloads
 from gossip_agent.v1 import gossip_pb2 as pb
+from lab import fakekube, localcluster, netns
 from tests.e2e import test_netns_cluster as nc
 from tests.unit import test_manifests as manifests
 

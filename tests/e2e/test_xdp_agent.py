@@ -26,7 +26,8 @@ from typing import Any
 
 import pytest
 
-from gossip_agent.dataplane import bpfsys, layout
+from gossip_agent.dataplane import layout
+from gossip_agent.system import bpfsys
 from tests.conftest import BPFFS_TEST_ROOT, remove_bpffs_tree, require, require_bpf
 from tests.integration import xdp_net
 

@@ -29,8 +29,7 @@ from typing import Any
 import grpc.aio
 import pytest
 
-from gossip_agent import localcluster
-from gossip_agent.testing import netns
+from lab import localcluster, netns
 from tests.e2e import test_netns_cluster as nc
 from tests.unit import test_manifests as manifests
 

@@ -1,4 +1,4 @@
-"""Fixtures shared by the integration tests: certificates (gossip_agent.testing.certs)."""
+"""Fixtures shared by the integration tests: certificates (lab.certs)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gossip_agent.security import tls
-from gossip_agent.testing import certs
+from lab import certs
 
 
 @dataclasses.dataclass

@@ -19,7 +19,8 @@ import pytest
 
 from gossip_agent import errors
 from gossip_agent.core import diff, snapshots, versions
-from gossip_agent.dataplane import base, bpfmap, bpfsys, layout
+from gossip_agent.dataplane import base, bpfmap, layout
+from gossip_agent.system import bpfsys
 from tests.conftest import require_bpf
 
 pytestmark = pytest.mark.integration

@@ -1,5 +1,5 @@
 """Memory stays bounded under churn: real agents on 127.0.0.1 whose peers are replaced 200
-times by agents on new addresses (gossip_agent.testing.churn: pod-IP churn through the same
+times by agents on new addresses (lab.churn: pod-IP churn through the same
 Membership.set_discovered a DNS refresh uses), with channels, push streams, reports and a
 leader's traffic facts flowing to every new address.
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from gossip_agent.testing import churn
+from lab import churn
 
 pytestmark = pytest.mark.integration
 

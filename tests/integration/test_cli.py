@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from gossip_agent import config, localcluster
+from gossip_agent import config
 from gossip_agent.dataplane import bpfmap
 from gossip_agent.v1 import gossip_pb2 as pb
+from lab import localcluster
 from tests.conftest import require
 from tests.integration import test_grpc_api as api
 

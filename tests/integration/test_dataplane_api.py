@@ -9,9 +9,8 @@ import grpc.aio
 import pytest
 import pytest_asyncio
 
-from gossip_agent import liveness
 from gossip_agent.api import dataplane as dataplane_api
-from gossip_agent.dataplane import bpfmap, enforcer, events, layout, memory, xdp
+from gossip_agent.dataplane import bpfmap, enforcer, events, layout, liveness, memory, xdp
 from gossip_agent.v1 import dataplane_pb2 as pb
 from gossip_agent.v1 import dataplane_pb2_grpc as pb_grpc
 from tests.integration import xdp_net

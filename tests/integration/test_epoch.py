@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gossip_agent import localcluster
-from gossip_agent import localredis as redisserver
 from gossip_agent.leases import bpffs
+from lab import localcluster
+from lab import localredis as redisserver
 from tests.integration.test_grpc_api import ELECTION_DEADLINE, address, running_agents
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from kubernetes import client, config, watch
 
-from gossip_agent.testing import fakekube
+from lab import fakekube
 from tests.conftest import require
 
 pytestmark = pytest.mark.integration

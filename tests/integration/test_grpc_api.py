@@ -28,15 +28,16 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gossip_agent import agent as agent_mod
-from gossip_agent import config, errors, localcluster
+from gossip_agent import config, errors
 from gossip_agent.core import snapshots, versions
-from gossip_agent.dataplane import bpfsys
 from gossip_agent.gossip import wire
 from gossip_agent.leases import base as lease_base
 from gossip_agent.leases import bpffs
 from gossip_agent.security import setup as security_setup
+from gossip_agent.system import bpfsys
 from gossip_agent.v1 import gossip_pb2 as pb
 from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc
+from lab import localcluster
 from tests.conftest import require
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from gossip_agent import agent as agent_mod
-from gossip_agent import config, localcluster
+from gossip_agent import config
+from lab import localcluster
 from tests.integration import xdp_net
 from tests.integration.test_grpc_api import agent_env, settle
 

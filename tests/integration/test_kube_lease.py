@@ -19,7 +19,7 @@ from gossip_agent import errors
 from gossip_agent.core import beats, snapshots, versions
 from gossip_agent.gossip import mirror
 from gossip_agent.leases import kube, kuberecord
-from gossip_agent.testing import fakekube
+from lab import fakekube
 
 pytestmark = pytest.mark.integration
 

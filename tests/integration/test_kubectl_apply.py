@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from gossip_agent.testing import fakekube
+from lab import fakekube
 from tests.conftest import require
 from tests.unit import test_docs_and_manifests as docs
 from tests.unit import test_manifests as manifests

@@ -23,7 +23,7 @@ import pytest_asyncio
 from gossip_agent.core import services, snapshots
 from gossip_agent.sources import base
 from gossip_agent.sources import kubernetes as kube_source
-from gossip_agent.testing import fakekube
+from lab import fakekube
 
 pytestmark = pytest.mark.integration
 

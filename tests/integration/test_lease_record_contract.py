@@ -12,10 +12,10 @@ import pytest
 import pytest_asyncio
 from kubernetes import config as kube_config
 
-from gossip_agent import localredis as redisserver
 from gossip_agent.core import beats
 from gossip_agent.leases import base, bpffs, kube, memory
 from gossip_agent.leases import redis as redis_lease
+from lab import localredis as redisserver
 
 pytestmark = pytest.mark.integration
 

@@ -23,10 +23,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import parser as prom_parser
 
 from gossip_agent import agent as agent_mod
-from gossip_agent import config, localcluster
+from gossip_agent import config
 from gossip_agent.api import probes
 from gossip_agent.dataplane import events
 from gossip_agent.v1 import gossip_pb2 as pb
+from lab import localcluster
 from tests.conftest import require
 from tests.integration.test_grpc_api import (
     RPC_DEADLINE,

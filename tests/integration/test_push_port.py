@@ -27,14 +27,15 @@ import grpc
 import grpc.aio
 import pytest
 
-from gossip_agent import localcluster
 from gossip_agent.api import server as server_mod
 from gossip_agent.core import snapshots
+from gossip_agent.gossip import base as gossip_base
 from gossip_agent.gossip import frames, wire
 from gossip_agent.gossip import transport as transport_mod
 from gossip_agent.security import tls
 from gossip_agent.v1 import gossip_pb2 as pb
 from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc
+from lab import localcluster
 from tests.integration.conftest import Pki
 from tests.integration.test_grpc_api import (
     CONVERGE_DEADLINE,
@@ -289,7 +290,7 @@ async def test_a_follower_that_reads_nothing_fails_the_push_after_the_timeout() 
     try:
         await until_linked(transport, target)
         started = time.monotonic()
-        with pytest.raises(transport_mod.PeerUnreachable) as caught:
+        with pytest.raises(gossip_base.PeerUnreachable) as caught:
             while time.monotonic() - started < 10 * ELECTION_DEADLINE:
                 await transport.push(target, b"\0" * (MAX_MESSAGE_BYTES // 2), timeout=0.5)
                 await asyncio.sleep(0.05)
@@ -314,7 +315,7 @@ async def test_a_refusal_on_the_port_reaches_the_pusher_with_its_code(tmp_path: 
                 max_message_bytes=MAX_MESSAGE_BYTES,
                 metadata=(("x-gossip-agent-cluster", "red"),))
             try:
-                with pytest.raises(transport_mod.PeerUnreachable) as caught:
+                with pytest.raises(gossip_base.PeerUnreachable) as caught:
                     await until_linked(transport, target)
                     for _ in range(50):
                         await transport.push(target, snapshot_bytes(5, 1, {1: 1}), timeout=1.0)

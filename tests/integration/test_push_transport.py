@@ -17,6 +17,7 @@ import grpc.aio
 import pytest
 
 from gossip_agent.api import server as server_mod
+from gossip_agent.gossip import base as gossip_base
 from gossip_agent.gossip import transport as transport_mod
 
 pytestmark = pytest.mark.integration
@@ -51,7 +52,7 @@ async def test_a_write_a_peer_never_reads_fails_after_the_timeout_and_drops_its_
     transport = transport_mod.GrpcTransport(max_message_bytes=MAX_MESSAGE_BYTES)
     try:
         started = time.monotonic()
-        with pytest.raises(transport_mod.PeerUnreachable) as caught:
+        with pytest.raises(gossip_base.PeerUnreachable) as caught:
             for _ in range(4):  # the first write that flow control holds back
                 await transport.push(address, BLOCKING_PAYLOAD, timeout=0.5)
         elapsed = time.monotonic() - started

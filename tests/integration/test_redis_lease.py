@@ -21,8 +21,8 @@ import pytest
 import pytest_asyncio
 
 from gossip_agent import errors
-from gossip_agent import localredis as redisserver
 from gossip_agent.leases import redis as redis_lease
+from lab import localredis as redisserver
 from tests.conftest import require
 
 pytestmark = pytest.mark.integration

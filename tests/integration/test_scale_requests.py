@@ -22,9 +22,10 @@ import pytest
 
 from gossip_agent import agent as agent_mod
 from gossip_agent.core import reports, snapshots
-from gossip_agent.dataplane import bpfsys, events
+from gossip_agent.dataplane import events
 from gossip_agent.leases import bpffs
 from gossip_agent.sources import base as source_base
+from gossip_agent.system import bpfsys
 from gossip_agent.v1 import compat_pb2
 from gossip_agent.v1 import gossip_pb2 as pb
 from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc

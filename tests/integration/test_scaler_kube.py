@@ -19,12 +19,14 @@ from typing import Any
 
 import pytest
 
-from gossip_agent import errors, telemetry
+from gossip_agent import errors
 from gossip_agent.core import policy, scaling, traffic
-from gossip_agent.scaler import kube, loop, workloads
+from gossip_agent.observability import telemetry
+from gossip_agent.scaling import base as workloads
+from gossip_agent.scaling import kube, loop
 from gossip_agent.sources import base as source_base
 from gossip_agent.sources import kubernetes as kube_source
-from gossip_agent.testing import fakekube
+from lab import fakekube
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """Mutual TLS, cluster identity and admin writes on real agents (gossip_agent.security).
 
-Agents run in-process on loopback with certificates from gossip_agent.testing.certs (a CA,
+Agents run in-process on loopback with certificates from lab.certs (a CA,
 one certificate per agent carrying the shared name `gossip-agent`, an admin certificate,
 another CA, an expired certificate). Clients are real grpc channels, grpcurl and the CLI.
 """
@@ -20,13 +20,12 @@ import grpc.aio
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gossip_agent import localcluster
 from gossip_agent.api import probes, server
 from gossip_agent.core import snapshots
 from gossip_agent.security import cluster, identity, tls
-from gossip_agent.testing import certs
 from gossip_agent.v1 import gossip_pb2 as pb
 from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc
+from lab import certs, localcluster
 from tests.conftest import require
 from tests.integration.conftest import Pki
 from tests.integration.test_grpc_api import (

@@ -13,12 +13,12 @@ import grpc
 import grpc.aio
 import pytest
 
-from gossip_agent import localcluster
-from gossip_agent import localredis as redisserver
 from gossip_agent.core import snapshots, versions
 from gossip_agent.gossip import wire
 from gossip_agent.security import cluster, tls
 from gossip_agent.v1 import gossip_pb2 as pb
+from lab import localcluster
+from lab import localredis as redisserver
 from tests.integration.conftest import Pki
 from tests.integration.test_grpc_api import ELECTION_DEADLINE, address, poll, running_agents
 from tests.integration.test_security import converged, get_state, set_service

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from gossip_agent import liveness
-from gossip_agent.dataplane import bpfmap, bpfsys, events, layout, xdp
+from gossip_agent.dataplane import bpfmap, events, layout, liveness, xdp
 from gossip_agent.dataplane import enforcer as enforcer_mod
+from gossip_agent.system import bpfsys
 from tests.conftest import BPFFS_TEST_ROOT, remove_bpffs_tree
 from tests.integration import xdp_net
 

@@ -31,7 +31,8 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from gossip_agent.core import diff, versions
-from gossip_agent.dataplane import bpfmap, bpfsys, layout
+from gossip_agent.dataplane import bpfmap, layout
+from gossip_agent.system import bpfsys
 from tests.conftest import require
 
 PREFIX = "ga4a"

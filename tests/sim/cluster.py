@@ -13,11 +13,12 @@ from collections.abc import Callable
 
 from gossip_agent.core import peers
 from gossip_agent.dataplane import memory as memory_dataplane
-from gossip_agent.gossip import antientropy, memnet
+from gossip_agent.gossip import antientropy
 from gossip_agent.gossip import engine as engine_mod
 from gossip_agent.gossip import leader as leader_mod
+from gossip_agent.gossip import memory as memnet
 from gossip_agent.leases import memory as memory_lease
-from gossip_agent.sources import api as api_source
+from gossip_agent.sources import memory as api_source
 
 TIMING = leader_mod.Timing(
     retry_interval=0.05, renew_interval=0.05, coalesce_window=0.0, write_ack_timeout=0.3

@@ -9,7 +9,8 @@ import pytest
 from gossip_agent.core import peers, snapshots, versions
 from gossip_agent.dataplane import memory
 from gossip_agent.gossip import engine as engine_mod
-from gossip_agent.gossip import memnet, wire
+from gossip_agent.gossip import memory as memnet
+from gossip_agent.gossip import wire
 from gossip_agent.v1 import gossip_pb2 as pb
 
 pytestmark = pytest.mark.sim

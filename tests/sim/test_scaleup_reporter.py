@@ -11,9 +11,9 @@ import pytest
 
 from gossip_agent.core import peers, reports, snapshots
 from gossip_agent.dataplane import events
-from gossip_agent.scaleup import hub as hub_mod
-from gossip_agent.scaleup import reporter as reporter_mod
-from gossip_agent.scaleup import wire
+from gossip_agent.scaling import hub as hub_mod
+from gossip_agent.scaling import reporter as reporter_mod
+from gossip_agent.scaling import wire
 from gossip_agent.v1 import compat_pb2
 from gossip_agent.v1 import gossip_pb2 as pb
 

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from gossip_agent.dataplane import layout
+from gossip_agent.system import bpfsys
 
 pytestmark = pytest.mark.unit
 
@@ -34,7 +35,7 @@ def test_program_declares_every_pinned_map_of_the_layout_with_its_c_types() -> N
         if spec.name == layout.SERVICE_LIST_META:
             continue  # written and read by the agent only; the program never needs it
         kind, key, value, entries = declared[spec.name]
-        assert kind == layout.MAP_TYPE_NAMES[spec.map_type], spec.name
+        assert kind == bpfsys.MAP_TYPE_NAMES[spec.map_type], spec.name
         assert (key, value) == (c_types[spec.key_size], c_types[spec.value_size]), spec.name
         expected = "1" if spec.max_entries == 1 else "SERVICE_LIST_MAX_ENTRIES"
         assert entries == expected, spec.name

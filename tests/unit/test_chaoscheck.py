@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gossip_agent.testing import chaoscheck as cc
+from lab import chaoscheck as cc
 
 pytestmark = pytest.mark.unit
 

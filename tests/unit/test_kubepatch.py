@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gossip_agent.testing import kubepatch
+from lab import kubepatch
 
 pytestmark = pytest.mark.unit
 

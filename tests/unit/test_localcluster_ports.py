@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from gossip_agent import localcluster
+from lab import localcluster
 
 pytestmark = pytest.mark.unit
 

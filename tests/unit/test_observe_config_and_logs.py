@@ -9,7 +9,8 @@ import logging
 
 import pytest
 
-from gossip_agent import config, errors, logs, observe
+from gossip_agent import config, errors
+from gossip_agent.observability import logs, observe
 
 pytestmark = pytest.mark.unit
 

@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from gossip_agent import config, errors, liveness
-from gossip_agent.dataplane import enforcer, events, interfaces
+from gossip_agent import config, errors
+from gossip_agent.dataplane import enforcer, events, interfaces, liveness
 
 pytestmark = pytest.mark.unit
 

@@ -15,7 +15,7 @@ import dataclasses
 
 from gossip_agent import errors
 from gossip_agent.core import reports, snapshots, traffic
-from gossip_agent.scaleup import hub
+from gossip_agent.scaling import hub
 from gossip_agent.v1 import gossip_pb2 as pb
 
 # Longest node name accepted in a report: a Kubernetes node name is a DNS subdomain.

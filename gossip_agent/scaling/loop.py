@@ -31,9 +31,10 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 
-from gossip_agent import errors, telemetry
+from gossip_agent import errors
 from gossip_agent.core import policy, scaling, snapshots, traffic
-from gossip_agent.scaler import workloads as workloads_mod
+from gossip_agent.observability import telemetry
+from gossip_agent.scaling import base as workloads_mod
 from gossip_agent.sources import base as source_base
 
 log = logging.getLogger("gossip_agent.scaler")

@@ -13,14 +13,14 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from gossip_agent import config as config_mod
-from gossip_agent import telemetry as telemetry_mod
 from gossip_agent.core import scaling as scaling_mod
 from gossip_agent.gossip import leader as leader_mod
+from gossip_agent.observability import telemetry as telemetry_mod
 
 if TYPE_CHECKING:
-    from gossip_agent import console, metrics
     from gossip_agent.dataplane import enforcer as enforcer_mod
     from gossip_agent.dataplane import events
+    from gossip_agent.observability import console, metrics
 
 log = logging.getLogger("gossip_agent")
 
@@ -59,7 +59,7 @@ class Observer:
         self.metrics_server: metrics.MetricsServer | None = None
         self.monitor: console.AgentMonitor | None = None
         if cfg.observe.metrics_port:
-            from gossip_agent import metrics
+            from gossip_agent.observability import metrics
 
             self.metrics = metrics.Metrics()
         self.telemetry: telemetry_mod.Telemetry = self.metrics or telemetry_mod.Recorder()
@@ -72,7 +72,7 @@ class Observer:
         scaling: whether this node is blind and the leader's scale-down verdicts."""
         observe = self._cfg.observe
         if self.metrics is not None:
-            from gossip_agent import metrics
+            from gossip_agent.observability import metrics
 
             self.metrics.watch(leadership=leadership, node=self._cfg.node.name,
                                scale_events=scale_events, enforcer=enforcer, scaling=scaling)
@@ -86,7 +86,7 @@ class Observer:
         self, leadership: leader_mod.Leadership, scale_events: events.EventHub,
         enforcer: enforcer_mod.Enforcer | None, scaling: scaling_mod.Status,
     ) -> console.AgentMonitor:
-        from gossip_agent import console
+        from gossip_agent.observability import console
 
         observe = self._cfg.observe
         ports = console.Ports(

@@ -15,7 +15,7 @@ from collections.abc import Collection, Iterable
 from typing import Protocol
 
 from gossip_agent import errors
-from gossip_agent.gossip import transport, wire
+from gossip_agent.gossip import base, wire
 from gossip_agent.v1 import gossip_pb2 as pb
 
 
@@ -72,7 +72,7 @@ class MemoryNetwork:
             await asyncio.sleep(self.rng.uniform(low, high))
         if not self._reachable(src, dst) or self.rng.random() < self.loss:
             self.dropped += 1
-            raise transport.PeerUnreachable(dst, "unreachable (simulated)", code="UNAVAILABLE")
+            raise base.PeerUnreachable(dst, "unreachable (simulated)", code="UNAVAILABLE")
         self.delivered += 1
         return self._handlers[dst]
 
@@ -84,9 +84,9 @@ class MemoryTransport:
     def __init__(self, network: MemoryNetwork, address: str) -> None:
         self._net = network
         self._address = address
-        self._on_ack: transport.AckHandler = lambda address, ack: None
+        self._on_ack: base.AckHandler = lambda address, ack: None
 
-    def set_ack_handler(self, handler: transport.AckHandler) -> None:
+    def set_ack_handler(self, handler: base.AckHandler) -> None:
         self._on_ack = handler
 
     async def push(self, address: str, payload: bytes, *, timeout: float) -> None:
@@ -95,9 +95,9 @@ class MemoryTransport:
         try:
             ack = handler.handle_push(message)
         except errors.GossipAgentError as exc:
-            raise transport.PeerUnreachable(address, str(exc), code="INVALID_ARGUMENT") from exc
+            raise base.PeerUnreachable(address, str(exc), code="INVALID_ARGUMENT") from exc
         if wire.ack_wanted(message, ack):
-            with contextlib.suppress(transport.PeerUnreachable):  # acks can be lost too
+            with contextlib.suppress(base.PeerUnreachable):  # acks can be lost too
                 await self._net._travel(address, self._address)
                 self._on_ack(address, ack)
 
@@ -109,7 +109,7 @@ class MemoryTransport:
         try:
             reply = handler.handle_exchange(parsed)
         except errors.GossipAgentError as exc:
-            raise transport.PeerUnreachable(address, str(exc), code="INVALID_ARGUMENT") from exc
+            raise base.PeerUnreachable(address, str(exc), code="INVALID_ARGUMENT") from exc
         await self._net._travel(address, self._address)  # the reply can be lost too
         return wire.parse(pb.ExchangeReply, reply.SerializeToString())
 

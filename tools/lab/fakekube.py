@@ -63,7 +63,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from gossip_agent.testing import kubepatch
+from lab import kubepatch
 
 JSON = Any
 
@@ -1020,7 +1020,7 @@ def _verb(method: str, target: Target, query: dict[str, str]) -> str:
 
 
 def main() -> None:
-    """Runs a fake API server for local experiments: python -m gossip_agent.testing.fakekube."""
+    """Runs a fake API server for local experiments: PYTHONPATH=tools python -m lab.fakekube."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)

@@ -22,8 +22,9 @@ from gossip_agent import errors
 from gossip_agent.core import peers, policy, scaling, services, traffic
 from gossip_agent.gossip import engine as engine_mod
 from gossip_agent.gossip import leader as leader_mod
-from gossip_agent.scaler import loop, workloads
-from gossip_agent.scaleup import service as scaleup_service
+from gossip_agent.scaling import base as workloads
+from gossip_agent.scaling import loop
+from gossip_agent.scaling import scaleups as scaleup_service
 
 log = logging.getLogger("gossip_agent.scaler")
 

@@ -34,11 +34,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from gossip_agent import agent as agent_mod
-from gossip_agent import config, localcluster
+from gossip_agent import config
 from gossip_agent.core import peers, scaling, snapshots
-from gossip_agent.scaler import loop as scaler_loop
-from gossip_agent.scaler import service as scaler_service
-from gossip_agent.scaler import workloads
+from gossip_agent.scaling import loop as scaler_loop
+from gossip_agent.scaling import memory as workloads_memory
+from gossip_agent.scaling import scaler as scaler_service
+from lab import localcluster
 
 SERVICE = snapshots.parse_ip("10.96.7.7")
 # Seconds: the visitors' summaries and the leader's scale-down rounds (which forget the facts
@@ -157,7 +158,7 @@ class Soak:
             ready=scaler_service.ready_of(leader.engine),
             live_nodes=scaler_service.live_nodes_of(leader.engine),
             leading=lambda: leader.leadership.leading, proven=leader.lease.proven,
-            workloads=workloads.MemoryWorkloads(),
+            workloads=workloads_memory.MemoryWorkloads(),
             timing=scaler_loop.Timing(cooldown_ns=scaling.NS, window_ns=scaling.NS,
                                       round_interval=REPORT_INTERVAL),
             telemetry=leader.engine.telemetry, status=scaling.Status())

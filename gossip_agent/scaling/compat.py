@@ -15,7 +15,7 @@ from __future__ import annotations
 from gossip_agent import errors
 from gossip_agent.core import reports, snapshots, traffic
 from gossip_agent.gossip import wire as gossip_wire
-from gossip_agent.scaleup import wire
+from gossip_agent.scaling import wire
 from gossip_agent.v1 import compat_pb2
 from gossip_agent.v1 import gossip_pb2 as pb
 

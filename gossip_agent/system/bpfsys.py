@@ -39,7 +39,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from gossip_agent import errors
-from gossip_agent.dataplane import layout
 
 BPF_FS_MAGIC = 0xCAFE4A11  # statfs f_type of a bpffs mount (include/uapi/linux/magic.h)
 BPF_ANY = 0  # update flag: create or overwrite
@@ -47,6 +46,42 @@ ENOTSUPP = 524  # kernel-internal "operation not supported" that leaks out of bp
 # errnos meaning "no batch command for this map / kernel" (batch ops arrived in Linux 5.6).
 _NO_BATCH = frozenset({errno_codes.EINVAL, errno_codes.EOPNOTSUPP, ENOTSUPP})
 _U32 = struct.Struct("=I")
+
+# Kernel enum bpf_map_type values (include/uapi/linux/bpf.h); stable UAPI.
+BPF_MAP_TYPE_HASH = 1
+BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_LRU_HASH = 9
+BPF_MAP_TYPE_LRU_PERCPU_HASH = 10
+
+BPF_MAP_TYPE_PERCPU_HASH = 5
+BPF_MAP_TYPE_PERCPU_ARRAY = 6
+# Maps whose values the kernel keeps once per possible CPU.
+PERCPU_TYPES = frozenset({BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY,
+                          BPF_MAP_TYPE_LRU_PERCPU_HASH})
+
+MAP_TYPE_NAMES = {
+    BPF_MAP_TYPE_HASH: "hash",
+    BPF_MAP_TYPE_ARRAY: "array",
+    BPF_MAP_TYPE_LRU_HASH: "lru_hash",
+    BPF_MAP_TYPE_LRU_PERCPU_HASH: "lru_percpu_hash",
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MapSpec:
+    """What a pinned map must be; an existing pin is checked against every field."""
+
+    name: str  # the pin's file name and the map name (the kernel keeps the first 15 bytes)
+    map_type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+
+    def describe(self) -> str:
+        kind = MAP_TYPE_NAMES.get(self.map_type, f"type {self.map_type}")
+        return (
+            f"{kind} key {self.key_size}B value {self.value_size}B max_entries {self.max_entries}"
+        )
 
 
 class BpfError(errors.DataPlaneError):
@@ -121,8 +156,8 @@ class MapInfo:
     map_flags: int
     name: str
 
-    def as_spec(self) -> layout.MapSpec:
-        return layout.MapSpec(
+    def as_spec(self) -> MapSpec:
+        return MapSpec(
             self.name, self.map_type, self.key_size, self.value_size, self.max_entries
         )
 
@@ -143,7 +178,7 @@ def map_info(fd: int, *, path: str) -> MapInfo:
     )
 
 
-def _check_compatible(info: MapInfo, spec: layout.MapSpec, *, path: str) -> None:
+def _check_compatible(info: MapInfo, spec: MapSpec, *, path: str) -> None:
     found = info.as_spec()
     if (found.map_type, found.key_size, found.value_size, found.max_entries) != (
         spec.map_type,
@@ -162,7 +197,7 @@ def _check_compatible(info: MapInfo, spec: layout.MapSpec, *, path: str) -> None
 # --- create, pin, open ------------------------------------------------------------------------
 
 
-def create_map(spec: layout.MapSpec, *, path: str) -> int:
+def create_map(spec: MapSpec, *, path: str) -> int:
     """A new, unpinned map; returns its fd (close-on-exec, as the kernel makes every bpf fd)."""
     lib = _lib()
     return _call(
@@ -188,7 +223,7 @@ def _obj_get(path: str) -> int | None:
         raise
 
 
-def _get_or_create(path: str, spec: layout.MapSpec) -> int:
+def _get_or_create(path: str, spec: MapSpec) -> int:
     """Race-safe: get; on ENOENT create and pin; if another process pinned first, get theirs.
 
     bpf_obj_pin fails with EEXIST rather than replacing a pin, so two agents racing here end
@@ -212,22 +247,22 @@ def _get_or_create(path: str, spec: layout.MapSpec) -> int:
 class PinnedMap:
     """An open fd on a pinned map, whose errors name the pin path."""
 
-    def __init__(self, fd: int, *, path: str, spec: layout.MapSpec) -> None:
+    def __init__(self, fd: int, *, path: str, spec: MapSpec) -> None:
         self.fd = fd
         self.path = path
         self.spec = spec
 
     @classmethod
-    def open_or_create(cls, path: str, spec: layout.MapSpec) -> PinnedMap:
+    def open_or_create(cls, path: str, spec: MapSpec) -> PinnedMap:
         return cls._checked(_get_or_create(path, spec), path, spec)
 
     @classmethod
-    def open_existing(cls, path: str, spec: layout.MapSpec) -> PinnedMap | None:
+    def open_existing(cls, path: str, spec: MapSpec) -> PinnedMap | None:
         fd = _obj_get(path)
         return None if fd is None else cls._checked(fd, path, spec)
 
     @classmethod
-    def _checked(cls, fd: int, path: str, spec: layout.MapSpec) -> PinnedMap:
+    def _checked(cls, fd: int, path: str, spec: MapSpec) -> PinnedMap:
         try:
             _check_compatible(map_info(fd, path=path), spec, path=path)
         except BaseException:
@@ -244,7 +279,7 @@ class PinnedMap:
     def value_bytes(self) -> int:
         """Bytes of one value as bpf() passes it: per-CPU maps hold one 8-byte aligned copy
         per possible CPU."""
-        if self.spec.map_type in layout.PERCPU_TYPES:
+        if self.spec.map_type in PERCPU_TYPES:
             return possible_cpus() * ((self.spec.value_size + 7) // 8 * 8)
         return self.spec.value_size
 
@@ -484,5 +519,5 @@ def possible_cpus() -> int:
 
 def probe_map_create() -> None:
     """Creates and closes a 1-entry map: proves bcc loads and bpf() works (privileges)."""
-    spec = layout.MapSpec("probe", layout.BPF_MAP_TYPE_ARRAY, 4, 4, 1)
+    spec = MapSpec("probe", BPF_MAP_TYPE_ARRAY, 4, 4, 1)
     os.close(create_map(spec, path="(probe map, not pinned)"))

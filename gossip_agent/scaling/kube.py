@@ -1,4 +1,4 @@
-"""Workloads (scaler/workloads.py) through the official kubernetes client.
+"""Workloads (scaling/base.py) through the official kubernetes client.
 
 - /scale of Deployments and StatefulSets: read, then a merge PATCH carrying the read
   resourceVersion, which the API server treats as a precondition (409 Conflict when the
@@ -24,7 +24,7 @@ import kubernetes.client
 import urllib3
 
 from gossip_agent import errors
-from gossip_agent.scaler import workloads
+from gossip_agent.scaling import base as workloads
 
 log = logging.getLogger("gossip_agent.scaler")
 

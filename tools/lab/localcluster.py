@@ -204,10 +204,10 @@ def _observe(agent: AgentProcess, ports: Sequence[int]) -> None:
 
 
 def _issue_certificates(agents: Sequence[AgentProcess], directory: str) -> tls.ChannelFactory:
-    """Certificates from a fresh CA (gossip_agent.testing.certs: the `test` extra)."""
+    """Certificates from a fresh CA (lab.certs: the `test` extra)."""
     from pathlib import Path
 
-    from gossip_agent.testing import certs
+    from lab import certs
 
     ca = certs.authority(Path(directory))
     for agent in agents:

@@ -23,8 +23,8 @@ from gossip_agent import errors
 from gossip_agent.gossip import engine as engine_mod
 from gossip_agent.gossip import leader as leader_mod
 from gossip_agent.gossip import transport
-from gossip_agent.scaleup import compat, reporter
-from gossip_agent.scaleup import inbox as inbox_mod
+from gossip_agent.scaling import compat, reporter
+from gossip_agent.scaling import inbox as inbox_mod
 from gossip_agent.v1 import gossip_pb2 as pb
 
 Report = reporter.Report

@@ -47,9 +47,10 @@ import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 
-from gossip_agent.dataplane import bpfsys, layout
+from gossip_agent.dataplane import layout
+from gossip_agent.system import bpfsys
 
-log = logging.getLogger("gossip_agent.testing.netns")
+log = logging.getLogger("lab.netns")
 
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/run/netns"

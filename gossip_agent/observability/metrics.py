@@ -27,13 +27,13 @@ from aiohttp import web
 from prometheus_client import core as prom_core
 from prometheus_client import exposition, registry, utils
 
-from gossip_agent import telemetry
 from gossip_agent.core import peers
 from gossip_agent.core import scaling as scaling_mod
 from gossip_agent.dataplane import enforcer as enforcer_mod
 from gossip_agent.dataplane import events
 from gossip_agent.gossip import engine as engine_mod
 from gossip_agent.gossip import leader as leader_mod
+from gossip_agent.observability import telemetry
 
 log = logging.getLogger("gossip_agent.metrics")
 

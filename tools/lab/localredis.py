@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from gossip_agent import localcluster
+from lab import localcluster
 
 START_TIMEOUT = 10.0  # seconds for redis-server to answer PING (it takes ~10 ms when idle)
 

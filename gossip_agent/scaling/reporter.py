@@ -33,8 +33,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from gossip_agent.core import peers, reports, snapshots, traffic
 from gossip_agent.dataplane import events as events_mod
-from gossip_agent.scaleup import compat, wire
-from gossip_agent.scaleup import hub as hub_mod
+from gossip_agent.scaling import compat, wire
+from gossip_agent.scaling import hub as hub_mod
 from gossip_agent.v1 import compat_pb2
 from gossip_agent.v1 import gossip_pb2 as pb
 

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from gossip_agent import errors
 from gossip_agent.core import reports, snapshots, traffic
 from gossip_agent.gossip import leader as leader_mod
-from gossip_agent.scaleup import hub as hub_mod
-from gossip_agent.scaleup import wire
+from gossip_agent.scaling import hub as hub_mod
+from gossip_agent.scaling import wire
 from gossip_agent.sources import base as source_base
 
 log = logging.getLogger("gossip_agent.scaleup")

@@ -12,10 +12,10 @@ from gossip_agent.dataplane import events as events_mod
 from gossip_agent.gossip import engine as engine_mod
 from gossip_agent.gossip import leader as leader_mod
 from gossip_agent.gossip import transport
-from gossip_agent.scaleup import hub as hub_mod
-from gossip_agent.scaleup import inbox as inbox_mod
-from gossip_agent.scaleup import reporter as reporter_mod
-from gossip_agent.scaleup import route
+from gossip_agent.scaling import hub as hub_mod
+from gossip_agent.scaling import inbox as inbox_mod
+from gossip_agent.scaling import reporter as reporter_mod
+from gossip_agent.scaling import route
 from gossip_agent.sources import base as source_base
 
 

@@ -4,7 +4,7 @@ Counters that are plain state (messages received by kind and result, exchanges, 
 engine.Stats and are read when someone looks (console, a scrape). This Protocol carries only what
 must be observed at the moment it happens: a distribution (adoption latency, map apply time) or
 an event outside the engine (lease acquired or lost, a scale-up request). One small object is
-passed in; gossip_agent.metrics implements it with prometheus_client, and Recorder below keeps
+passed in; observability.metrics implements it with prometheus_client, and Recorder below keeps
 the events in memory for tests, simulations and agents without METRICS_PORT.
 
 Contract: every method is synchronous, cheap (called on the event loop, on the hot path of an

@@ -1,1 +1,0 @@
-"""The leader's scaling of workloads: cluster-wide facts in, /scale writes out."""

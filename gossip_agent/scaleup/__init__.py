@@ -1,1 +1,0 @@
-"""Scale-up requests: from the XDP program's events to the leader's source."""

@@ -1,1 +1,0 @@
-"""Test doubles of the outside world (fake Kubernetes API, network namespaces), over real I/O."""
