@@ -6,8 +6,10 @@ telemetry as an agent with METRICS_PORT has, behind the real Gossip server handl
 (api/server.py) on 127.0.0.1. This process is the leader's side of one peer: a GrpcTransport
 writing leader.Publication payloads (a full snapshot of 1024 entries first, then one-entry
 deltas, as the leader pushes them) on one PushStream, one every --gap seconds, each asking for
-an acknowledgement or none (--ack). --bare swaps the handler for one that reads and drops
-each message: what grpc.aio alone costs.
+an acknowledgement or none (--ack). The follower opens its push port (PUSH_PORT=0) and
+announces it on the stream, as an agent does, so the writer moves its pushes there after the
+first (--path stream: no port, every push a message on the stream). --bare swaps the handler
+for one that reads and drops each message: what grpc.aio alone costs.
 
 CPU is read from /proc/<pid>/task/*/schedstat (nanoseconds, every thread of the process, so
 grpc's own threads count), over the pushes and over --rest seconds of nothing before them;
@@ -20,8 +22,8 @@ without anti-entropy, reports and leases; the writer's is the leader's cost per 
 stream (tools/bench.py's "leader ms/peer/chg" also carries the leader's fixed cost / (N - 1)).
 GRPC_EXPERIMENTS in force (gossip_agent/__init__.py) is printed with them.
 
-Run: `.venv/bin/python tools/pushbench.py [--memory] [--ack all|none] [--bare]` (root and a
-mounted bpffs unless --memory).
+Run: `.venv/bin/python tools/pushbench.py [--memory] [--ack all|none] [--path port|stream]
+[--bare]` (root and a mounted bpffs unless --memory).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from gossip_agent.api import pushport
 from gossip_agent.api import server as server_mod
 from gossip_agent.api import streams as streams_mod
 from gossip_agent.core import peers, snapshots, versions
@@ -51,6 +54,7 @@ from gossip_agent.dataplane import memory
 from gossip_agent.gossip import engine as engine_mod
 from gossip_agent.gossip import leader, transport, wire
 from gossip_agent.observability import metrics
+from gossip_agent.security import identity
 from gossip_agent.v1 import gossip_pb2 as pb
 
 ENTRIES = 1024
@@ -103,19 +107,33 @@ def bare_handler() -> grpc.GenericRpcHandler[Any, Any]:
             push_stream, request_deserializer=None, response_serializer=None)})
 
 
-async def serve(*, bpf: bool, bare: bool) -> None:
+def follower_port(engine: engine_mod.Engine) -> pushport.PushPort:
+    """The follower's push port, plaintext, as an agent with PUSH_PORT=0 opens it."""
+    return pushport.PushPort(
+        engine=engine, host="127.0.0.1", port=0, limit=MAX_MESSAGE_BYTES, cluster_id="",
+        policy=identity.Policy(enforced=False, admins=frozenset(), member_name=""),
+        context=None)
+
+
+async def serve(*, bpf: bool, bare: bool, path: str) -> None:
     """Prints the port, serves until stdin closes (the benchmark ended or died)."""
     plane, pin_dir = open_plane(bpf=bpf)
     server = grpc.aio.server(options=server_mod.server_options(MAX_MESSAGE_BYTES))
+    engine = follower_engine(plane)
+    push_port = follower_port(engine) if path == "port" and not bare else None
     handler = bare_handler() if bare else server_mod.gossip_handler(
-        follower_engine(plane), streams_mod.OpenStreams())
+        engine, streams_mod.OpenStreams(), push_port=push_port.port if push_port else 0)
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
+    if push_port is not None:
+        await push_port.start()
     await server.start()
     print(port, flush=True)
     try:
         await asyncio.to_thread(sys.stdin.read)
     finally:
+        if push_port is not None:
+            await push_port.stop()
         await server.stop(None)
         plane.close()
         if pin_dir:
@@ -144,7 +162,8 @@ def payloads(count: int) -> list[bytes]:
 
 
 async def drive(*, port: int, follower: int, count: int, gap: float, ack: bool,
-                rest: float) -> dict[str, float]:
+                rest: float, port_path: bool = False) -> dict[str, float]:
+    """port_path: the follower announced its push port; every measured push must use it."""
     messages = payloads(WARMUP + count)
     writer = transport.GrpcTransport(max_message_bytes=MAX_MESSAGE_BYTES)
     acks: list[pb.PushAck] = []
@@ -155,6 +174,8 @@ async def drive(*, port: int, follower: int, count: int, gap: float, ack: bool,
         for message in messages[1:WARMUP + 1]:
             await writer.push(address, message + suffix, timeout=5.0)
             await asyncio.sleep(gap)
+        if port_path != (address in writer._links):
+            raise RuntimeError(f"pushes {'never moved' if port_path else 'moved'} to a push port")
         rest_from = (time.monotonic(), cpu_seconds(follower), cpu_seconds(me))
         await asyncio.sleep(rest)
         start = (time.monotonic(), cpu_seconds(follower), cpu_seconds(me))
@@ -178,19 +199,21 @@ async def drive(*, port: int, follower: int, count: int, gap: float, ack: bool,
 
 
 def run(*, count: int = 300, gap: float = 0.05, ack: bool = True, bpf: bool = True,
-        bare: bool = False, rest: float = 3.0) -> dict[str, object]:
+        bare: bool = False, rest: float = 3.0, path: str = "port") -> dict[str, object]:
     command = [sys.executable, os.path.abspath(__file__), "--serve"]
-    command += (["--bare"] if bare else []) + ([] if bpf else ["--memory"])
+    command += (["--bare"] if bare else []) + ([] if bpf else ["--memory"]) + ["--path", path]
     with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as follower:
         assert follower.stdout is not None and follower.stdin is not None
         try:
             port = int(follower.stdout.readline())
             figures = asyncio.run(drive(port=port, follower=follower.pid, count=count, gap=gap,
-                                        ack=ack and not bare, rest=rest))
+                                        ack=ack and not bare, rest=rest,
+                                        port_path=path == "port" and not bare))
         finally:
             follower.stdin.close()
             follower.wait(timeout=30)
     return {"pushes": count, "gap_s": gap, "ack": ack and not bare, "bpf": bpf, "bare": bare,
+            "path": path if not bare else "stream",
             **figures, "grpc_experiments": os.environ.get("GRPC_EXPERIMENTS", "")}
 
 
@@ -201,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ack", choices=("all", "none"), default="all",
                         help="ask an acknowledgement of every push, or of none")
     parser.add_argument("--memory", action="store_true", help="an in-memory map, not BPF")
+    parser.add_argument("--path", choices=("port", "stream"), default="port",
+                        help="the follower's push port (PUSH_PORT) or the PushStream only")
     parser.add_argument("--bare", action="store_true",
                         help="a handler that reads and drops: grpc.aio alone")
     parser.add_argument("--rest", type=float, default=3.0, help="seconds of rest measured")
@@ -208,15 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        asyncio.run(serve(bpf=not args.memory, bare=args.bare))
+        asyncio.run(serve(bpf=not args.memory, bare=args.bare, path=args.path))
         return 0
     result = run(count=args.count, gap=args.gap, ack=args.ack == "all", bpf=not args.memory,
-                 bare=args.bare, rest=args.rest)
+                 bare=args.bare, rest=args.rest, path=args.path)
     if args.json:
         print(json.dumps(result))
     else:
         print(f"{result['pushes']} pushes, one per {args.gap * 1000:g} ms, ack "
-              f"{args.ack}{', bare handler' if args.bare else ''}, "
+              f"{args.ack}{', bare handler' if args.bare else ''}, {result['path']}, "
               f"{'BPF' if result['bpf'] else 'memory'} map, GRPC_EXPERIMENTS="
               f"{result['grpc_experiments'] or '(grpc default)'}:\n"
               f"  follower {result['follower_ms_per_push']:.3f} ms per push, "
