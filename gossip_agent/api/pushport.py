@@ -31,7 +31,7 @@ import ssl
 from gossip_agent import errors
 from gossip_agent.api import status
 from gossip_agent.gossip import engine as engine_mod
-from gossip_agent.gossip import frames, wire
+from gossip_agent.gossip import frames, pushlink, wire
 from gossip_agent.security import cluster, identity, members, tls
 from gossip_agent.v1 import gossip_pb2 as pb
 
@@ -40,6 +40,9 @@ log = logging.getLogger("gossip_agent.api")
 # A connection that has not sent its PushHello within this many seconds is closed: it holds
 # a socket and, under TLS, a handshake's memory.
 HELLO_TIMEOUT = 10.0
+# Unacknowledged data to a leader that vanished ends its connection after this long (TCP
+# keepalive ends an idle one): a follower keeps no dead leader's connection.
+USER_TIMEOUT = 30.0
 
 
 class PushPort:
@@ -51,6 +54,7 @@ class PushPort:
     ) -> None:
         self.engine = engine
         self.limit = limit
+        self.max_buffered = pushlink.MAX_LAG_FRAMES * (limit + frames.HEADER.size)
         self.policy = policy
         self.cluster_id = cluster_id
         self.context = context
@@ -120,6 +124,7 @@ class _Connection(asyncio.Protocol):
         self._port.connections.add(self)
         peer = transport.get_extra_info("peername") or ("unknown", 0)
         self._peer = f"ipv{'6' if ':' in str(peer[0]) else '4'}:{peer[0]}:{peer[1]}"
+        pushlink.keepalive(transport, user_timeout=USER_TIMEOUT)
         if self._port.policy.enforced:
             names = tls.peer_names(transport.get_extra_info("peercert"))
             if not self._port.policy.is_member(names):
@@ -179,9 +184,14 @@ class _Connection(asyncio.Protocol):
     def _judge(self, snapshot: pb.Snapshot) -> None:
         engine = self._engine
         result = engine.receive_push(snapshot)
-        if wire.wants_ack(snapshot, result) and self._transport is not None:
+        transport = self._transport
+        if wire.wants_ack(snapshot, result) and transport is not None:
+            if transport.get_write_buffer_size() > self._port.max_buffered:
+                # A leader that reads none of its acks: no more memory for it (it reconnects).
+                self._refuse("RESOURCE_EXHAUSTED", "acknowledgements not read: closing")
+                return
             reply = pb.PushReply(ack=engine.push_ack(result)).SerializeToString()
-            self._transport.write(frames.HEADER.pack(len(reply)) + reply)
+            transport.write(frames.HEADER.pack(len(reply)) + reply)
 
     def _hello(self, message: bytes) -> bool:
         if self._hello_timer is not None:

@@ -31,7 +31,8 @@ from gossip_agent.v1 import gossip_pb2 as pb
 log = logging.getLogger("gossip_agent.gossip")
 
 # Bytes the kernel and asyncio may hold for a peer before it is a peer that reads nothing:
-# this many of the largest frames. A snapshot waits at most one round behind the newest.
+# this many of the largest frames. A snapshot waits at most one round behind the newest. The
+# follower bounds the acks it holds for a leader that reads nothing the same way.
 MAX_LAG_FRAMES = 4
 # Idle connections are probed like grpc's keepalive (transport.channel_options): first probe
 # after 10 s of silence, then every 5 s, dead after 2 unanswered.
@@ -139,19 +140,21 @@ async def connect(
             lambda: _Reader(link), host, port, ssl=context,
             server_hostname=server_name if context is not None else None)
     assert isinstance(transport, asyncio.Transport)
-    _tune(transport, timeout=timeout)
+    keepalive(transport, user_timeout=3 * timeout)
     link.transport = transport
     transport.write(frames.frame(hello.SerializeToString()))
     return link
 
 
-def _tune(transport: asyncio.Transport, *, timeout: float) -> None:
-    """Keepalive for idle links, and TCP_USER_TIMEOUT so data the peer never acknowledges ends
-    the connection after the push timeout (a node that vanished while we wrote)."""
+def keepalive(transport: asyncio.BaseTransport, *, user_timeout: float) -> None:
+    """TCP keepalive for an idle connection, and TCP_USER_TIMEOUT so data the peer never
+    acknowledges ends the connection after `user_timeout` seconds (a node that vanished): both
+    ends of the push port, so neither holds a dead peer's connection for good."""
     sock = transport.get_extra_info("socket")
     if sock is None:  # pragma: no cover - a TCP transport always has its socket
         return
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     for option, value in KEEPALIVE:
         sock.setsockopt(socket.IPPROTO_TCP, option, value)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1000, int(timeout * 3000)))
+    milliseconds = max(1000, int(user_timeout * 1000))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, milliseconds)

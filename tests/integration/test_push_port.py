@@ -72,6 +72,19 @@ async def held_everywhere(agents: list[Any], ip: str, replicas: int) -> None:
     await poll(f"{ip}={replicas} on every agent", check, timeout=CONVERGE_DEADLINE)
 
 
+async def until_on_the_port(leader: Any, followers: list[Any], ip: str) -> int:
+    """Writes `ip` (replicas 1, 2, ...) until the leader pushes to every follower on its port:
+    the first push opens the stream, whose announcement comes back while later pushes go. A
+    bound, not a count. Returns the last replicas written."""
+    replicas, deadline = 0, time.monotonic() + CONVERGE_DEADLINE
+    while not {address(a) for a in followers} <= set(leader.transport._links):
+        assert time.monotonic() < deadline, "the leader never moved to the push ports"
+        replicas += 1
+        await set_replicas(leader, ip, replicas)
+        await held_everywhere([leader, *followers], ip, replicas)
+    return replicas
+
+
 def port_bytes(agent: Any) -> tuple[int, int]:
     """(bytes received on the PushStream, on the push port)."""
     received = agent.engine.stats.bytes_received
@@ -83,14 +96,11 @@ async def test_a_leader_moves_its_pushes_to_each_followers_push_port(tmp_path: P
         leader = await wait_for_leader(agents)
         followers = [a for a in agents if a is not leader]
         assert all(a.push_port is not None and a.push_port.port > 0 for a in agents)
-        await set_replicas(leader, "10.1.0.1", 1)  # opens the streams: the ports are announced
-        await held_everywhere(agents, "10.1.0.1", 1)
-        await set_replicas(leader, "10.1.0.1", 2)
-        await held_everywhere(agents, "10.1.0.1", 2)
+        first = await until_on_the_port(leader, followers, "10.1.0.1")
         before = {id(a): port_bytes(a) for a in followers}
-        for replicas in range(3, 13):
+        for replicas in range(first + 1, first + 11):
             await set_replicas(leader, "10.1.0.1", replicas)
-        await held_everywhere(agents, "10.1.0.1", 12)
+        await held_everywhere(agents, "10.1.0.1", first + 10)
         for follower in followers:
             stream_before, port_before = before[id(follower)]
             stream_now, port_now = port_bytes(follower)
@@ -111,17 +121,14 @@ async def test_a_push_port_that_stops_answering_falls_back_to_the_push_stream(
     async with running_agents(3, lease_dir=tmp_path) as agents:
         leader = await wait_for_leader(agents)
         gone, kept = (a for a in agents if a is not leader)
-        await set_replicas(leader, "10.2.0.1", 1)
-        await set_replicas(leader, "10.2.0.1", 2)
-        await held_everywhere(agents, "10.2.0.1", 2)
-        assert address(gone) in leader.transport._links
+        first = await until_on_the_port(leader, [gone, kept], "10.2.0.1")
         # Its port closes (connections and listener) while its gRPC port still announces it.
         assert gone.push_port is not None
         await gone.push_port.stop()
         stream_before, port_before = port_bytes(gone)
         # One at a time, each held everywhere before the next: the first finds the link gone
         # and reopens the stream, later ones find the announced port refusing connections.
-        for replicas in range(3, 9):
+        for replicas in range(first + 1, first + 7):
             await set_replicas(leader, "10.2.0.1", replicas)
             await held_everywhere(agents, "10.2.0.1", replicas)
         stream_now, port_now = port_bytes(gone)
@@ -336,12 +343,21 @@ async def test_agents_converge_with_the_push_port_under_mtls(pki: Pki, tmp_path:
         leader_address, _ = await localcluster.find_leader(addresses, ELECTION_DEADLINE,
                                                            channels=admin)
         leader = next(a for a in agents if address(a) == leader_address)
+        followers = [a for a in agents if a is not leader]
         async with admin.open(leader_address, []) as channel:
             stub = pb_grpc.StateStub(channel)
-            for replicas in range(1, 6):
+            replicas, deadline = 0, time.monotonic() + CONVERGE_DEADLINE
+            # Until the leader pushes to both on their ports (TLS handshakes included), then
+            # three more, which must arrive there.
+            while not {address(a) for a in followers} <= set(leader.transport._links):
+                assert time.monotonic() < deadline, "the leader never moved to the push ports"
+                replicas += 1
                 await stub.SetService(pb.SetServiceRequest(ip="10.5.0.1", replicas=replicas),
                                       timeout=RPC_DEADLINE)
-        await held_everywhere(agents, "10.5.0.1", 5)
-        followers = [a for a in agents if a is not leader]
-        assert set(leader.transport._links) == {address(a) for a in followers}
-        assert all(port_bytes(a)[1] > 0 for a in followers)
+                await held_everywhere(agents, "10.5.0.1", replicas)
+            before = [port_bytes(a)[1] for a in followers]
+            for more in range(replicas + 1, replicas + 4):
+                await stub.SetService(pb.SetServiceRequest(ip="10.5.0.1", replicas=more),
+                                      timeout=RPC_DEADLINE)
+        await held_everywhere(agents, "10.5.0.1", replicas + 3)
+        assert all(port_bytes(a)[1] > seen for a, seen in zip(followers, before, strict=True))
