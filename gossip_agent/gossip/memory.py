@@ -2,7 +2,11 @@
 
 Each call goes through the same serialize / parse / handle path as gRPC (the receiver parses
 the bytes), with per-message loss, random delay, and partitions that cut every call between
-two groups. Shipped in the package (as memberlist ships its mock transport) so tests and
+two groups. With `costs`, each agent is also one CPU that messages queue for: sending one
+costs its sender `costs.send` seconds, receiving and handling one costs its receiver
+`costs.receive`, and each hop takes `costs.latency` on the wire, so a leader's fan-out to N
+peers takes N x send of its time, as on a real node (tools/simulate.py runs this on virtual
+time, lab/vtime.py). Shipped in the package (as memberlist ships its mock transport) so tests and
 experiments can build clusters without sockets. The random generator is injected.
 """
 
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 from collections.abc import Collection, Iterable
 from typing import Protocol
@@ -27,6 +32,16 @@ class Handler(Protocol):
     def handle_exchange(self, request: pb.ExchangeRequest) -> pb.ExchangeReply: ...
 
 
+@dataclasses.dataclass(frozen=True)
+class Costs:
+    """Seconds of one agent's CPU per message sent and per message received and handled, and
+    of one-way network latency per hop."""
+
+    send: float = 0.0
+    receive: float = 0.0
+    latency: float = 0.0
+
+
 class MemoryNetwork:
     def __init__(
         self,
@@ -34,10 +49,14 @@ class MemoryNetwork:
         rng: random.Random,
         loss: float = 0.0,
         delay: tuple[float, float] = (0.0, 0.0),
+        costs: Costs | None = None,
     ) -> None:
         self.rng = rng
         self.loss = loss
         self.delay = delay
+        self.costs = costs
+        self._busy: dict[str, float] = {}  # when each agent's modelled CPU is next free
+        self.sends: dict[str, int] = {}  # messages each agent sent (costs only)
         self._handlers: dict[str, Handler] = {}
         self._down: set[str] = set()
         self._groups: list[set[str]] = []
@@ -66,7 +85,20 @@ class MemoryNetwork:
             return True
         return any(src in group and dst in group for group in self._groups)
 
+    async def _cpu(self, address: str, seconds: float) -> None:
+        """Occupies `address`'s modelled CPU for `seconds`, after what it already queued."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        done = max(now, self._busy.get(address, 0.0)) + seconds
+        self._busy[address] = done
+        await asyncio.sleep(done - now)
+
     async def _travel(self, src: str, dst: str) -> Handler:
+        costs = self.costs
+        if costs is not None:
+            self.sends[src] = self.sends.get(src, 0) + 1
+            await self._cpu(src, costs.send)
+            await asyncio.sleep(costs.latency)
         low, high = self.delay
         if high > 0:
             await asyncio.sleep(self.rng.uniform(low, high))
@@ -74,6 +106,8 @@ class MemoryNetwork:
             self.dropped += 1
             raise base.PeerUnreachable(dst, "unreachable (simulated)", code="UNAVAILABLE")
         self.delivered += 1
+        if costs is not None:
+            await self._cpu(dst, costs.receive)
         return self._handlers[dst]
 
     def transport_for(self, address: str) -> MemoryTransport:

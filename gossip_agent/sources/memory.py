@@ -1,6 +1,6 @@
 """SOURCE=api, the sources' in-memory twin: the desired table is the snapshot the agent holds,
 edited by SetService / DeleteService. No state of its own and nothing to watch, so simulations
-and local runs use it as they are (tests/sim/cluster.py)."""
+and local runs use it as they are (tools/lab/simcluster.py)."""
 
 from __future__ import annotations
 

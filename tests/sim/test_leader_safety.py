@@ -2,7 +2,7 @@
 of its term cannot stall it, taking office happens whole or not at all, and a failed write to
 its own map loses nothing.
 
-Real engines and leadership over memnet, memory maps and a memory lease (tests/sim/cluster.py).
+Real engines and leadership over memnet, memory maps and a memory lease (tools/lab/simcluster.py).
 Deadlines are liveness bounds, many times the 50 ms timers involved.
 """
 
@@ -18,7 +18,7 @@ from gossip_agent.gossip import wire
 from gossip_agent.leases import base as lease_base
 from gossip_agent.leases import memory as memory_lease
 from gossip_agent.v1 import gossip_pb2 as pb
-from tests.sim import cluster as sim
+from lab import simcluster as sim
 
 pytestmark = pytest.mark.sim
 

@@ -10,7 +10,7 @@ import pytest
 from gossip_agent import errors
 from gossip_agent.core import snapshots, versions
 from gossip_agent.gossip import mirror
-from tests.sim import cluster as sim
+from lab import simcluster as sim
 
 pytestmark = pytest.mark.sim
 SVC = snapshots.parse_ip("10.96.0.10")

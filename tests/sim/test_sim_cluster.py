@@ -11,7 +11,7 @@ import asyncio
 import pytest
 
 from gossip_agent.core import snapshots, versions
-from tests.sim import cluster as sim
+from lab import simcluster as sim
 
 pytestmark = pytest.mark.sim
 SVC = snapshots.parse_ip("10.96.0.10")
