@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="reset: the term to record (>= the current one, e.g. the highest "
                             "max_term_seen the agents report)")
     env = commands.add_parser("env", help="list every environment variable")
-    env.add_argument("--markdown", action="store_true", help="as the README's table")
+    env.add_argument("--markdown", action="store_true", help="as docs/configuration.md's table")
     return parser
 
 
