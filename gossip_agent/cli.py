@@ -285,6 +285,7 @@ async def _call(args: argparse.Namespace) -> tuple[protobuf_message.Message, boo
     table may lag behind the leader's)."""
     async with _open_channel(args) as channel:
         stub = pb_grpc.StateStub(channel)
+        absent = False
         request: Any
         if args.command == "state":
             method, request = stub.GetState, pb.GetStateRequest()
@@ -299,10 +300,8 @@ async def _call(args: argparse.Namespace) -> tuple[protobuf_message.Message, boo
             held = await stub.GetState(pb.GetStateRequest(), timeout=args.timeout)
             absent = all(entry.ip != args.ip for entry in held.entries)
             method, request = stub.DeleteService, pb.DeleteServiceRequest(ip=args.ip)
-            response = await method(request, timeout=args.timeout)
-            return response, absent
         response: protobuf_message.Message = await method(request, timeout=args.timeout)
-        return response, False
+        return response, absent
 
 
 def _version(version: pb.Version) -> str:
