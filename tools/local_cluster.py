@@ -112,7 +112,7 @@ def open_backend(backend: str, stack: contextlib.ExitStack, log_dir: str
             commands.append(f"{kubectl} get lease gossip-agent -o yaml")
         commands.append(f"{kubectl} delete configmap ebpf-service-list   # a new election")
         return {"COORDINATION_BACKEND": backend, "KUBECONFIG": kubeconfig}, commands
-    return {"COORDINATION_BACKEND": "bpffs"}, []
+    return {}, []  # bpffs, the default: COORDINATION_BACKEND stays as the caller's env has it
 
 
 def bpffs_commands(root: str) -> list[str]:
