@@ -172,7 +172,8 @@ def test_every_config_variable_is_in_the_docs() -> None:
     named = variables_named_in_docs(docs_text())
     missing = sorted(config.NAMES - named)
     assert not missing, (
-        f"README.md and docs/ do not mention {missing}: run `.venv/bin/python tools/sync_readme.py`")
+        f"README.md and docs/ do not mention {missing}: "
+        "run `.venv/bin/python tools/sync_readme.py`")
 
 
 def test_every_env_var_in_k8s_exists_in_config() -> None:

@@ -1,8 +1,8 @@
 """k8s/monitoring renders with kustomize and fits the agents it monitors: the ServiceMonitor
 selects the metrics Service, that Service selects the agent pods, and the Grafana dashboard
-queries only metrics the agent exposes (docs/operating.md's metrics table, itself checked against a real
-scrape in tests/integration/test_observability.py). The PromQL itself is evaluated by a real
-Prometheus in tests/e2e/test_operating.py.
+queries only metrics the agent exposes (docs/operating.md's metrics table, itself checked
+against a real scrape in tests/integration/test_observability.py). The PromQL itself is
+evaluated by a real Prometheus in tests/e2e/test_operating.py.
 """
 
 from __future__ import annotations
