@@ -26,8 +26,10 @@ system:
 link-bcc: venv
 	bash tools/link_bcc.sh $(VENV)
 
+# make demo [NODES=5] [BACKEND=bpffs|redis|configmap|lease] [ROOT=/sys/fs/bpf/DIR]: each run
+# pins under a root of its own, removed on exit, unless ROOT names one (then it is kept).
 demo: system link-bcc
-	$(BIN)/python tools/local_cluster.py --nodes $(NODES)
+	$(BIN)/python tools/local_cluster.py --nodes $(NODES) $(if $(BACKEND),--backend $(BACKEND)) $(if $(ROOT),--root $(ROOT))
 
 test: system link-bcc
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import os
 import socket
@@ -33,14 +34,15 @@ from gossip_agent.security import tls
 from gossip_agent.v1 import gossip_pb2 as pb
 from gossip_agent.v1 import gossip_pb2_grpc as pb_grpc
 
-DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_PORT = 50051
+DEFAULT_TARGET = f"127.0.0.1:{DEFAULT_PORT}"
 
 
 def _flag(variable: config_mod.Variable) -> str:
     return "--" + variable.name.lower().replace("_", "-")
 
 
-def _parser() -> argparse.ArgumentParser:
+def main_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gossip-agent", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run an agent")
@@ -52,11 +54,11 @@ def _parser() -> argparse.ArgumentParser:
                        ("leader", "the lease as an agent sees it")):
         _query_parser(commands.add_parser(name, help=text))
     setter = _query_parser(commands.add_parser("set", help="set a service's replicas"))
-    setter.add_argument("ip", help="the Service ClusterIP, e.g. 10.96.0.10")
+    setter.add_argument("ip", type=_ipv4, help="the Service ClusterIP, e.g. 10.96.0.10")
     setter.add_argument("replicas", type=_replicas, help="ready replicas (0 = scaled to zero)")
     setter.add_argument("--name", default="", help="namespace/name, for people")
     deleter = _query_parser(commands.add_parser("delete", help="remove a service"))
-    deleter.add_argument("ip", help="the Service ClusterIP")
+    deleter.add_argument("ip", type=_ipv4, help="the Service ClusterIP")
     detach = commands.add_parser(
         "detach", help="remove this agent's XDP program (this network namespace) and maps")
     detach.add_argument("--bpf-pin-dir", dest="BPF_PIN_DIR", metavar="PATH",
@@ -69,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="reset: the term to record (>= the current one, e.g. the highest "
                             "max_term_seen the agents report)")
     env = commands.add_parser("env", help="list every environment variable")
-    env.add_argument("--markdown", action="store_true", help="as the README's table")
+    env.add_argument("--markdown", action="store_true", help="as docs/configuration.md's table")
     return parser
 
 
@@ -83,10 +85,47 @@ def _replicas(text: str) -> int:
     return value
 
 
+def _ipv4(text: str) -> str:
+    """The agent accepts only IPv4 ClusterIPs (SERVICE_LIST keys are u32): refused here, with
+    exit 2, rather than after a round trip."""
+    try:
+        return str(ipaddress.IPv4Address(text.strip()))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"ip must be an IPv4 address such as 10.96.0.10, not {text!r}") from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--timeout is a number of seconds (e.g. 5 or 0.5), not {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"--timeout must be more than 0 seconds, not {text!r}")
+    return value
+
+
+def _target(text: str) -> str:
+    """host:port; a bare host gets the agent's port, 50051 (grpc would dial 443 for it)."""
+    text = text.strip()
+    if "://" in text or text.startswith(("unix:", "dns:", "ipv4:", "ipv6:")):
+        return text
+    if text.startswith("["):  # [v6] or [v6]:port
+        return text if "]:" in text else f"{text}:{DEFAULT_PORT}"
+    if text.count(":") > 1:  # a bare IPv6 address
+        return f"[{text}]:{DEFAULT_PORT}"
+    if ":" not in text:
+        return f"{text}:{DEFAULT_PORT}"
+    return text
+
+
 def _query_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--target", default=DEFAULT_TARGET, help="agent host:port")
+    parser.add_argument("--target", type=_target, default=DEFAULT_TARGET,
+                        help=f"agent host:port (port {DEFAULT_PORT} when omitted)")
     parser.add_argument("--json", action="store_true", help="print JSON")
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds")
+    parser.add_argument("--timeout", type=_seconds, default=5.0, help="seconds (> 0)")
     # grpcurl's flags: mutual TLS against an agent with TLS_CERT/TLS_KEY/TLS_CA set.
     parser.add_argument("--cacert", "-cacert", default="", help="CA (PEM) the agent's "
                         "certificate is checked against; with --cert and --key: mutual TLS")
@@ -98,7 +137,7 @@ def _query_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = main_parser().parse_args(argv)
     if args.command == "run":
         return _run(args)
     if args.command == "env":
@@ -213,7 +252,7 @@ def _env(args: argparse.Namespace) -> int:
 
 def _query(args: argparse.Namespace) -> int:
     try:
-        response = asyncio.run(_call(args))
+        response, absent = asyncio.run(_call(args))
     except grpc.aio.AioRpcError as exc:
         print(f"gossip-agent: {args.target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
@@ -226,6 +265,9 @@ def _query(args: argparse.Namespace) -> int:
         ), indent=2))
     else:
         print(FORMATTERS[args.command](response))
+    if absent:
+        print(f"gossip-agent: {args.ip} was not in the table {args.target} holds: "
+              "nothing to delete", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -237,9 +279,13 @@ def _open_channel(args: argparse.Namespace) -> grpc.aio.Channel:
     return tls.ChannelFactory(files).open(args.target, [])
 
 
-async def _call(args: argparse.Namespace) -> protobuf_message.Message:
+async def _call(args: argparse.Namespace) -> tuple[protobuf_message.Message, bool]:
+    """The response, and for `delete` whether the address was absent from the target's table
+    just before (deleting it anyway is harmless: the write is idempotent, and a follower's
+    table may lag behind the leader's)."""
     async with _open_channel(args) as channel:
         stub = pb_grpc.StateStub(channel)
+        absent = False
         request: Any
         if args.command == "state":
             method, request = stub.GetState, pb.GetStateRequest()
@@ -251,9 +297,11 @@ async def _call(args: argparse.Namespace) -> protobuf_message.Message:
             method = stub.SetService
             request = pb.SetServiceRequest(ip=args.ip, replicas=args.replicas, name=args.name)
         else:
+            held = await stub.GetState(pb.GetStateRequest(), timeout=args.timeout)
+            absent = all(entry.ip != args.ip for entry in held.entries)
             method, request = stub.DeleteService, pb.DeleteServiceRequest(ip=args.ip)
         response: protobuf_message.Message = await method(request, timeout=args.timeout)
-        return response
+        return response, absent
 
 
 def _version(version: pb.Version) -> str:

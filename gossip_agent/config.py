@@ -49,9 +49,17 @@ def _text(value: str) -> str:
     return value.strip()
 
 
+def _number(value: str, unit: str) -> float:
+    """float(value), or a sentence naming the unit instead of float()'s own message."""
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"must be a number of {unit}, e.g. 1 or 0.5") from None
+
+
 def _seconds(low: float, high: float) -> Callable[[str], float]:
     def parse(value: str) -> float:
-        number = float(value)
+        number = _number(value, "seconds")
         if not low <= number <= high:
             raise ValueError(f"must be between {low:g} and {high:g} seconds")
         return number
@@ -61,7 +69,10 @@ def _seconds(low: float, high: float) -> Callable[[str], float]:
 
 def _int_range(low: int, high: int) -> Callable[[str], int]:
     def parse(value: str) -> int:
-        number = int(value)
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"must be an integer between {low} and {high}") from None
         if not low <= number <= high:
             raise ValueError(f"must be an integer between {low} and {high}")
         return number
@@ -173,7 +184,7 @@ def _interface_list(value: str) -> str:
 def _minutes(low: float, high: float) -> Callable[[str], float]:
     """Minutes in, seconds out."""
     def parse(value: str) -> float:
-        number = float(value)
+        number = _number(value, "minutes")
         if not low <= number <= high:
             raise ValueError(f"must be between {low:g} and {high:g} minutes")
         return number * 60

@@ -2,11 +2,18 @@
 
     tools/local_cluster.py --nodes 5            live view of every agent; Ctrl-C (or SIGTERM,
                                                 SIGHUP) stops them all
+    tools/local_cluster.py --backend redis      the same on another lease backend: redis (a
+                                                redis-server of its own), configmap or lease
+                                                (the lab's fake Kubernetes API server)
     tools/local_cluster.py --nodes 5 --check    make a change through the leader, wait until
                                                 every agent's map holds it, print one JSON line
 
-Agents use the bpffs lease and each its own pin directory under /sys/fs/bpf/gossip-agent-local
-(or, without a mounted bpffs, memory maps in a temporary directory, said in each agent's log).
+Each run pins under a root of its own, /sys/fs/bpf/gossip-agent-demo-PID (or, without a
+mounted bpffs or root, memory maps under a temporary directory, said in each agent's log), one
+pin directory per agent and the bpffs lease beside them, and removes it on exit: two runs never
+share a lease, and Ctrl-C leaves no pins behind. --root names the root instead, and keeps it
+(the maps outlive the agents, as on a node). The live view ends with the seed's operator
+commands against the backend in use.
 --check's JSON line: nodes, converged, convergence_ms (leader's write -> last agent's map
 write, from each agent's CLOCK_MONOTONIC on this host), leader, term, agents (gRPC addresses).
 """
@@ -32,6 +39,8 @@ from gossip_agent.v1 import gossip_pb2 as pb
 from lab import localcluster
 
 CHECK_IP = "10.96.0.10"
+BACKENDS = ("bpffs", "redis", "configmap", "lease")
+DEMO_ROOT = "/sys/fs/bpf/gossip-agent-demo-{pid}"  # one per run: never a shared lease
 T = TypeVar("T")
 
 
@@ -40,7 +49,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--nodes", type=int, default=5, help="agent processes (1..64)")
     parser.add_argument("--check", action="store_true", help="make one change, verify, exit")
     parser.add_argument("--source", choices=("api", "file"), default="api")
-    parser.add_argument("--root", default="", help="pin/lease root (default: bpffs or tmp)")
+    parser.add_argument("--backend", choices=BACKENDS, default="bpffs",
+                        help="lease backend (redis: starts a redis-server; configmap, lease: "
+                             "starts the lab's fake Kubernetes API server)")
+    parser.add_argument("--root", default="",
+                        help="pin/lease root, kept on exit (default: "
+                             f"{DEMO_ROOT.format(pid='PID')} or a temporary directory, "
+                             "removed on exit)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds for --check")
     parser.add_argument("--log-dir", default="", help="agent logs (default: a temp dir)")
     parser.add_argument("--mtls", action="store_true",
@@ -51,14 +66,68 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def choose_root(args: argparse.Namespace) -> str:
+def choose_root(args: argparse.Namespace) -> tuple[str, bool]:
+    """The pin/lease root, and whether this run owns it (then it is removed on exit)."""
     if args.root:
-        return args.root
+        return args.root, False
     if localcluster.bpffs_mounted() and os.geteuid() == 0:
-        return localcluster.BPFFS_ROOT
-    root = tempfile.mkdtemp(prefix="gossip-agent-local-")
+        root = DEMO_ROOT.format(pid=os.getpid())
+        os.makedirs(root, exist_ok=True)
+        return root, True
+    root = tempfile.mkdtemp(prefix="gossip-agent-demo-")
     print(f"no bpffs (or not root): agents use memory maps under {root}", file=sys.stderr)
-    return root
+    return root, True
+
+
+def open_backend(backend: str, stack: contextlib.ExitStack, log_dir: str
+                 ) -> tuple[dict[str, str], list[str]]:
+    """The agents' lease environment, and the seed's operator commands against it. A server
+    started here (redis-server, the fake API server) is stopped by `stack`."""
+    if backend == "redis":
+        from lab import localredis
+
+        if not localredis.available():
+            raise SystemExit("local_cluster.py: --backend redis needs redis-server "
+                             "(make system installs it: apt-get install redis-server)")
+        server = localredis.RedisServer().start()
+        stack.callback(server.cleanup)
+        cli = f"redis-cli -p {server.port}"
+        return ({"COORDINATION_BACKEND": "redis", "REDIS_URL": server.url}, [
+            f"{cli} KEYS 'ebpf:*'", f"{cli} GET ebpf:leader", f"{cli} HGETALL ebpf:leader_record",
+            f"{cli} GET ebpf:service_list", f"{cli} HGETALL ebpf:coordination",
+            f"{cli} DEL ebpf:leader          # forces a new election, at a higher term"])
+    if backend in ("configmap", "lease"):
+        from lab import fakekube
+
+        kube = fakekube.FakeKube()
+        kube.start()
+        stack.callback(kube.close)
+        kubeconfig = kube.write_kubeconfig(os.path.join(log_dir, "kubeconfig"))
+        kubectl = (f"KUBECONFIG={kubeconfig} "
+                   f"{os.path.join(os.path.dirname(sys.executable), 'kubectl')}")
+        commands = [f"{kubectl} get configmap ebpf-service-list -o yaml",
+                    f"{kubectl} get configmap ebpf-service-list "
+                    "-o jsonpath='{.metadata.annotations}'"]
+        if backend == "lease":
+            commands.append(f"{kubectl} get lease gossip-agent -o yaml")
+        commands.append(f"{kubectl} delete configmap ebpf-service-list   # a new election")
+        return {"COORDINATION_BACKEND": backend, "KUBECONFIG": kubeconfig}, commands
+    return {}, []  # bpffs, the default: COORDINATION_BACKEND stays as the caller's env has it
+
+
+def bpffs_commands(root: str) -> list[str]:
+    if not localcluster.bpffs_mounted() or not root.startswith("/sys/fs/bpf/"):
+        return [f"cat {root}/LEADER.json    # the lease record (memory maps: no bpftool)"]
+    return [f"ls -la {root}/node-0/",
+            f"bpftool map dump pinned {root}/node-0/SERVICE_LIST",
+            f"bpftool map dump pinned {root}/LEADER"]
+
+
+def remove_root(root: str) -> None:
+    """Removes this run's pins (maps, the lease record and lock): rmtree unlinks bpffs pins."""
+    shutil.rmtree(root, ignore_errors=True)
+    if os.path.exists(root):
+        print(f"local_cluster.py: could not remove {root}", file=sys.stderr)
 
 
 def source_env(args: argparse.Namespace, log_dir: str) -> dict[str, str]:
@@ -124,7 +193,7 @@ async def check(cluster: localcluster.LocalCluster, timeout: float) -> dict[str,
     }
 
 
-async def live_view(cluster: localcluster.LocalCluster) -> None:
+async def live_view(cluster: localcluster.LocalCluster, footer: str) -> None:
     while True:
         rows = await localcluster.states(cluster.addresses, timeout=1.0,
                                          channels=cluster.client)
@@ -138,7 +207,7 @@ async def live_view(cluster: localcluster.LocalCluster) -> None:
             lines.append(f"{state.node:10} {agent.address:18} {version:>9} "
                          f"{state.leader or '-':10} {len(state.entries):>7} {state.dataplane}")
         clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""
-        print(clear + "\n".join(lines) + "\n(Ctrl-C stops every agent)", flush=True)
+        print(clear + "\n".join(lines) + "\n" + footer, flush=True)
         await asyncio.sleep(1.0)
 
 
@@ -182,20 +251,49 @@ async def stoppable(work: Coroutine[Any, Any, T]) -> T | None:
         stop_on_signals()  # the agents' shutdown that follows is not cut short either
 
 
+def footer(cluster: localcluster.LocalCluster, *, root: str, owned: bool, log_dir: str,
+           commands: list[str]) -> str:
+    first = cluster.agents[0]
+    lines = ["", f"logs: {log_dir}",
+             f"console ({first.node}): .venv/bin/python -m aiomonitor.cli -p {first.monitor_port}",
+             f"grpcurl: .venv/bin/grpcurl -plaintext {first.address} "
+             "gossip_agent.v1.State/GetState",
+             "the seed's operator commands, against this cluster:",
+             *(f"  {line}" for line in commands)]
+    kept = "kept" if not owned else "removed"
+    lines.append(f"(Ctrl-C stops every agent; the pins under {root} are then {kept})")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     stop_on_signals()
     log_dir = args.log_dir or tempfile.mkdtemp(prefix="gossip-agent-logs-")
-    root = choose_root(args)
-    cluster = localcluster.LocalCluster(
-        args.nodes, root=root, log_dir=log_dir, extra_env=source_env(args, log_dir),
-        mtls=args.mtls)
-    print(f"starting {args.nodes} agents; logs in {log_dir}", file=sys.stderr)
-    for agent in cluster.agents:
-        print(f"  {agent.node}: grpc {agent.address}  metrics http://127.0.0.1:"
-              f"{agent.metrics_port}/metrics  console: .venv/bin/python -m aiomonitor.cli "
-              f"-p {agent.monitor_port}", file=sys.stderr)
-    cluster.start()
+    root, owned = choose_root(args)
+    with contextlib.ExitStack() as stack:
+        if owned:
+            stack.callback(remove_root, root)
+        backend_env, commands = open_backend(args.backend, stack, log_dir)
+        if args.backend == "bpffs":
+            commands = bpffs_commands(root)
+        cluster = localcluster.LocalCluster(
+            args.nodes, root=root, log_dir=log_dir,
+            extra_env={**source_env(args, log_dir), **backend_env}, mtls=args.mtls)
+        stack.callback(cluster.stop)  # before the servers and the pins go
+        print(f"starting {args.nodes} agents ({args.backend} lease, pins under {root}); "
+              f"logs in {log_dir}", file=sys.stderr)
+        for agent in cluster.agents:
+            print(f"  {agent.node}: grpc {agent.address}  metrics http://127.0.0.1:"
+                  f"{agent.metrics_port}/metrics  console: .venv/bin/python -m aiomonitor.cli "
+                  f"-p {agent.monitor_port}", file=sys.stderr)
+        cluster.start()
+        return run(args, cluster, footer(cluster, root=root, owned=owned, log_dir=log_dir,
+                                         commands=commands), log_dir)
+    return 1  # not reached: an exception leaves the block above
+
+
+def run(args: argparse.Namespace, cluster: localcluster.LocalCluster, text: str,
+        log_dir: str) -> int:
     try:
         if args.check:
             result = asyncio.run(stoppable(check(cluster, args.timeout)))
@@ -206,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result))
             return 0 if result["converged"] else 1
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(stoppable(live_view(cluster)))
+            asyncio.run(stoppable(live_view(cluster, text)))
         return 0
     except TimeoutError as exc:
         print(json.dumps({"nodes": args.nodes, "converged": False, "error": str(exc),

@@ -32,7 +32,7 @@ HEADER = """\
 # Deploy with either of:
 #   kubectl apply -f k8s/{name}
 #   kubectl apply -k k8s/overlays/{overlay}
-# The image is not published: build it from the Dockerfile (README.md, "Deploying to Kubernetes").
+# The image is not published: build it from the Dockerfile (docs/kubernetes.md).
 """
 
 

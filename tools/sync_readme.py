@@ -1,4 +1,8 @@
-"""Rewrites the README's env var table from gossip_agent.config (the test checks they match)."""
+"""Rewrites the env var table in docs/configuration.md from gossip_agent.config.
+
+tests/unit/test_docs_and_manifests.py checks that they match. (The table lived in README.md
+before the docs moved to docs/; the script kept its name.)
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,15 @@ import re
 
 from gossip_agent import config
 
-README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+TARGET = pathlib.Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 START, END = "<!-- env-table:start -->", "<!-- env-table:end -->"
 
 
 def main() -> None:
-    text = README.read_text(encoding="utf-8")
+    text = TARGET.read_text(encoding="utf-8")
     pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)
     new = pattern.sub(lambda _: f"{START}\n{config.markdown_table()}\n{END}", text)
-    README.write_text(new, encoding="utf-8")
+    TARGET.write_text(new, encoding="utf-8")
 
 
 if __name__ == "__main__":

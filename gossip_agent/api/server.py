@@ -11,6 +11,7 @@ silently share the traffic; we want it to fail fast.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
@@ -166,6 +167,9 @@ def bind(
 ) -> int:
     """Binds LISTEN_ADDR (mutual TLS when credentials are given: security/tls.py); raises
     OSError with a clear sentence when the port is taken."""
+    taken = _cannot_bind(address)
+    if taken:  # before grpc tries: its C core would print its own error line ahead of ours
+        raise OSError(f"LISTEN_ADDR {address}: cannot listen (address in use?): {taken}")
     try:
         if credentials is None:
             port = server.add_insecure_port(address)
@@ -176,6 +180,29 @@ def bind(
     if port == 0:
         raise OSError(f"LISTEN_ADDR {address}: cannot listen (address in use?)")
     return port
+
+
+def _cannot_bind(address: str) -> str:
+    """Why a plain socket cannot bind `address` as grpc would (SO_REUSEADDR, no
+    SO_REUSEPORT), or "" when it can or the address is not one to check here (port 0, a name
+    that does not resolve: grpc then says what is wrong)."""
+    host, _, port_text = address.rpartition(":")
+    try:
+        port = int(port_text)
+        infos = socket.getaddrinfo(host.strip("[]") or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except (ValueError, OSError):
+        return ""
+    if port == 0:
+        return ""
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                return exc.strerror or str(exc)
+    return ""
 
 
 async def set_health(

@@ -25,7 +25,7 @@ written in, or it would publish over writes that peers acknowledged (a new leade
 met its predecessor's term, a restarted agent with an empty memory of proofs, or a Redis
 restarted without persistence, which loses the record's history). Such a snapshot cannot
 stall anyone: the record's holder publishes above its term. What a member could do with it is
-in the README's trust model.
+in docs/security.md's trust model.
 
 One more witness, for a cold cluster's warm start: a former leader's last snapshot, which the
 backend keeps as the mirror (gossip.mirror, written only by the holder of that term's lease).

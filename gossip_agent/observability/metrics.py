@@ -11,7 +11,8 @@ agents in one process, as in tests, do not collide):
 The endpoint is served by aiohttp on the agent's own event loop, so a scrape reads the agent's
 state between two event-loop steps (consistent, no locks, no thread). Names follow Prometheus
 conventions: the gossip_agent_ prefix, base units in names (_seconds, _bytes), _total on
-counters. README.md ("Metrics") documents every series; a test checks that list against a scrape.
+counters. docs/operating.md ("Metrics") documents every series; a test checks that list against
+a scrape.
 """
 
 from __future__ import annotations

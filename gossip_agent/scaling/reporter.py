@@ -197,7 +197,11 @@ class Reporter:
 
     async def _after_failure(self, report: reports.Report, reason: str) -> None:
         self.failures += 1
-        if reason != self._last_trouble:  # one line per distinct trouble, not per retry
+        if not self.reports_acked and not report.requests:
+            # A fresh start before any leader is known: expected, not trouble (a clean start
+            # logged a WARNING for its first summary). A waiting scale-up request still warns.
+            log.debug("traffic summary %d waits for a leader: %s", report.seq, reason)
+        elif reason != self._last_trouble:  # one line per distinct trouble, not per retry
             log.warning("scale-up report %d (%d request(s)) not delivered: %s; retrying",
                         report.seq, len(report.requests), reason)
             self._last_trouble = reason

@@ -12,7 +12,7 @@ of it, used wherever membership matters:
   follower's certificate. The follower therefore sends the caller's admin name in
   FORWARDED_FOR, and the leader believes that header only from a member.
 What stays trusted: a member certificate can claim any caller and gossip anything; whoever holds
-one is trusted as an agent anyway (see README, Security). So the admin certificate must not
+one is trusted as an agent anyway (see docs/security.md). So the admin certificate must not
 carry the shared name.
 
 Without TLS (local runs) there are no identities and writes are open; the agent says so in its

@@ -4,7 +4,7 @@
 Each run must have injected faults of at least two kinds and had writes acknowledged by a
 peer, so `violations == []` is a statement about a cluster that was really disturbed; the
 checker's rules are shown to fire on wrong histories in tests/unit/test_chaoscheck.py. The long
-campaign (10 minutes per backend) is in README's "Fault campaign".
+campaign (10 minutes per backend) is in docs/testing.md's "Fault campaign".
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from gossip_agent import cli as cli_mod
 from gossip_agent import config
 from gossip_agent.dataplane import bpfmap
 from gossip_agent.v1 import gossip_pb2 as pb
@@ -143,15 +144,23 @@ async def test_set_then_state_shows_the_service_and_delete_removes_it(tmp_path: 
         assert code == 0, err
         assert json.loads(out)["entries"] == []
 
+        # Deleting an address the table does not hold succeeds (idempotent) and says so.
+        code, out, err = await cli("delete", "--target", target, "10.96.0.20")
+        assert code == 0, err
+        assert "10.96.0.20 was not in the table" in out and "nothing to delete" in out
+
 
 async def test_write_refused_by_the_agent_exits_1_with_the_status(tmp_path: Path) -> None:
-    async with api.running_agents(1, lease_dir=tmp_path) as agents:
+    """A refusal only the agent can make (its map is full): a bad IP is refused locally."""
+    async with api.running_agents(1, lease_dir=tmp_path, MAP_MAX_ENTRIES="1") as agents:
         await api.wait_for_leader(agents)
         target = api.address(agents[0])
-        code, out, err = await cli("set", "--target", target, "10.96.0.300", "1")
+        code, out, err = await cli("set", "--target", target, "10.96.0.1", "1")
+        assert code == 0, err
+        code, out, err = await cli("set", "--target", target, "10.96.0.2", "1")
         assert code == 1 and out == ""
         assert err.count("\n") == 1, err
-        assert target in err and "INVALID_ARGUMENT" in err
+        assert target in err and "RESOURCE_EXHAUSTED" in err
 
 
 # -- argument errors and unreachable targets -----------------------------------------------------
@@ -164,12 +173,28 @@ async def test_write_refused_by_the_agent_exits_1_with_the_status(tmp_path: Path
     (("delete",), "the following arguments are required: ip"),
     ((), "the following arguments are required: command"),
     (("frobnicate",), "invalid choice"),
+    # Refused here, never sent: the target "x" would be a round trip and exit 1.
+    (("set", "--target", "x", "10.96.0.300", "1"), "ip must be an IPv4 address"),
+    (("set", "--target", "x", "::1", "1"), "ip must be an IPv4 address"),
+    (("delete", "--target", "x", "not-an-ip"), "ip must be an IPv4 address"),
+    (("state", "--target", "x", "--timeout", "0"), "--timeout must be more than 0 seconds"),
+    (("peers", "--target", "x", "--timeout", "-1"), "--timeout must be more than 0 seconds"),
+    (("leader", "--target", "x", "--timeout", "5s"), "--timeout is a number of seconds"),
 ])
 def test_bad_arguments_exit_2_with_a_message(args: tuple[str, ...], message: str) -> None:
     result = cli_sync(*args)
     assert result.returncode == 2, result
     assert message in result.stderr
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize(("given", "dialled"), [
+    ("10.0.0.7", "10.0.0.7:50051"), ("gossip-agent.ns.svc", "gossip-agent.ns.svc:50051"),
+    ("10.0.0.7:7000", "10.0.0.7:7000"), ("[::1]", "[::1]:50051"), ("::1", "[::1]:50051"),
+    ("[::1]:7000", "[::1]:7000"),
+])
+def test_a_target_without_a_port_dials_the_agents_port_not_443(given: str, dialled: str) -> None:
+    assert cli_mod.main_parser().parse_args(["state", "--target", given]).target == dialled
 
 
 @pytest.mark.parametrize("command", [("state",), ("peers",), ("leader",),
@@ -204,6 +229,20 @@ def test_run_flags_are_validated_like_the_variables() -> None:
                       env=clean_env())
     assert result.returncode == 2, result
     assert "GOSSIP_INTERVAL" in result.stderr
+
+
+@pytest.mark.parametrize(("variable", "value", "sentence"), [
+    ("GOSSIP_INTERVAL", "1s", "must be a number of seconds"),
+    ("FAIL_OPEN_AFTER", "ten", "must be a number of minutes"),
+    ("MAP_MAX_ENTRIES", "1k", "must be an integer between"),
+])
+def test_a_value_that_is_not_a_number_is_named_with_its_unit(
+    variable: str, value: str, sentence: str,
+) -> None:
+    result = cli_sync("run", env=clean_env(**{variable: value, "LISTEN_ADDR": "127.0.0.1:1"}))
+    assert result.returncode == 2, result
+    assert f"{variable}={value!r}: {sentence}" in result.stderr, result.stderr
+    assert "could not convert" not in result.stderr and "invalid literal" not in result.stderr
 
 
 def test_env_markdown_prints_the_variable_table() -> None:
@@ -303,6 +342,7 @@ async def test_second_run_on_the_same_port_exits_naming_listen_addr(tmp_path: Pa
         code, output = await agents.run_to_exit("second", env("second"), timeout=START_DEADLINE)
         assert code != 0, output
         assert f"LISTEN_ADDR {target}" in output
+        assert "add_port" not in output, output  # grpc core's own error line, before ours
         assert first.returncode is None  # the first one keeps serving
         (state,) = await localcluster.states([target])
         assert state is not None and state.node == "first"

@@ -190,7 +190,7 @@ async def _all_hold(agents: list[agent_mod.Agent], seq: int) -> bool:
     return all(s is not None and s.version.seq >= seq for s in states)
 
 
-async def test_every_metric_is_documented_in_the_readme_and_every_documented_one_exists(
+async def test_every_metric_is_documented_in_the_docs_and_every_documented_one_exists(
     tmp_path: Path,
 ) -> None:
     async with metered_agents(1, tmp_path) as (agents, ports):
@@ -202,7 +202,7 @@ async def test_every_metric_is_documented_in_the_readme_and_every_documented_one
     # The names as exposed, from the TYPE lines (counters with _total, the info with _info).
     exposed = set(re.findall(r"^# TYPE (\S+) ", text, flags=re.M))
     documented = documented_metrics()
-    assert documented, "README has no metrics table"
+    assert documented, "docs/operating.md has no metrics table"
     assert exposed == documented, (
         f"undocumented: {sorted(exposed - documented)}; "
         f"documented but not exposed: {sorted(documented - exposed)}")

@@ -1,8 +1,12 @@
-"""The README, k8s/ and the generated protobuf code cannot drift from the code they describe.
+"""The docs (README.md and docs/), k8s/ and the generated protobuf code cannot drift from the
+code they describe.
 
-- Every environment variable the README or a k8s/ manifest names exists in config.VARIABLES,
-  and every variable in config.VARIABLES is in the README.
-- The README's env table is exactly config.markdown_table() (`gossip-agent env --markdown`).
+- Every environment variable the docs or a k8s/ manifest names exists in config.VARIABLES,
+  and every variable in config.VARIABLES is in the docs.
+- docs/configuration.md's env table is exactly config.markdown_table() (`gossip-agent env
+  --markdown`), and it is the only copy.
+- Every link between the docs reaches a page and a heading that exist; every repository path
+  the docs name in `code` exists, and every `make` target they name is in the Makefile.
 - k8s/base and the overlays exist (tests/unit/test_manifests.py renders and checks them).
 - gossip_agent/v1/ is byte-for-byte what tools/gen_proto.py generates from the .proto.
 """
@@ -32,6 +36,9 @@ pytestmark = pytest.mark.unit
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+CONFIGURATION = DOCS / "configuration.md"  # the env table (tools/sync_readme.py writes it)
+OPERATING = DOCS / "operating.md"  # the metrics table (tests/unit/test_monitoring_manifests.py)
 K8S = ROOT / "k8s"
 TABLE_START = "<!-- env-table:start -->"
 TABLE_END = "<!-- env-table:end -->"
@@ -72,12 +79,17 @@ ENV_NAME = r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+"  # at least one underscore: PROFILE 
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
 
 
-def readme_text() -> str:
-    return README.read_text(encoding="utf-8")
+def doc_pages() -> list[pathlib.Path]:
+    """README.md and every page of docs/: what a user reads."""
+    return [README, *sorted(DOCS.glob("*.md"))]
 
 
-def variables_named_in_readme(text: str) -> set[str]:
-    """Names the README uses as env vars: table rows, `code` spans, NAME= assignments, <NAME>.
+def docs_text() -> str:
+    return "\n".join(page.read_text(encoding="utf-8") for page in doc_pages())
+
+
+def variables_named_in_docs(text: str) -> set[str]:
+    """Names the docs use as env vars: table rows, `code` spans, NAME= assignments, <NAME>.
 
     A one-word capital (`PEERS`) counts only when config declares it: a typo in such a name
     cannot be told from an ordinary word, so the table rows and the reverse check cover them.
@@ -138,21 +150,30 @@ def test_exceptions_are_really_not_agent_variables() -> None:
     assert not set(NOT_AGENT_VARIABLES) & config.NAMES
 
 
-def test_every_env_var_in_the_readme_exists_in_config() -> None:
-    named = variables_named_in_readme(readme_text())
+def test_docs_are_split_into_pages_and_the_readme_stays_short() -> None:
+    assert (DOCS / "architecture.md").is_file() and CONFIGURATION.is_file()
+    assert len(doc_pages()) >= 10, [p.name for p in doc_pages()]
+    lines = README.read_text(encoding="utf-8").count("\n")
+    assert lines <= 250, f"README.md has {lines} lines: move the details into docs/"
+
+
+def test_every_env_var_in_the_docs_exists_in_config() -> None:
+    named = variables_named_in_docs(docs_text())
     assert {"GOSSIP_INTERVAL", "COORDINATION_BACKEND", "BPF_PIN_DIR"} <= named  # the scan works
     unknown = sorted(named - config.NAMES - set(NOT_AGENT_VARIABLES))
     assert not unknown, (
-        f"README.md names {unknown} as environment variables, but gossip_agent/config.py does "
-        "not declare them: declare them in config.VARIABLES, fix the README, or add them to "
+        f"README.md or docs/ name {unknown} as environment variables, but gossip_agent/config.py "
+        "does not declare them: declare them in config.VARIABLES, fix the docs, or add them to "
         "NOT_AGENT_VARIABLES here with a reason"
     )
 
 
-def test_every_config_variable_is_in_the_readme() -> None:
-    named = variables_named_in_readme(readme_text())
+def test_every_config_variable_is_in_the_docs() -> None:
+    named = variables_named_in_docs(docs_text())
     missing = sorted(config.NAMES - named)
-    assert not missing, f"README.md does not mention {missing}: run `gossip-agent env --markdown`"
+    assert not missing, (
+        f"README.md and docs/ do not mention {missing}: "
+        "run `.venv/bin/python tools/sync_readme.py`")
 
 
 def test_every_env_var_in_k8s_exists_in_config() -> None:
@@ -168,14 +189,79 @@ def test_every_env_var_in_k8s_exists_in_config() -> None:
     )
 
 
-def test_readme_env_table_is_the_generated_one() -> None:
-    text = readme_text()
+def test_docs_env_table_is_the_generated_one() -> None:
+    everywhere = docs_text()
+    assert everywhere.count(TABLE_START) == 1 and everywhere.count(TABLE_END) == 1, (
+        "one env table in README.md and docs/, between the markers")
+    text = CONFIGURATION.read_text(encoding="utf-8")
     assert text.count(TABLE_START) == 1 and text.count(TABLE_END) == 1, "env table markers"
     table = text.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0].strip("\n")
     assert table == config.markdown_table(), (
-        "README.md's env table differs from gossip_agent/config.py: paste the output of "
-        f"`.venv/bin/gossip-agent env --markdown` between {TABLE_START} and {TABLE_END}"
+        "docs/configuration.md's env table differs from gossip_agent/config.py: run "
+        "`.venv/bin/python tools/sync_readme.py` (it pastes `gossip-agent env --markdown` "
+        f"between {TABLE_START} and {TABLE_END})"
     )
+
+
+# -- links, paths and commands the docs name ----------------------------------------------------
+
+
+def heading_anchors(text: str) -> set[str]:
+    """GitHub's anchors for the headings outside code fences: lower case, punctuation dropped,
+    spaces to hyphens."""
+    anchors = set()
+    for line in FENCE.sub("", text).splitlines():
+        match = re.match(r"^#{1,6} (.+)$", line)
+        if match:
+            anchors.add(re.sub(r"[^\w\- ]", "", match.group(1).strip().lower()).replace(" ", "-"))
+    return anchors
+
+
+def test_every_link_between_the_docs_reaches_a_page_and_a_heading() -> None:
+    broken = []
+    checked = 0
+    for page in doc_pages():
+        prose = FENCE.sub("", page.read_text(encoding="utf-8"))
+        for target in re.findall(r"\]\(([^)\s]+)\)", prose):
+            if re.match(r"[a-z]+://", target):
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            checked += 1
+            if not linked.exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target} (no such file)")
+            elif anchor and anchor not in heading_anchors(linked.read_text(encoding="utf-8")):
+                broken.append(f"{page.relative_to(ROOT)}: {target} (no such heading)")
+    assert checked > 20, "the link scan found nothing"
+    assert not broken, "broken links:\n" + "\n".join(broken)
+
+
+REPO_PATH = re.compile(r"(?<![\w./-])((?:gossip_agent|tools|tests|k8s|bpf|proto|docs)/[\w./-]*\w)")
+
+
+def test_every_repository_path_the_docs_name_exists() -> None:
+    missing = set()
+    named = set()
+    for page in doc_pages():
+        for path in REPO_PATH.findall(page.read_text(encoding="utf-8")):
+            if "<" in path or "/mine" in path:  # placeholders: <BPF_PIN_DIR>/..., overlays/mine
+                continue
+            named.add(path)
+            if not (ROOT / path).exists():
+                missing.add(f"{page.relative_to(ROOT)}: {path}")
+    assert len(named) > 30, "the path scan found nothing"
+    assert not missing, "the docs name paths that do not exist:\n" + "\n".join(sorted(missing))
+
+
+def test_every_make_target_the_docs_name_is_in_the_makefile() -> None:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    targets = set(re.findall(r"^([\w-]+):", makefile, re.M))
+    text = docs_text()
+    named = set(re.findall(r"`make ([a-z][\w-]*)", FENCE.sub("", text)))  # `make venv`
+    for block in FENCE.findall(text):  # make demo, sudo make bench, NODES=8 make demo
+        named.update(re.findall(r"^(?:\w+=\S+ |sudo )*make ([a-z][\w-]*)", block, re.M))
+    assert {"demo", "test"} <= named, "the README names the two commands"
+    assert not named - targets, f"the docs name make targets the Makefile lacks: {named - targets}"
 
 
 # -- kustomize ----------------------------------------------------------------------------------

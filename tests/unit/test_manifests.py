@@ -288,8 +288,8 @@ def test_the_agents_certificate_is_a_member_and_the_admin_certificate_is_not(
     overlay: str,
 ) -> None:
     """Only members may gossip, and a member's forwarded admin name is believed: an admin
-    certificate carrying TLS_SERVER_NAME would be both an admin and an agent (README,
-    Security). Judged with the agents' own test, identity.Policy.is_member."""
+    certificate carrying TLS_SERVER_NAME would be both an admin and an agent
+    (docs/security.md). Judged with the agents' own test, identity.Policy.is_member."""
     security = config.from_env(pod_env(rendered(overlay))).security
     policy = identity.Policy(enforced=True, admins=security.admins,
                              member_name=security.server_name)

@@ -1,8 +1,8 @@
 """k8s/monitoring renders with kustomize and fits the agents it monitors: the ServiceMonitor
 selects the metrics Service, that Service selects the agent pods, and the Grafana dashboard
-queries only metrics the agent exposes (README.md's metrics table, itself checked against a real
-scrape in tests/integration/test_observability.py). The PromQL itself is evaluated by a real
-Prometheus in tests/e2e/test_operating.py.
+queries only metrics the agent exposes (docs/operating.md's metrics table, itself checked
+against a real scrape in tests/integration/test_observability.py). The PromQL itself is
+evaluated by a real Prometheus in tests/e2e/test_operating.py.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from tests.unit.test_docs_and_manifests import K8S, README, by_kind, kustomize
+from tests.unit.test_docs_and_manifests import K8S, OPERATING, by_kind, kustomize
 
 pytestmark = pytest.mark.unit
 
 MONITORING = K8S / "monitoring"
 DASHBOARD = MONITORING / "grafana-dashboard.json"
-METRICS_PORT = 9102  # README.md: "k8s/monitoring expects 9102"
+METRICS_PORT = 9102  # docs/operating.md: "k8s/monitoring expects 9102"
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def rendered() -> list[Any]:
 
 
 def documented_metrics() -> set[str]:
-    section = README.read_text().split("<!-- metrics-table:start -->")[1]
+    section = OPERATING.read_text().split("<!-- metrics-table:start -->")[1]
     section = section.split("<!-- metrics-table:end -->")[0]
     return set(re.findall(r"^\| `(gossip_agent_[a-z_]+)`", section, flags=re.M))
 
@@ -65,7 +65,7 @@ def test_metrics_service_selects_the_agent_pods_of_the_daemonset() -> None:
     (service,) = [d for d in kustomize(MONITORING) if d["kind"] == "Service"]
     pod_labels = daemonset["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
-    assert f"k8s/monitoring expects {METRICS_PORT}" in README.read_text()
+    assert f"k8s/monitoring expects {METRICS_PORT}" in OPERATING.read_text()
 
 
 def test_dashboard_queries_only_documented_metrics_and_has_the_first_look_panels() -> None:

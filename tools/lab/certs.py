@@ -1,7 +1,7 @@
 """Certificates for tests, the local cluster and the benchmark: a CA, agent certificates that
 carry the agents' shared name (TLS_SERVER_NAME) as a DNS SAN, admin client certificates, and
 expired ones. Written with the `cryptography` library (the `test` extra) into a directory the
-caller owns; production certificates come from openssl or cert-manager (README, Security).
+caller owns; production certificates come from openssl or cert-manager (docs/security.md).
 """
 
 from __future__ import annotations
