@@ -43,13 +43,17 @@ from gossip_agent.dataplane import enforcer as enforcer_mod
 from gossip_agent.dataplane import events as dataplane_events
 from gossip_agent.dataplane import liveness as liveness_mod
 from gossip_agent.dataplane import memory as memory_dataplane
-from gossip_agent.gossip import antientropy, discovery, transport
+from gossip_agent.gossip import antientropy, base, discovery, transport
 from gossip_agent.gossip import engine as engine_mod
 from gossip_agent.gossip import leader as leader_mod
 from gossip_agent.gossip import mirror as mirror_mod
 from gossip_agent.gossip import proof as proof_mod
 from gossip_agent.leases import base as lease_base
 from gossip_agent.observability import observe
+from gossip_agent.observability import telemetry as telemetry_mod
+from gossip_agent.scaling import inbox
+from gossip_agent.scaling import loop as scaling_loop
+from gossip_agent.scaling import reporter as reporter_mod
 from gossip_agent.scaling import scaler as scaler_service
 from gossip_agent.scaling import scaleups as scaleup
 from gossip_agent.security import setup as security_setup
@@ -159,27 +163,51 @@ def lease_location(cfg: config_mod.Config) -> str:
     return redis_lease.describe_url(redis.url)
 
 
-def open_scaling(cfg: config_mod.Config, agent: Agent) -> scaler_service.Scaling:
-    """Traffic summaries where an XDP program counts packets; the scaler with SOURCE=kubernetes
-    (the kubernetes client is imported only then)."""
-    stats = agent.enforcer.plane.stats if agent.enforcer is not None else None
-    source: scaler_service.HasInventory | None = None
-    factory = None
-    if cfg.source.kind == "kubernetes":
-        from gossip_agent.scaling import kube
-        from gossip_agent.sources import kubernetes
+def open_scaler(
+    cfg: config_mod.Config, *, engine: engine_mod.Engine, leadership: leader_mod.Leadership,
+    source: source_base.Source,
+) -> scaling_loop.Scaler | None:
+    """The leader's scaler with SOURCE=kubernetes (the kubernetes client is imported only
+    then), over the Services that source watches; None otherwise."""
+    if cfg.source.kind != "kubernetes":
+        return None
+    from gossip_agent.scaling import kube
+    from gossip_agent.sources import kubernetes
 
-        assert isinstance(agent.source, kubernetes.KubernetesSource)
-        k8s_source = source = agent.source
-        # The client is created on the scaler's first use, as the source's is.
-        factory = lambda: kube.KubeWorkloads(api_factory=k8s_source.api)  # noqa: E731
+    assert isinstance(source, kubernetes.KubernetesSource)
+    # The client is created on the scaler's first use, as the source's is.
+    return scaler_service.build_scaler(
+        cfg=cfg.scaling, engine=engine, leadership=leadership, source=source,
+        workloads=kube.KubeWorkloads(api_factory=source.api))
+
+
+def open_scale_ups(
+    cfg: config_mod.Config, *, engine: engine_mod.Engine, leadership: leader_mod.Leadership,
+    source: source_base.Source, channels: transport.GrpcTransport,
+    events: dataplane_events.EventHub, rng: random.Random, delegate: inbox.Delegate | None,
+) -> scaleup.ScaleUps:
+    """Scale-up requests to the leader, and the leader's inbox handing them to `delegate`."""
+    return scaleup.ScaleUps(
+        engine=engine, leadership=leadership, source=source, channels=channels,
+        events=events, rng=rng, delegate=delegate,
+        backoff=peers.BackoffPolicy(base=cfg.gossip.backoff_base, cap=cfg.gossip.backoff_cap),
+        rpc_timeout=cfg.gossip.rpc_timeout)
+
+
+def open_scaling(
+    cfg: config_mod.Config, *, reporter: reporter_mod.Reporter,
+    scaler: scaling_loop.Scaler | None, enforcer: enforcer_mod.Enforcer | None,
+    engine: engine_mod.Engine,
+) -> scaler_service.Scaling:
+    """Traffic summaries where an XDP program counts packets, and the scaler's loop."""
     return scaler_service.Scaling(
-        cfg=cfg.scaling, engine=agent.engine, leadership=agent.leadership,
-        scale_ups=agent.scale_ups, stats=stats, blind=blindness_of(agent.enforcer),
+        cfg=cfg.scaling, reporter=reporter, scaler=scaler,
+        stats=enforcer.plane.stats if enforcer is not None else None,
+        blind=blindness_of(enforcer),
         # The held table's keys, not a read of the map: the map holds the same keys (map
         # repair puts hand edits back) and reading 1024 entries every interval cost more
         # than the whole summary.
-        listed=lambda: agent.engine.table.keys(), source=source, workloads_factory=factory)
+        listed=lambda: engine.table.keys())
 
 
 def blindness_of(enforcer: enforcer_mod.Enforcer | None) -> Callable[[], str]:
@@ -207,6 +235,56 @@ def open_source(cfg: config_mod.Config) -> source_base.Source:
     return api_source.ApiSource()
 
 
+def open_transport(cfg: config_mod.Config, security: security_setup.Security
+                   ) -> transport.GrpcTransport:
+    return transport.GrpcTransport(
+        max_message_bytes=cfg.gossip.max_message_bytes, reconnect_cap=cfg.gossip.backoff_cap,
+        factory=security.channels, metadata=security.call_metadata)
+
+
+def open_membership(cfg: config_mod.Config, rng: random.Random) -> peers.Membership:
+    return peers.Membership(
+        self_address=cfg.node.advertise_addr,
+        policy=peers.BackoffPolicy(base=cfg.gossip.backoff_base, cap=cfg.gossip.backoff_cap),
+        rng=rng)
+
+
+def open_engine(
+    cfg: config_mod.Config, *, plane: dataplane_base.DataPlane, channels: base.Transport,
+    membership: peers.Membership, lease: lease_base.Lease, beats: beats_mod.BeatBoard,
+    telemetry: telemetry_mod.Telemetry, rng: random.Random,
+) -> engine_mod.Engine:
+    """The gossip engine, proving each new (term, leader) pair against the lease record (and
+    the backend's mirror, where it keeps one) before adopting under it."""
+    proof = proof_mod.TermProof(
+        lease=lease,
+        mirrored=mirror_mod.pair_of(lease) if isinstance(lease, mirror_mod.Sink) else None)
+    return engine_mod.Engine(
+        node=cfg.node.name, address=cfg.node.advertise_addr, boot_id=read_boot_id(),
+        dataplane=plane, transport=channels, membership=membership,
+        rpc_timeout=cfg.gossip.rpc_timeout, rng=rng, beats=beats, telemetry=telemetry,
+        proof=proof)
+
+
+def open_leadership(
+    cfg: config_mod.Config, *, engine: engine_mod.Engine, lease: lease_base.Lease,
+    source: source_base.Source,
+) -> leader_mod.Leadership:
+    """Election and publishing; a LeaderOnly source watches only while this agent leads."""
+    leadership = leader_mod.Leadership(
+        engine=engine, lease=lease, source=source,
+        timing=leader_mod.Timing(
+            retry_interval=cfg.lease.retry_interval,
+            renew_interval=cfg.lease.renew_interval,
+            coalesce_window=cfg.gossip.coalesce_window,
+            write_ack_timeout=cfg.gossip.write_ack_timeout,
+        ),
+    )
+    if isinstance(source, source_base.LeaderOnly):
+        source.follow(leadership)
+    return leadership
+
+
 def open_push_port(
     cfg: config_mod.Config, engine: engine_mod.Engine, security: security_setup.Security
 ) -> pushport.PushPort | None:
@@ -220,10 +298,26 @@ def open_push_port(
         cluster_id=cfg.security.cluster_id, context=security.push_context())
 
 
-class Agent:
-    """Everything one agent owns; start() and stop() are the only lifecycle calls."""
+def open_health_server(cfg: config_mod.Config, servicer: server_mod.HealthServicer
+                       ) -> grpc.aio.Server | None:
+    """HEALTH_PORT: the probes' plaintext health service, bound now; None when off."""
+    if not cfg.security.health_port:
+        return None
+    server = server_mod.build_health_only(servicer)
+    host, _ = config_mod.parse_hostport(cfg.node.listen_addr)
+    server_mod.bind(server, config_mod.join_hostport(host, cfg.security.health_port))
+    return server
 
-    def __init__(self, cfg: config_mod.Config, *, rng: random.Random | None = None) -> None:
+
+class Agent:
+    """Everything one agent owns; start() and stop() are the only lifecycle calls.
+
+    reports: who the leader's inbox hands node reports to besides the source
+    (scaling.inbox.Delegate); by default the scaler that SOURCE=kubernetes builds, none with
+    other sources. Tests and the lab pass their own to watch what the leader takes."""
+
+    def __init__(self, cfg: config_mod.Config, *, rng: random.Random | None = None,
+                 reports: inbox.Delegate | None = None) -> None:
         self.cfg = cfg
         self.rng = rng or random.Random()
         self.dataplane = open_dataplane(cfg.dataplane)
@@ -233,7 +327,7 @@ class Agent:
         self.liveness = liveness_mod.Liveness()  # what the XDP heartbeat vouches for
         try:
             self.enforcer = open_enforcer(cfg, self.dataplane, self.scale_events, self.liveness)
-            self._build(cfg)
+            self._build(cfg, reports=reports)
         except BaseException:
             push_port: pushport.PushPort | None = getattr(self, "push_port", None)
             if push_port is not None:
@@ -243,48 +337,43 @@ class Agent:
             self.dataplane.close()  # frees the pin-directory lock for whoever comes next
             raise
 
-    def _build(self, cfg: config_mod.Config) -> None:
+    def _build(self, cfg: config_mod.Config, *, reports: inbox.Delegate | None) -> None:
+        """The parts in the order they need each other; each step takes only what it uses."""
+        self._open_gossip(cfg)
+        self._open_scaling(cfg, reports=reports)
+        self._open_api(cfg)
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.failed = asyncio.Event()  # a long-running task crashed: the process must exit
+
+    def _open_gossip(self, cfg: config_mod.Config) -> None:
+        """The lease, the source, peers and the engine, and leadership over them."""
         self.beats = beats_mod.BeatBoard()  # lease heartbeats in gossip (Kubernetes backends)
         self.lease = open_lease(cfg, beats=self.beats)
         self.source = open_source(cfg)
         self.security = security_setup.Security.build(cfg.security)  # mTLS, cluster id, admins
-        self.transport = transport.GrpcTransport(
-            max_message_bytes=cfg.gossip.max_message_bytes, reconnect_cap=cfg.gossip.backoff_cap,
-            factory=self.security.channels, metadata=self.security.call_metadata)
-        self.membership = peers.Membership(
-            self_address=cfg.node.advertise_addr,
-            policy=peers.BackoffPolicy(base=cfg.gossip.backoff_base, cap=cfg.gossip.backoff_cap),
-            rng=self.rng,
-        )
+        self.transport = open_transport(cfg, self.security)
+        self.membership = open_membership(cfg, self.rng)
         self.observer = observe.Observer(cfg)  # metrics, console (issue 7)
-        self.engine = engine_mod.Engine(
-            node=cfg.node.name, address=cfg.node.advertise_addr, boot_id=read_boot_id(),
-            dataplane=self.dataplane, transport=self.transport, membership=self.membership,
-            rpc_timeout=cfg.gossip.rpc_timeout, rng=self.rng, beats=self.beats,
-            telemetry=self.observer.telemetry,
-        )
-        self.engine.proof = proof_mod.TermProof(
-            lease=self.lease, on_refused=self._unproven,
-            mirrored=(mirror_mod.pair_of(self.lease)
-                      if isinstance(self.lease, mirror_mod.Sink) else None))
-        self.leadership = leader_mod.Leadership(
-            engine=self.engine, lease=self.lease, source=self.source,
-            timing=leader_mod.Timing(
-                retry_interval=cfg.lease.retry_interval,
-                renew_interval=cfg.lease.renew_interval,
-                coalesce_window=cfg.gossip.coalesce_window,
-                write_ack_timeout=cfg.gossip.write_ack_timeout,
-            ),
-        )
-        self.scale_ups = scaleup.ScaleUps(
-            engine=self.engine, leadership=self.leadership, source=self.source,
+        self.engine = open_engine(
+            cfg, plane=self.dataplane, channels=self.transport, membership=self.membership,
+            lease=self.lease, beats=self.beats, telemetry=self.observer.telemetry, rng=self.rng)
+        self.leadership = open_leadership(cfg, engine=self.engine, lease=self.lease,
+                                          source=self.source)
+
+    def _open_scaling(self, cfg: config_mod.Config, *, reports: inbox.Delegate | None) -> None:
+        """Scale-up requests and traffic summaries to the leader, and its scaler (issue 8)."""
+        scaler = open_scaler(cfg, engine=self.engine, leadership=self.leadership,
+                             source=self.source)
+        self.scale_ups = open_scale_ups(
+            cfg, engine=self.engine, leadership=self.leadership, source=self.source,
             channels=self.transport, events=self.scale_events, rng=self.rng,
-            backoff=peers.BackoffPolicy(base=cfg.gossip.backoff_base, cap=cfg.gossip.backoff_cap),
-            rpc_timeout=cfg.gossip.rpc_timeout,
-        )
-        if isinstance(self.source, source_base.LeaderOnly):
-            self.source.follow(self.leadership)  # it watches only while this agent leads
-        self.scaling = open_scaling(cfg, self)  # issue 8: traffic summaries, the scaler
+            delegate=reports if reports is not None else scaler)
+        self.scaling = open_scaling(cfg, reporter=self.scale_ups.reporter, scaler=scaler,
+                                    enforcer=self.enforcer, engine=self.engine)
+
+    def _open_api(self, cfg: config_mod.Config) -> None:
+        """The push port, the gRPC services and the servers, bound now (a port in use fails
+        start-up here)."""
         self.streams = streams_mod.OpenStreams()
         self.push_port = open_push_port(cfg, self.engine, self.security)
         self.health: server_mod.HealthServicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -309,17 +398,7 @@ class Agent:
         )
         self.port = server_mod.bind(self.server, cfg.node.listen_addr,
                                     self.security.server_credentials())
-        self.health_server: grpc.aio.Server | None = None  # HEALTH_PORT: probes, plaintext
-        if cfg.security.health_port:
-            self.health_server = server_mod.build_health_only(self.health)
-            host, _ = config_mod.parse_hostport(cfg.node.listen_addr)
-            server_mod.bind(self.health_server,
-                            config_mod.join_hostport(host, cfg.security.health_port))
-        self.tasks: list[asyncio.Task[Any]] = []
-        self.failed = asyncio.Event()  # a long-running task crashed: the process must exit
-
-    def _unproven(self) -> None:
-        self.engine.stats.rejected["unproven-term"] += 1
+        self.health_server = open_health_server(cfg, self.health)
 
     async def start(self) -> None:
         self.engine.load()

@@ -1,8 +1,10 @@
 """All configuration, from environment variables, validated in one place.
 
 Every variable is declared once in VARIABLES with its unit, default (per profile) and why; the
-README's table is generated from it (`gossip-agent env --markdown`) and a test checks that the
-README and k8s/ name only variables declared here, and the reverse.
+README's table is generated from it (`gossip-agent env --markdown`, tools/sync_readme.py) and a
+test checks that the README and k8s/ name only variables declared here, and the reverse. Each
+dataclass field names its variable (_from): the field carries that entry in its metadata
+(variables_of), from_env fills it from that variable (_build), and no default is written twice.
 
 from_env(mapping) is pure: it reads nothing but the mapping, reports every invalid variable at
 once (ConfigError.problems, one sentence each naming the variable), and returns frozen
@@ -16,7 +18,7 @@ import dataclasses
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from gossip_agent import errors
 from gossip_agent.core import addresses, services
@@ -455,139 +457,180 @@ VARIABLES: tuple[Variable, ...] = (
 NAMES = frozenset(variable.name for variable in VARIABLES)
 
 
-@dataclasses.dataclass(frozen=True)
+BY_NAME = {variable.name: variable for variable in VARIABLES}
+
+
+def _from(name: str, *, also: tuple[str, ...] = (), note: str = "") -> Any:
+    """A config field set from the variable `name` (and derived with `also`): its unit, default
+    and reason are that variable's entry in VARIABLES, carried in the field's metadata, never
+    written again here. `note`: how the field differs from the variable (a unit, a fallback).
+    from_env fills the field from it (_build) unless it derives the value itself."""
+    return dataclasses.field(metadata={
+        "variable": BY_NAME[name], "also": tuple(BY_NAME[a] for a in also), "note": note})
+
+
+def variables_of(cls: type[Any]) -> dict[str, tuple[Variable, ...]]:
+    """Field name -> the variables it is set from (the first one names it), for one config
+    dataclass; groups of fields (Config.gossip, LeaseConfig.redis) have none."""
+    return {f.name: (f.metadata["variable"], *f.metadata["also"])
+            for f in dataclasses.fields(cls) if "variable" in f.metadata}
+
+
+# Frozen and keyword-only: each is built by keyword, from the variables its fields name.
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class NodeConfig:
-    name: str
-    listen_addr: str
-    advertise_addr: str
+    name: str = _from("NODE_NAME", note="the host name when unset")
+    listen_addr: str = _from("LISTEN_ADDR")
+    advertise_addr: str = _from("ADVERTISE_ADDR", also=("POD_IP", "LISTEN_ADDR"))
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class DiscoveryConfig:
-    peers: tuple[str, ...]
-    service: str  # "" = no DNS discovery
-    service_port: int
-    dns_server: str
-    interval: float
+    peers: tuple[str, ...] = _from("PEERS")
+    service: str = _from("PEER_SERVICE", note='its name; "" = no DNS discovery')
+    service_port: int = _from("PEER_SERVICE", also=("LISTEN_ADDR",), note="its port")
+    dns_server: str = _from("DNS_SERVER")
+    interval: float = _from("DISCOVERY_INTERVAL")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class GossipConfig:
-    interval: float
-    coalesce_window: float
-    rpc_timeout: float
-    backoff_base: float
-    backoff_cap: float
-    write_ack_timeout: float
-    max_message_bytes: int
-    push_port: int | None  # None: off (pushes stay on gRPC); 0: any free port
+    interval: float = _from("GOSSIP_INTERVAL")
+    coalesce_window: float = _from("COALESCE_WINDOW")
+    rpc_timeout: float = _from("RPC_TIMEOUT")
+    backoff_base: float = _from("PEER_BACKOFF_BASE")
+    backoff_cap: float = _from("PEER_BACKOFF_CAP")
+    write_ack_timeout: float = _from("WRITE_ACK_TIMEOUT")
+    max_message_bytes: int = _from("MAX_MESSAGE_BYTES")
+    push_port: int | None = _from("PUSH_PORT", note="None: off (pushes stay on gRPC)")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class RedisConfig:
-    url: str
-    key_prefix: str
-    sentinels: tuple[str, ...]
-    sentinel_master: str
-    timeout: float
+    url: str = _from("REDIS_URL")
+    key_prefix: str = _from("REDIS_KEY_PREFIX")
+    sentinels: tuple[str, ...] = _from("REDIS_SENTINELS")
+    sentinel_master: str = _from("REDIS_SENTINEL_MASTER")
+    timeout: float = _from("REDIS_TIMEOUT")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class LeaseConfig:
-    backend: str
-    lease_dir: str
-    retry_interval: float
-    renew_interval: float
-    ttl: float  # redis: the key's PX
-    renew_deadline: float  # redis: step down after this long without a proven renewal
+    backend: str = _from("COORDINATION_BACKEND", also=("USE_BPF_FS_COORDINATION",))
+    lease_dir: str = _from("BPF_LEASE_DIR", also=("BPF_PIN_DIR",))
+    retry_interval: float = _from("LEASE_RETRY_INTERVAL")
+    renew_interval: float = _from("LEASE_RENEW_INTERVAL")
+    ttl: float = _from("LEASE_TTL")
+    renew_deadline: float = _from("LEASE_RENEW_DEADLINE",
+                                  note="per backend: KUBE_RENEW_DEADLINE for Kubernetes")
     redis: RedisConfig | None  # set when backend is redis
-    # Kubernetes backends (configmap, lease): see VARIABLES.
-    namespace: str = ""
-    configmap: str = "ebpf-service-list"
-    lease_name: str = "gossip-agent"
-    duration: int = 15
-    mirror_interval: float = 1.0
+    namespace: str = _from("COORDINATION_NAMESPACE")
+    configmap: str = _from("COORDINATION_CONFIGMAP")
+    lease_name: str = _from("COORDINATION_LEASE_NAME")
+    duration: int = _from("LEASE_DURATION")
+    mirror_interval: float = _from("COORDINATION_MIRROR_INTERVAL")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class DataPlaneConfig:
-    mode: str
-    pin_dir: str
-    max_entries: int
+    mode: str = _from("DATAPLANE")
+    pin_dir: str = _from("BPF_PIN_DIR")
+    max_entries: int = _from("MAP_MAX_ENTRIES")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class XdpConfig:
-    interfaces: str = ""  # comma list of names and globs; "" = no program
-    mode: str = "auto"
-    fail_open_after: float = 600.0  # seconds; 0 = never fail open
+    interfaces: str = _from("XDP_INTERFACES")
+    mode: str = _from("XDP_MODE")
+    fail_open_after: float = _from("FAIL_OPEN_AFTER", note="in seconds; 0 = never fail open")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class SourceConfig:
-    kind: str
-    file: str
-    poll_interval: float
-    namespaces: tuple[str, ...] = ()  # () = all namespaces
-    watch_timeout: float = 300.0
-    backoff_base: float = 0.5
-    backoff_cap: float = 30.0
+    kind: str = _from("SOURCE")
+    file: str = _from("SOURCE_FILE")
+    poll_interval: float = _from("SOURCE_POLL_INTERVAL")
+    namespaces: tuple[str, ...] = _from("SOURCE_NAMESPACES")
+    watch_timeout: float = _from("SOURCE_WATCH_TIMEOUT")
+    backoff_base: float = _from("SOURCE_BACKOFF_BASE")
+    backoff_cap: float = _from("SOURCE_BACKOFF_CAP")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ScalingConfig:
     """The leader's scaling loop (issue 8)."""
 
-    report_interval: float = 5.0
-    report_window: float = 15.0
-    scale_up_cooldown: float = 5.0
+    report_interval: float = _from("TRAFFIC_REPORT_INTERVAL")
+    report_window: float = _from("SCALE_REPORT_WINDOW")
+    scale_up_cooldown: float = _from("SCALE_UP_COOLDOWN")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ObserveConfig:
     """Logs, metrics and the console (issue 7). Ports are 0 when the feature is off."""
 
-    log_format: str = "text"
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = 0
-    monitor_host: str = "127.0.0.1"
-    monitor_port: int = 0
-    monitor_webui_port: int = 0
-    monitor_console_port: int = 0
-    python_console: bool = False
+    log_format: str = _from("LOG_FORMAT")
+    metrics_host: str = _from("METRICS_HOST")
+    metrics_port: int = _from("METRICS_PORT")
+    monitor_host: str = _from("AIOMONITOR_HOST")
+    monitor_port: int = _from("AIOMONITOR_PORT")
+    monitor_webui_port: int = _from("AIOMONITOR_WEBUI_PORT", also=("AIOMONITOR_PORT",))
+    monitor_console_port: int = _from("AIOMONITOR_CONSOLE_PORT", also=("AIOMONITOR_PORT",))
+    python_console: bool = _from("AIOMONITOR_PYTHON_CONSOLE")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class SecurityConfig:
     """Mutual TLS, cluster id, admin writes (gossip_agent.security). tls_* "" = plaintext."""
 
-    tls_cert: str = ""
-    tls_key: str = ""
-    tls_ca: str = ""
-    server_name: str = "gossip-agent"
-    cluster_id: str = ""
-    admins: frozenset[str] = frozenset({"gossip-agent-admin"})
-    health_port: int = 0  # plaintext grpc.health.v1 only; 0 = off
+    tls_cert: str = _from("TLS_CERT")
+    tls_key: str = _from("TLS_KEY")
+    tls_ca: str = _from("TLS_CA")
+    server_name: str = _from("TLS_SERVER_NAME")
+    cluster_id: str = _from("CLUSTER_ID")
+    admins: frozenset[str] = _from("ADMIN_IDENTITIES")
+    health_port: int = _from("HEALTH_PORT", note="plaintext grpc.health.v1 only")
 
     @property
     def tls(self) -> bool:
         return bool(self.tls_cert)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
-    profile: str
-    log_level: str
+    profile: str = _from("PROFILE")
+    log_level: str = _from("LOG_LEVEL")
     node: NodeConfig
     discovery: DiscoveryConfig
     gossip: GossipConfig
     lease: LeaseConfig
     dataplane: DataPlaneConfig
     source: SourceConfig
-    xdp: XdpConfig = XdpConfig()
-    observe: ObserveConfig = ObserveConfig()
-    security: SecurityConfig = SecurityConfig()
-    scaling: ScalingConfig = ScalingConfig()
+    xdp: XdpConfig
+    observe: ObserveConfig
+    security: SecurityConfig
+    scaling: ScalingConfig
+
+
+# What an unset variable without a default (values[...] None) gives a field of each type.
+_UNSET = {"str": "", "tuple[str, ...]": (), "frozenset[str]": frozenset()}
+
+_T = TypeVar("_T")
+
+
+def _build(cls: type[_T], values: Mapping[str, Any], **derived: Any) -> _T:
+    """One config dataclass, by keyword: each field from its variable's value (an unset one is
+    the empty value of the field's type), except those `derived` gives."""
+    fields = {}
+    for name, variables in variables_of(cls).items():
+        if name not in derived:
+            value = values[variables[0].name]
+            field_type = next(f.type for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+                              if f.name == name)
+            fields[name] = _UNSET.get(str(field_type), None) if value is None else value
+    return cls(**fields, **derived)
 
 
 def _raw_values(env: Mapping[str, str], problems: list[str]) -> dict[str, Any]:
@@ -651,11 +694,7 @@ def _check_redis(values: Mapping[str, Any], backend: str, problems: list[str]) -
 def _redis_config(values: Mapping[str, Any], backend: str) -> RedisConfig | None:
     if backend != "redis":
         return None
-    return RedisConfig(
-        values["REDIS_URL"] or "", values["REDIS_KEY_PREFIX"] or "",
-        values["REDIS_SENTINELS"] or (), values["REDIS_SENTINEL_MASTER"] or "mymaster",
-        values["REDIS_TIMEOUT"],
-    )
+    return _build(RedisConfig, values)
 
 
 def _advertise(values: Mapping[str, Any], problems: list[str]) -> str:
@@ -756,40 +795,21 @@ def from_env(env: Mapping[str, str], *, hostname: str = "localhost") -> Config:
     _check_scaling(values, problems)
     if problems:
         raise errors.ConfigError(problems)
-    pin_dir = values["BPF_PIN_DIR"]
-    return Config(
-        profile=values["PROFILE"],
-        log_level=values["LOG_LEVEL"],
-        node=NodeConfig(values["NODE_NAME"] or hostname, values["LISTEN_ADDR"], advertise),
-        discovery=DiscoveryConfig(
-            values["PEERS"] or (), service, service_port, values["DNS_SERVER"] or "",
-            values["DISCOVERY_INTERVAL"],
-        ),
-        gossip=GossipConfig(
-            values["GOSSIP_INTERVAL"], values["COALESCE_WINDOW"], values["RPC_TIMEOUT"],
-            values["PEER_BACKOFF_BASE"], values["PEER_BACKOFF_CAP"],
-            values["WRITE_ACK_TIMEOUT"], values["MAX_MESSAGE_BYTES"], values["PUSH_PORT"],
-        ),
-        lease=LeaseConfig(
-            backend, values["BPF_LEASE_DIR"] or pin_dir, values["LEASE_RETRY_INTERVAL"],
-            values["LEASE_RENEW_INTERVAL"], values["LEASE_TTL"], values["LEASE_RENEW_DEADLINE"],
-            _redis_config(values, backend),
-            namespace=values["COORDINATION_NAMESPACE"] or "",
-            configmap=values["COORDINATION_CONFIGMAP"], lease_name=values[
-                "COORDINATION_LEASE_NAME"], duration=values["LEASE_DURATION"],
-            mirror_interval=values["COORDINATION_MIRROR_INTERVAL"],
-        ),
-        dataplane=DataPlaneConfig(values["DATAPLANE"], pin_dir, values["MAP_MAX_ENTRIES"]),
-        source=SourceConfig(values["SOURCE"], values["SOURCE_FILE"] or "",
-                            values["SOURCE_POLL_INTERVAL"], values["SOURCE_NAMESPACES"] or (),
-                            values["SOURCE_WATCH_TIMEOUT"], values["SOURCE_BACKOFF_BASE"],
-                            values["SOURCE_BACKOFF_CAP"]),
-        xdp=XdpConfig(values["XDP_INTERFACES"] or "", values["XDP_MODE"],
-                      values["FAIL_OPEN_AFTER"]),
+    return _build(
+        Config, values,
+        node=_build(NodeConfig, values, name=values["NODE_NAME"] or hostname,
+                    advertise_addr=advertise),
+        discovery=_build(DiscoveryConfig, values, service=service, service_port=service_port),
+        gossip=_build(GossipConfig, values),
+        lease=_build(LeaseConfig, values, backend=backend,
+                     lease_dir=values["BPF_LEASE_DIR"] or values["BPF_PIN_DIR"],
+                     redis=_redis_config(values, backend)),
+        dataplane=_build(DataPlaneConfig, values),
+        source=_build(SourceConfig, values),
+        xdp=_build(XdpConfig, values),
         observe=_observe(values),
-        scaling=ScalingConfig(values["TRAFFIC_REPORT_INTERVAL"], values["SCALE_REPORT_WINDOW"],
-                              values["SCALE_UP_COOLDOWN"]),
-        security=_security(values),
+        scaling=_build(ScalingConfig, values),
+        security=_build(SecurityConfig, values),
     )
 
 
@@ -805,29 +825,14 @@ def _check_tls(values: Mapping[str, Any], problems: list[str]) -> None:
                         "needs a certificate, its key and the CA)")
 
 
-def _security(values: Mapping[str, Any]) -> SecurityConfig:
-    return SecurityConfig(
-        tls_cert=values["TLS_CERT"] or "", tls_key=values["TLS_KEY"] or "",
-        tls_ca=values["TLS_CA"] or "", server_name=values["TLS_SERVER_NAME"] or "gossip-agent",
-        cluster_id=values["CLUSTER_ID"] or "",
-        admins=values["ADMIN_IDENTITIES"] or frozenset(),
-        health_port=values["HEALTH_PORT"] or 0,
-    )
-
-
 def _observe(values: Mapping[str, Any]) -> ObserveConfig:
     """aiomonitor's own convention: web UI and Python console on the two ports after the
     console's, unless given."""
     port = values["AIOMONITOR_PORT"]
-    return ObserveConfig(
-        log_format=values["LOG_FORMAT"],
-        metrics_host=values["METRICS_HOST"],
-        metrics_port=values["METRICS_PORT"],
-        monitor_host=values["AIOMONITOR_HOST"],
-        monitor_port=port,
+    return _build(
+        ObserveConfig, values,
         monitor_webui_port=values["AIOMONITOR_WEBUI_PORT"] or (port + 1 if port else 0),
         monitor_console_port=values["AIOMONITOR_CONSOLE_PORT"] or (port + 2 if port else 0),
-        python_console=bool(values["AIOMONITOR_PYTHON_CONSOLE"]),
     )
 
 

@@ -116,7 +116,9 @@ class Enforcer:
         fail_open_after: float,
         hub: events.EventHub,
         liveness: liveness_mod.Liveness,
+        program: xdp.Program | None = None,
     ) -> None:
+        """program: the loaded XDP program, None for maps only (build() loads it)."""
         self.plane = plane
         self.patterns = patterns
         self.mode = mode
@@ -124,7 +126,7 @@ class Enforcer:
         self.hub = hub
         self.liveness = liveness  # what the heartbeat vouches for
         self.interfaces: dict[str, xdp.InterfaceState] = {}
-        self.program: xdp.Program | None = None
+        self.program = program
         self.scanned = False  # the interfaces were looked at once (sync ran)
 
     @classmethod
@@ -138,34 +140,16 @@ class Enforcer:
         hub: events.EventHub,
         liveness: liveness_mod.Liveness,
     ) -> Enforcer:
-        enforcer = cls(plane=plane, patterns=patterns, mode=mode,
-                       fail_open_after=fail_open_after, hub=hub, liveness=liveness)
-        enforcer.own_threshold()
+        own_threshold(plane, fail_open_after=fail_open_after)
+        program = None
         if patterns:
-            enforcer.program = xdp.Program(pin_dir=plane.pin_dir, max_entries=plane.max_entries,
-                                           table_map_id=plane.table_map_id)
-            enforcer.program.pin()
+            program = xdp.Program(pin_dir=plane.pin_dir, max_entries=plane.max_entries,
+                                  table_map_id=plane.table_map_id)
+            program.pin()
             log.info("XDP program %d loaded from %s for interfaces %s (mode %s)",
-                     enforcer.program.prog_id, xdp.SOURCE, ",".join(patterns), mode)
-        return enforcer
-
-    def own_threshold(self) -> None:
-        """Puts this agent's FAIL_OPEN_AFTER on the record, keeping the last refresh (not a
-        refresh), so that no record says "never" to a crash loop. A record never written (all
-        zero: refreshed 0 with "never") has no refresh to keep: the clock starts now, once per
-        node."""
-        refreshed_ns, after_ns = self.plane.read_heartbeat()
-        wanted_ns = int(self.fail_open_after * 1e9)
-        if (refreshed_ns, after_ns) == (0, 0) and wanted_ns:
-            self.plane.write_heartbeat(refreshed_ns=time.monotonic_ns(),
-                                       fail_open_after_ns=wanted_ns)
-            log.info("heartbeat: none on this node yet; it fails open %s unless this agent "
-                     "refreshes by then", self._fails_open())
-        elif after_ns != wanted_ns:
-            self.plane.write_heartbeat(refreshed_ns=refreshed_ns, fail_open_after_ns=wanted_ns)
-            log.info("heartbeat: FAIL_OPEN_AFTER on the record is now %g s (was %s), the last "
-                     "refresh kept", self.fail_open_after,
-                     f"{after_ns / 1e9:g} s" if after_ns else "never")
+                     program.prog_id, xdp.SOURCE, ",".join(patterns), mode)
+        return cls(plane=plane, patterns=patterns, mode=mode, fail_open_after=fail_open_after,
+                   hub=hub, liveness=liveness, program=program)
 
     def beat(self) -> None:
         self.plane.write_heartbeat(refreshed_ns=time.monotonic_ns(),
@@ -214,9 +198,7 @@ class Enforcer:
         return why_not
 
     def _fails_open(self) -> str:
-        if self.fail_open_after <= 0:
-            return "never (FAIL_OPEN_AFTER=0)"
-        return f"{self.fail_open_after:g} s after the last refresh (FAIL_OPEN_AFTER)"
+        return fails_open(self.fail_open_after)
 
     def blindness(self) -> str:
         """Why this node's program cannot count all the traffic it should; "" when it can.
@@ -269,3 +251,28 @@ def _log_state(state: xdp.InterfaceState) -> None:
         log.warning("XDP on %s: skipped, %s", state.name, state.detail)
     else:
         log.error("XDP on %s: failed, %s", state.name, state.detail)
+
+
+def own_threshold(plane: bpfmap.BpfDataPlane, *, fail_open_after: float) -> None:
+    """Puts this agent's FAIL_OPEN_AFTER on the record, keeping the last refresh (not a
+    refresh), so that no record says "never" to a crash loop. A record never written (all
+    zero: refreshed 0 with "never") has no refresh to keep: the clock starts now, once per
+    node."""
+    refreshed_ns, after_ns = plane.read_heartbeat()
+    wanted_ns = int(fail_open_after * 1e9)
+    if (refreshed_ns, after_ns) == (0, 0) and wanted_ns:
+        plane.write_heartbeat(refreshed_ns=time.monotonic_ns(), fail_open_after_ns=wanted_ns)
+        log.info("heartbeat: none on this node yet; it fails open %s unless this agent "
+                 "refreshes by then", fails_open(fail_open_after))
+    elif after_ns != wanted_ns:
+        plane.write_heartbeat(refreshed_ns=refreshed_ns, fail_open_after_ns=wanted_ns)
+        log.info("heartbeat: FAIL_OPEN_AFTER on the record is now %g s (was %s), the last "
+                 "refresh kept", fail_open_after,
+                 f"{after_ns / 1e9:g} s" if after_ns else "never")
+
+
+def fails_open(fail_open_after: float) -> str:
+    """When a node without refreshes fails open, in words for the log."""
+    if fail_open_after <= 0:
+        return "never (FAIL_OPEN_AFTER=0)"
+    return f"{fail_open_after:g} s after the last refresh (FAIL_OPEN_AFTER)"

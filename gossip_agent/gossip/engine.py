@@ -25,6 +25,7 @@ from gossip_agent.core import beats as beats_mod
 from gossip_agent.core import diff, peers, snapshots, versions
 from gossip_agent.dataplane import base as dataplane_base
 from gossip_agent.gossip import base, wire
+from gossip_agent.gossip import leading as leading_mod
 from gossip_agent.gossip import proof as proof_mod
 from gossip_agent.observability import telemetry as telemetry_mod
 from gossip_agent.v1 import gossip_pb2 as pb
@@ -96,6 +97,8 @@ class Engine:
         clock: Callable[[], float] = time.monotonic,
         beats: beats_mod.BeatBoard | None = None,
         telemetry: telemetry_mod.Telemetry | None = None,
+        proof: proof_mod.TermProof | None = None,
+        leading: leading_mod.LeadingTerm | None = None,
     ) -> None:
         self.node = node
         self.address = address
@@ -112,11 +115,8 @@ class Engine:
         self._table_bytes = b""
         self._table_dict: dict[int, int] | None = {}
         self.max_term_seen = 0
-        self.leading_term = 0  # set by leadership while this agent holds the lease
-        self.higher_term = asyncio.Event()  # a term above leading_term was seen, or it is spent
-        # The leading term, once it must be left: a version of it this agent never wrote is
-        # around (FORGED), or its seq is exhausted. Leadership moves above it and clears it.
-        self.spent_term = 0
+        # The term this agent leads in: leadership moves it, this engine raises its alarm.
+        self.leading = leading if leading is not None else leading_mod.LeadingTerm()
         self.stats = Stats()
         self.last_event: StateEvent | None = None
         self.history: collections.deque[StateEvent] = collections.deque(maxlen=HISTORY_LENGTH)
@@ -133,7 +133,7 @@ class Engine:
         self._held_age_us = 0
         self._held_at_ns: int | None = None
         # Terms proven against the lease record (gossip/proof.py); None: believed (simulations).
-        self.proof: proof_mod.TermProof | None = None
+        self.proof = proof
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -220,7 +220,7 @@ class Engine:
         self.note_term(snapshot.version.term)
         decision = snapshots.decide(
             self.held, version=snapshot.version, digest=snapshot.content_hash,
-            complete=snapshot.complete, own_term=0 if via == "self" else self.leading_term,
+            complete=snapshot.complete, own_term=0 if via == "self" else self.leading.term,
         )
         self.stats.received[f"{via}:{decision.value}"] += 1
         if decision is snapshots.Decision.FORGED:
@@ -309,10 +309,14 @@ class Engine:
 
     async def prove(self, message: pb.Snapshot, *, sender: str) -> None:
         """Raises errors.TermUnproven when the lease record does not show the snapshot's term
-        and leader (one backend read per new pair)."""
+        and leader (one backend read per new pair), counted in stats.rejected."""
         if self.proof is not None and self.needs_proof(message):
-            await self.proof.check(term=message.version.term, leader=message.leader,
-                                   sender=sender)
+            try:
+                await self.proof.check(term=message.version.term, leader=message.leader,
+                                       sender=sender)
+            except errors.TermUnproven:
+                self.stats.rejected["unproven-term"] += 1
+                raise
 
     def note_claimed_term(self, term: int) -> None:
         """A term a peer says it has seen (digest, ack): noted once the record shows one as
@@ -326,10 +330,10 @@ class Engine:
         """This leader's term carries a version it never wrote (pushed, pulled, or held by a
         peer that refused a push as stale): never adopted here, and the term is spent, so the
         next write moves above it and supersedes that version everywhere."""
-        if version.term != self.leading_term:
+        if version.term != self.leading.term:
             return
         self.stats.rejected["forged"] += 1
-        if self.spent_term != version.term:
+        if self.leading.spent != version.term:
             log.error("FORGED: version %s of this leader's own term arrived via %s, but this "
                       "leader wrote only up to %s; not adopted; moving to a new term",
                       version, via, self.held.version,
@@ -338,15 +342,12 @@ class Engine:
 
     def spend_term(self) -> None:
         """Asks leadership to move the term up before the next write (lease.elect wakes)."""
-        if self.leading_term:
-            self.spent_term = self.leading_term
-            self.higher_term.set()
+        self.leading.spend()
 
     def note_term(self, term: int) -> None:
         if term > self.max_term_seen:
             self.max_term_seen = term
-        if self.leading_term and term > self.leading_term:
-            self.higher_term.set()
+        self.leading.note(term)
 
     # -- the Gossip service -----------------------------------------------------------------
 
@@ -398,7 +399,7 @@ class Engine:
             max_term_seen=self.max_term_seen,
             boot_id=self.boot_id,
             peers=known[:MAX_DIGEST_PEERS],
-            leader=self.leading_term > 0,
+            leader=self.leading.term > 0,
         )
         _add_beat(digest, self.beats.best)
         return digest

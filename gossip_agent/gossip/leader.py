@@ -198,7 +198,8 @@ class Leadership:
         self.lease = lease
         self.source = source
         self.timing = timing
-        self.term = 0
+        # The term this agent holds the lease at, shared with the engine (gossip.leading).
+        self._leading = engine.leading
         self.refusal = ""
         self.opening = ""  # why this lease holder has not published yet (a short digest round)
         self.lease_error = ""
@@ -221,6 +222,11 @@ class Leadership:
         self._publish_failures = 0  # consecutive map-write failures of the leader's snapshot
         self._retry: asyncio.TimerHandle | None = None  # the next publish after a failure
         engine.transport.set_ack_handler(self.on_ack)
+
+    @property
+    def term(self) -> int:
+        """The term this agent holds the lease at; 0 when it does not."""
+        return self._leading.term
 
     @property
     def holds_lease(self) -> bool:
@@ -254,7 +260,7 @@ class Leadership:
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
-                await self.engine.higher_term.wait()
+                await self._leading.higher.wait()
 
     def _check_refusal(self) -> str:
         refusal = terms.refuse_to_lead(
@@ -294,8 +300,7 @@ class Leadership:
                  grant.term, extra={"backend": self.lease.backend, "holder": grant.holder,
                                     "term": grant.term})
         self.engine.telemetry.lease_acquired(backend=self.lease.backend, term=grant.term)
-        self.term = grant.term
-        self.engine.leading_term = grant.term
+        self._leading.take(grant.term)
         await self._open_office()
 
     async def _open_office(self) -> None:
@@ -361,7 +366,7 @@ class Leadership:
         if self._check_refusal():
             await self._resign(self.refusal, cause="released")
             return
-        if self.engine.max_term_seen > self.term or self.engine.spent_term == self.term:
+        if self.engine.max_term_seen > self.term or self._leading.spent == self.term:
             await self._bump()
             self._dirty.set()
 
@@ -383,17 +388,14 @@ class Leadership:
 
     async def _bump(self) -> None:
         old = self.term
-        spent = self.engine.spent_term == old
+        spent = self._leading.spent == old
         try:
-            self.term = await self.lease.bump(
-                min_term=max(self.engine.max_term_seen, old) + 1)
+            term = await self.lease.bump(min_term=max(self.engine.max_term_seen, old) + 1)
         except errors.LeaseError as exc:
             await self._step_down(f"could not move term {old} up: {exc}", cause="bump-failed")
             return
-        self.engine.leading_term = self.term
-        self.engine.note_term(self.term)
-        self.engine.spent_term = 0
-        self.engine.higher_term.clear()
+        self._leading.moved(term)
+        self.engine.note_term(term)
         why = "its term was spent" if spent else "a higher term was seen in the cluster"
         log.warning("moved term %d -> %d: %s", old, self.term, why,
                     extra={"old_term": old, "term": self.term})
@@ -405,10 +407,8 @@ class Leadership:
         log.warning("stepping down: %s", reason,
                     extra={"reason": reason, "cause": cause, "term": self.term})
         self.engine.telemetry.lease_lost(backend=self.lease.backend, reason=cause)
-        self.term = 0
+        self._leading.leave()
         self.opening = ""
-        self.engine.leading_term = 0
-        self.engine.higher_term.clear()
         await self._stop_publishing(errors.NotLeader(f"this agent stopped leading: {reason}"))
         self.office_changed.set()
 
@@ -466,8 +466,8 @@ class Leadership:
         assert self._desired is not None
         waiters, self._waiters = self._waiters, []
         held = self.engine.held.version
-        if held.term > self.term or self.engine.spent_term == self.term:
-            self._waiters = waiters  # wait for the bump; the lease loop wakes on higher_term
+        if held.term > self.term or self._leading.spent == self.term:
+            self._waiters = waiters  # wait for the bump; the lease loop wakes on `higher`
             return
         if held.term == self.term and held.seq >= versions.U64_MAX:
             self._waiters = waiters  # no seq left in this term: move to the next one
@@ -475,7 +475,7 @@ class Leadership:
             return
         if not self.lease.proven():  # e.g. woken from SIGSTOP past the renew deadline: the
             self._waiters = waiters  # lease loop renews now (and steps down) before anything
-            self.engine.higher_term.set()  # is published under a term that may be over
+            self._leading.higher.set()  # is published under a term that may be over
             return
         version = held.next_seq() if held.term == self.term else versions.Version(self.term, 1)
         snapshot = snapshots.build(

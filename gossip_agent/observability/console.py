@@ -61,12 +61,20 @@ class Ports:
 class AgentMonitor(aiomonitor.Monitor):
     """aiomonitor's Monitor that knows the agent its commands inspect."""
 
-    leadership: leader_mod.Leadership
-    timers: dict[str, float]
-    scale_events: events.EventHub
-    enforcer: enforcer_mod.Enforcer | None
-    scaling: scaling.Status
     failure: BaseException | None = None
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, *, leadership: leader_mod.Leadership,
+        timers: dict[str, float], scale_events: events.EventHub,
+        enforcer: enforcer_mod.Enforcer | None, scaling: scaling.Status, **monitor: Any,
+    ) -> None:
+        """`monitor`: aiomonitor.Monitor's own keywords (ports, host, locals)."""
+        self.leadership = leadership
+        self.timers = timers
+        self.scale_events = scale_events
+        self.enforcer = enforcer
+        self.scaling = scaling
+        super().__init__(loop, **monitor)
 
     def _ui_main(self) -> None:
         # aiomonitor's thread: if it dies before it is up (web UI port taken), start() would
@@ -100,12 +108,9 @@ def start(
         console_enabled=ports.python_enabled,
         locals={"leadership": leadership, "engine": leadership.engine} if ports.python_enabled
         else {},
+        leadership=leadership, timers=timers, scale_events=scale_events, enforcer=enforcer,
+        scaling=scaling,
     )
-    monitor.leadership = leadership
-    monitor.timers = timers
-    monitor.scale_events = scale_events
-    monitor.enforcer = enforcer
-    monitor.scaling = scaling
     monitor.start()
     if monitor.failure is not None:
         raise OSError(f"aiomonitor console on {ports.host}: {monitor.failure}")

@@ -4,7 +4,8 @@ Only an agent in office takes reports (NotLeader otherwise: the reporter finds t
 and retries), so followers never act on scale-up requests. A report seen before, by (node,
 incarnation, seq), is acknowledged again without acting twice (core.reports.Ledger). Each new
 request is counted per service, logged, published to WatchScaleRequests readers and handed to
-the leader's source (Source.scale_up), which decides what scaling means.
+the leader's source (Source.scale_up), which decides what scaling means, and to the delegate
+(the scaler, with SOURCE=kubernetes), which also takes each node's traffic summary.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import collections
 import dataclasses
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 from gossip_agent import errors
 from gossip_agent.core import reports, snapshots, traffic
@@ -22,6 +24,18 @@ from gossip_agent.scaling import wire
 from gossip_agent.sources import base as source_base
 
 log = logging.getLogger("gossip_agent.scaleup")
+
+
+class Delegate(Protocol):
+    """Who acts on the reports the leader takes, besides its source: the scaler
+    (scaling.loop.Scaler) with SOURCE=kubernetes; tests and the lab pass their own."""
+
+    def apply(self, node: str, incarnation: int, summary: traffic.Summary) -> bool:
+        """A node's traffic summary (the scaler's cluster facts); False when it is a delta
+        that cannot be applied (the node is asked for a full one)."""
+
+    def scale_up(self, request: source_base.ScaleUp) -> None:
+        """A scale-up request, after the source has taken it."""
 
 
 @dataclasses.dataclass
@@ -53,6 +67,7 @@ class Inbox:
         source: source_base.Source,
         hub: hub_mod.Hub,
         name_of: Callable[[int], str],
+        delegate: Delegate | None = None,
     ) -> None:
         self.node = node
         self.leadership = leadership
@@ -61,11 +76,7 @@ class Inbox:
         self.name_of = name_of
         self.ledger = reports.Ledger()
         self.counts = Counts()
-        # Where a node's traffic summary goes (the scaler's cluster facts): (node, incarnation,
-        # summary) -> False when it is a delta that cannot be applied; None: dropped.
-        self.on_summary: Callable[[str, int, traffic.Summary], bool] | None = None
-        # Who scales workloads (the scaler, with SOURCE=kubernetes), besides the source.
-        self.on_scale_up: Callable[[source_base.ScaleUp], None] | None = None
+        self.delegate = delegate  # None: summaries are dropped, the source alone scales
 
     def take(self, incoming: wire.Incoming) -> Taken:
         """Acts on a report once; raises NotLeader unless this agent is in office."""
@@ -81,8 +92,8 @@ class Inbox:
         self.counts.reports += 1
         summary = incoming.report.summary
         applied = True
-        if summary is not None and self.on_summary is not None:
-            applied = self.on_summary(incoming.node, incoming.incarnation, summary)
+        if summary is not None and self.delegate is not None:
+            applied = self.delegate.apply(incoming.node, incoming.incarnation, summary)
         for request in incoming.report.requests:
             self._act(request, node=incoming.node)
         return Taken(duplicate=False, leader=self.node, term=term, need_full=not applied)
@@ -102,5 +113,5 @@ class Inbox:
             events=request.events,
         )
         self.source.scale_up(scale_up)
-        if self.on_scale_up is not None:
-            self.on_scale_up(scale_up)
+        if self.delegate is not None:
+            self.delegate.scale_up(scale_up)

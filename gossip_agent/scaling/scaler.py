@@ -1,4 +1,6 @@
-"""The scaling loop wired into one agent. agent.py builds one Scaling and spawns its tasks().
+"""The scaling loop wired into one agent. agent.py builds the Scaler first (build_scaler, with
+SOURCE=kubernetes: the leader's inbox hands it reports as its delegate), then one Scaling, and
+spawns its tasks().
 
 - Every agent summarises what its XDP program counted for the leader every
   TRAFFIC_REPORT_INTERVAL (task `scaler.traffic`, through the scale-up reporter's stop-and-wait
@@ -22,9 +24,8 @@ from gossip_agent import errors
 from gossip_agent.core import peers, policy, scaling, services, traffic
 from gossip_agent.gossip import engine as engine_mod
 from gossip_agent.gossip import leader as leader_mod
-from gossip_agent.scaling import base as workloads
-from gossip_agent.scaling import loop
-from gossip_agent.scaling import scaleups as scaleup_service
+from gossip_agent.scaling import base, loop
+from gossip_agent.scaling import reporter as reporter_mod
 
 log = logging.getLogger("gossip_agent.scaler")
 
@@ -72,7 +73,7 @@ def targets_of(source: HasInventory) -> Callable[[], dict[int, loop.Target]]:
             if isinstance(view, services.Entry) and view.key not in result:
                 result[view.key] = loop.Target(
                     key=view.key, name=view.name,
-                    ref=workloads.WorkloadRef(view.opt_in.workload_kind,
+                    ref=base.WorkloadRef(view.opt_in.workload_kind,
                                               view.opt_in.workload_namespace,
                                               view.opt_in.workload_name),
                     idle_ns=view.opt_in.scale_down_seconds * scaling.NS,
@@ -119,39 +120,48 @@ def counters_of(stats: Callable[[], Mapping[int, Iterable[tuple[int, int, int]]]
     return counters
 
 
+def build_scaler(
+    *,
+    cfg: config_mod.ScalingConfig,
+    engine: engine_mod.Engine,
+    leadership: leader_mod.Leadership,
+    source: HasInventory,
+    workloads: base.Workloads,
+) -> loop.Scaler:
+    """The leader's scaler over the opted-in Services `source` watches; it acts only while
+    this agent leads."""
+    return loop.Scaler(
+        targets=targets_of(source), targets_known=lambda: source.synced,
+        ready=ready_of(engine),
+        live_nodes=live_nodes_of(engine), leading=lambda: leadership.leading,
+        proven=leadership.lease.proven, workloads=workloads,
+        timing=loop.Timing(cooldown_ns=int(cfg.scale_up_cooldown * scaling.NS),
+                           window_ns=int(cfg.report_window * scaling.NS),
+                           round_interval=cfg.report_interval),
+        telemetry=engine.telemetry, status=scaling.Status())
+
+
 class Scaling:
     def __init__(
         self,
         *,
         cfg: config_mod.ScalingConfig,
-        engine: engine_mod.Engine,
-        leadership: leader_mod.Leadership,
-        scale_ups: scaleup_service.ScaleUps,
+        reporter: reporter_mod.Reporter,
+        scaler: loop.Scaler | None,
         stats: Callable[[], Mapping[int, Iterable[tuple[int, int, int]]]] | None,
         blind: Callable[[], str],
         listed: Callable[[], Iterable[int]],
-        source: HasInventory | None,
-        workloads_factory: Callable[[], workloads.Workloads] | None,
     ) -> None:
+        """reporter: this agent's (scaling.scaleups), which carries the summaries to the
+        leader; scaler: the leader's, with SOURCE=kubernetes (build_scaler), else None."""
         self.cfg = cfg
-        self.reporter = scale_ups.reporter
+        self.reporter = reporter
         self.stats = stats
         self.blind = blind
         self.listed = listed
-        self.status = scaling.Status()
-        self.scaler: loop.Scaler | None = None
-        if source is not None and workloads_factory is not None:
-            self.scaler = loop.Scaler(
-                targets=targets_of(source), targets_known=lambda: source.synced,
-                ready=ready_of(engine),
-                live_nodes=live_nodes_of(engine), leading=lambda: leadership.leading,
-                proven=leadership.lease.proven, workloads=workloads_factory(),
-                timing=loop.Timing(cooldown_ns=int(cfg.scale_up_cooldown * scaling.NS),
-                                   window_ns=int(cfg.report_window * scaling.NS),
-                                   round_interval=cfg.report_interval),
-                telemetry=engine.telemetry, status=self.status)
-            scale_ups.inbox.on_summary = self.scaler.apply
-            scale_ups.inbox.on_scale_up = self.scaler.scale_up
+        self.scaler = scaler
+        # The scaler's status, or one that carries only this node's blindness.
+        self.status = scaler.status if scaler is not None else scaling.Status()
 
     def _sight(self) -> str:
         reason = self.blind()

@@ -41,14 +41,17 @@ class ScaleUps:
         backoff: peers.BackoffPolicy,
         rpc_timeout: float,
         rng: random.Random,
+        delegate: inbox_mod.Delegate | None = None,
     ) -> None:
+        """delegate: who acts on the reports this agent takes as leader, besides its source
+        (scaling.inbox.Delegate: the scaler, with SOURCE=kubernetes)."""
         # Subscribed now, before any task runs, so no event published from here on is missed.
         self.subscription = events.subscribe()
         self.hub = hub_mod.Hub()
         name_of = name_in(engine)
         self.inbox = inbox_mod.Inbox(
             node=engine.node, leadership=leadership, source=source, hub=self.hub,
-            name_of=name_of)
+            name_of=name_of, delegate=delegate)
         self.route = route.ToLeader(engine=engine, leadership=leadership, inbox=self.inbox,
                                     channels=channels, timeout=rpc_timeout)
         self.reporter = reporter_mod.Reporter(

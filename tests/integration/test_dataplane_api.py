@@ -28,9 +28,10 @@ def enforcing(bpffs_dir: str, rig: xdp_net.Rig) -> Iterator[enforcer.Enforcer]:
     plane = bpfmap.open_pinned(pin_dir=bpffs_dir, max_entries=layout.DEFAULT_MAX_ENTRIES)
     built = enforcer.Enforcer(plane=plane, patterns=("ga4a*n",), mode="auto",
                               fail_open_after=60.0, hub=events.EventHub(),
-                              liveness=liveness.Liveness())
-    built.program = xdp.Program(pin_dir=bpffs_dir, max_entries=plane.max_entries,
-                                table_map_id=plane.table_map_id)
+                              liveness=liveness.Liveness(),
+                              program=xdp.Program(pin_dir=bpffs_dir,
+                                                  max_entries=plane.max_entries,
+                                                  table_map_id=plane.table_map_id))
     built.beat()
     found = {rig.node_if: rig.ifindex()}
     xdp_net.in_netns(rig.node_ns, lambda: built.sync(found))

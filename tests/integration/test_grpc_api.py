@@ -33,6 +33,7 @@ from gossip_agent.core import snapshots, versions
 from gossip_agent.gossip import wire
 from gossip_agent.leases import base as lease_base
 from gossip_agent.leases import bpffs
+from gossip_agent.scaling import inbox
 from gossip_agent.security import setup as security_setup
 from gossip_agent.system import bpfsys
 from gossip_agent.v1 import gossip_pb2 as pb
@@ -79,10 +80,11 @@ def agent_env(
 @contextlib.asynccontextmanager
 async def running_agents(
     count: int, *, lease_dir: Path | str, per_agent: Mapping[int, Mapping[str, str]] | None = None,
-    ports: list[int] | None = None, **extra: str,
+    ports: list[int] | None = None, reports: inbox.Delegate | None = None, **extra: str,
 ) -> AsyncIterator[list[agent_mod.Agent]]:
     """`count` started agents listing each other in PEERS; all stopped on the way out.
-    `ports`: their gRPC ports, when the caller picked them with others in one batch."""
+    `ports`: their gRPC ports, when the caller picked them with others in one batch;
+    `reports`: the inbox delegate of each (agent.Agent)."""
     ports = ports or localcluster.free_ports(count)
     agents: list[agent_mod.Agent] = []
     before = asyncio.all_tasks()
@@ -90,7 +92,7 @@ async def running_agents(
         for index, port in enumerate(ports):
             env = agent_env(node=f"node-{index}", port=port, peers=ports, lease_dir=lease_dir,
                             **extra, **(per_agent or {}).get(index, {}))
-            agents.append(agent_mod.Agent(config.from_env(env)))
+            agents.append(agent_mod.Agent(config.from_env(env), reports=reports))
         for agent in agents:
             await agent.start()
         yield agents

@@ -24,6 +24,7 @@ from gossip_agent import agent as agent_mod
 from gossip_agent.core import reports, snapshots
 from gossip_agent.dataplane import events
 from gossip_agent.leases import bpffs
+from gossip_agent.scaling import inbox
 from gossip_agent.sources import base as source_base
 from gossip_agent.system import bpfsys
 from gossip_agent.v1 import compat_pb2
@@ -128,14 +129,23 @@ async def watching(agent: agent_mod.Agent, scope: str = "") -> Watch:
     return watch
 
 
-@pytest.fixture
-async def three(tmp_path: Path) -> AsyncIterator[tuple[agent_mod.Agent, list[agent_mod.Agent]]]:
-    async with running_agents(3, lease_dir=tmp_path) as agents:
+@contextlib.asynccontextmanager
+async def three_agents(
+    tmp_path: Path, *, reports: inbox.Delegate | None = None,
+) -> AsyncIterator[tuple[agent_mod.Agent, list[agent_mod.Agent]]]:
+    """Three agents, their leader known, every one holding SERVICE (shop/cart) at 0."""
+    async with running_agents(3, lease_dir=tmp_path, reports=reports) as agents:
         leader = await wait_for_leader(agents)
         await set_service(address(leader), SERVICE, 0, "shop/cart")
         await poll("every agent holding shop/cart", lambda: _all_hold(agents),
                    timeout=CONVERGE_DEADLINE)
         yield leader, [a for a in agents if a is not leader]
+
+
+@pytest.fixture
+async def three(tmp_path: Path) -> AsyncIterator[tuple[agent_mod.Agent, list[agent_mod.Agent]]]:
+    async with three_agents(tmp_path) as agents:
+        yield agents
 
 
 async def _all_hold(agents: list[agent_mod.Agent]) -> bool:

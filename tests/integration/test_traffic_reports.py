@@ -7,16 +7,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import grpc
 import pytest
 
 from gossip_agent import agent as agent_mod
 from gossip_agent.core import scaling, snapshots, traffic
+from gossip_agent.sources import base as source_base
 from gossip_agent.v1 import compat_pb2
 from gossip_agent.v1 import gossip_pb2 as pb
 from tests.integration.test_grpc_api import CONVERGE_DEADLINE, address, expect_code, poll
-from tests.integration.test_scale_requests import SERVICE, report_raw, three  # noqa: F401
+from tests.integration.test_scale_requests import SERVICE, report_raw, three_agents
 
 pytestmark = pytest.mark.integration
 
@@ -24,8 +26,9 @@ KEY = snapshots.parse_ip(SERVICE)
 
 
 class Summaries:
-    """What the leader's inbox hands to the scaler (inbox.on_summary), in order, applied to
-    real cluster facts so that deltas and need_full behave as in the scaler."""
+    """The agents' inbox delegate (scaling.inbox.Delegate, in the scaler's place): what the
+    leader's inbox hands to the scaler, in order, applied to real cluster facts so that deltas
+    and need_full behave as in the scaler."""
 
     def __init__(self) -> None:
         self.received: list[tuple[str, traffic.Summary]] = []
@@ -34,7 +37,7 @@ class Summaries:
         self.refused = 0  # deltas the facts could not apply
         self.now_ns = 0
 
-    def __call__(self, node: str, incarnation: int, summary: traffic.Summary) -> bool:
+    def apply(self, node: str, incarnation: int, summary: traffic.Summary) -> bool:
         if summary.blind:
             self.blind.append((node, summary.blind))
             assert summary.facts == (), "a blind summary reached the scaler with facts"
@@ -46,11 +49,27 @@ class Summaries:
         self.refused += not applied
         return applied
 
+    def scale_up(self, request: source_base.ScaleUp) -> None:
+        pass  # only the summaries matter here
+
     def of(self, node: str) -> list[tuple[traffic.Fact, ...]]:
         return [summary.facts for sender, summary in self.received if sender == node]
 
     def summaries_of(self, node: str) -> list[traffic.Summary]:
         return [summary for sender, summary in self.received if sender == node]
+
+
+@pytest.fixture
+def summaries() -> Summaries:
+    return Summaries()
+
+
+@pytest.fixture
+async def three(tmp_path: Path, summaries: Summaries
+                ) -> AsyncIterator[tuple[agent_mod.Agent, list[agent_mod.Agent]]]:
+    """tests/integration/test_scale_requests.py's three agents, reporting to `summaries`."""
+    async with three_agents(tmp_path, reports=summaries) as agents:
+        yield agents
 
 
 def sync(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
@@ -76,11 +95,9 @@ async def summarising(agent: agent_mod.Agent, counts: dict[int, traffic.Counts],
 
 
 async def test_a_followers_counters_reach_the_leader_as_facts_on_its_own_clock(
-    three: tuple[agent_mod.Agent, list[agent_mod.Agent]],  # noqa: F811
+    three: tuple[agent_mod.Agent, list[agent_mod.Agent]], summaries: Summaries,
 ) -> None:
-    leader, followers = three
-    summaries = Summaries()
-    leader.scale_ups.inbox.on_summary = summaries
+    _, followers = three
     follower = followers[0]
     node = follower.engine.node
     counts = {KEY: traffic.Counts(passed=0, dropped=4)}
@@ -110,13 +127,11 @@ async def test_a_followers_counters_reach_the_leader_as_facts_on_its_own_clock(
 
 
 async def test_a_leader_that_lost_the_generation_asks_for_a_full_summary_and_gets_one(
-    three: tuple[agent_mod.Agent, list[agent_mod.Agent]],  # noqa: F811
+    three: tuple[agent_mod.Agent, list[agent_mod.Agent]], summaries: Summaries,
 ) -> None:
     """As after a change of leader: the facts forget the node, its next delta is refused with
     need_full, and the summary after that is full again (the facts hold the node once more)."""
-    leader, followers = three
-    summaries = Summaries()
-    leader.scale_ups.inbox.on_summary = summaries
+    _, followers = three
     follower = followers[0]
     node = follower.engine.node
     counts = {KEY: traffic.Counts(passed=1, dropped=0)}
@@ -163,12 +178,10 @@ def legacy_with_facts(*facts: compat_pb2.TrafficFact) -> bytes:
 ], ids=["service-twice", "too-many", "blind-with-facts", "blind-too-long", "blind-delta",
         "generation-0", "legacy-bad-ip", "legacy-service-twice"])
 async def test_a_summary_breaking_its_contract_is_invalid_argument_and_records_nothing(
-    three: tuple[agent_mod.Agent, list[agent_mod.Agent]],  # noqa: F811
+    three: tuple[agent_mod.Agent, list[agent_mod.Agent]], summaries: Summaries,
     payload: bytes, says: str,
 ) -> None:
     leader, _ = three
-    summaries = Summaries()
-    leader.scale_ups.inbox.on_summary = summaries
     error = await expect_code(report_raw(address(leader), payload),
                               grpc.StatusCode.INVALID_ARGUMENT)
     assert says in (error.details() or ""), error.details()

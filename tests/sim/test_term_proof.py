@@ -4,6 +4,7 @@ refusals remembered, bare term claims bounded, the backend's mirror as a second 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -23,10 +24,11 @@ class CountingLease(memory.MemoryLease):
         return await super().read()
 
 
-async def leader_at(term: int) -> tuple[CountingLease, proof.TermProof]:
+async def leader_at(term: int, *, on_refused: Callable[[], None] = lambda: None
+                    ) -> tuple[CountingLease, proof.TermProof]:
     lease = CountingLease(memory.MemoryLeaseStore(), node="node-a")
     assert await lease.try_acquire(min_term=term) is not None
-    return lease, proof.TermProof(lease=lease)
+    return lease, proof.TermProof(lease=lease, on_refused=on_refused)
 
 
 async def test_a_term_and_leader_the_record_shows_are_proven_with_one_read() -> None:
@@ -37,9 +39,8 @@ async def test_a_term_and_leader_the_record_shows_are_proven_with_one_read() -> 
 
 
 async def test_a_term_or_leader_the_record_does_not_show_is_refused_and_remembered() -> None:
-    lease, checker = await leader_at(7)
     refused: list[None] = []
-    checker.on_refused = lambda: refused.append(None)
+    lease, checker = await leader_at(7, on_refused=lambda: refused.append(None))
     for term, leader in ((1 << 62, "node-a"), (7, "node-b"), (8, "node-a")):
         for _ in range(3):
             with pytest.raises(errors.TermUnproven, match=f"term {term} of leader {leader}"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from gossip_agent import config, errors
@@ -344,3 +346,33 @@ def test_client_go_timing_rule_is_enforced_for_kubernetes_backends(
     problems = problems_of({**env, "COORDINATION_BACKEND": "lease"})
     assert any(expected in p for p in problems), problems
     assert config.from_env(env).lease.backend == "bpffs"  # bpffs does not use these timers
+
+
+CONFIG_CLASSES = (config.Config, config.NodeConfig, config.DiscoveryConfig, config.GossipConfig,
+                  config.RedisConfig, config.LeaseConfig, config.DataPlaneConfig,
+                  config.XdpConfig, config.SourceConfig, config.ScalingConfig,
+                  config.ObserveConfig, config.SecurityConfig)
+
+
+def test_every_config_field_is_documented_by_its_variable_and_every_variable_sets_a_field(
+) -> None:
+    """Units, defaults and reasons live once, in VARIABLES: each field that is not a group of
+    fields carries its variable's entry, and no variable is declared for nothing."""
+    used: set[str] = set()
+    for cls in CONFIG_CLASSES:
+        documented = config.variables_of(cls)
+        for field in dataclasses.fields(cls):
+            if field.name in documented:
+                assert all(v in config.VARIABLES for v in documented[field.name])
+                used.update(v.name for v in documented[field.name])
+            else:  # a group: one of the config dataclasses, never a plain value
+                assert str(field.type).removesuffix(" | None") in {
+                    c.__name__ for c in CONFIG_CLASSES}, (cls.__name__, field.name)
+    assert used == config.NAMES
+
+
+def test_config_dataclasses_are_built_by_keyword_only() -> None:
+    cfg = config.from_env({"PROFILE": "local"})
+    with pytest.raises(TypeError):
+        config.ScalingConfig(5.0, 15.0, 5.0)  # type: ignore[misc]
+    assert config.ScalingConfig(**dataclasses.asdict(cfg.scaling)) == cfg.scaling

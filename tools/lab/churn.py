@@ -35,10 +35,11 @@ from typing import Any
 
 from gossip_agent import agent as agent_mod
 from gossip_agent import config
-from gossip_agent.core import peers, scaling, snapshots
+from gossip_agent.core import peers, scaling, snapshots, traffic
 from gossip_agent.scaling import loop as scaler_loop
 from gossip_agent.scaling import memory as workloads_memory
 from gossip_agent.scaling import scaler as scaler_service
+from gossip_agent.sources import base as source_base
 from lab import localcluster
 
 SERVICE = snapshots.parse_ip("10.96.7.7")
@@ -141,7 +142,7 @@ class Soak:
                                                          strict=True)):
             env = self._env(f"node-r{index}", port, self._resident_addresses,
                             METRICS_HOST="127.0.0.1", METRICS_PORT=str(metrics_port))
-            self.residents.append(agent_mod.Agent(config.from_env(env)))
+            self.residents.append(agent_mod.Agent(config.from_env(env), reports=self))
         for resident in self.residents:
             await resident.start()
         await until("a resident in office", lambda: any(
@@ -151,7 +152,7 @@ class Soak:
         await self._publish()
 
     def _start_scaler(self, leader: agent_mod.Agent) -> None:
-        """The leader's scaler as agent.open_scaling builds it with SOURCE=kubernetes, over
+        """The leader's scaler as agent.open_scaler builds it with SOURCE=kubernetes, over
         memory workloads and no targets: only its traffic facts matter here."""
         self.scaler = scaler_loop.Scaler(
             targets=dict, targets_known=lambda: True,
@@ -162,8 +163,16 @@ class Soak:
             timing=scaler_loop.Timing(cooldown_ns=scaling.NS, window_ns=scaling.NS,
                                       round_interval=REPORT_INTERVAL),
             telemetry=leader.engine.telemetry, status=scaling.Status())
-        leader.scale_ups.inbox.on_summary = self.scaler.apply
         self._scaler_task = asyncio.create_task(self.scaler.run(), name="soak.scaler")
+
+    # The residents' inbox delegate (agent.Agent's `reports`): the leader's summaries go to the
+    # soak's scaler once it is built; before, they are dropped as by an agent without one.
+
+    def apply(self, node: str, incarnation: int, summary: traffic.Summary) -> bool:
+        return self.scaler.apply(node, incarnation, summary) if self.scaler is not None else True
+
+    def scale_up(self, request: source_base.ScaleUp) -> None:
+        pass  # the soak raises no scale-up requests
 
     async def _publish(self) -> snapshots.Snapshot:
         """A change from the leader (the replica count flips), pushed to every member."""
