@@ -4,7 +4,8 @@ Each call goes through the same serialize / parse / handle path as gRPC (the rec
 the bytes), with per-message loss, random delay, and partitions that cut every call between
 two groups. With `costs`, each agent is also one CPU that messages queue for: sending one
 costs its sender `costs.send` seconds, receiving and handling one costs its receiver
-`costs.receive`, and each hop takes `costs.latency` on the wire, so a leader's fan-out to N
+`costs.receive` (an acknowledgement costs its reader `costs.send`), and each hop takes
+`costs.latency` on the wire, so a leader's fan-out to N
 peers takes N x send of its time, as on a real node (tools/simulate.py runs this on virtual
 time, lab/vtime.py). Shipped in the package (as memberlist ships its mock transport) so tests and
 experiments can build clusters without sockets. The random generator is injected.
@@ -40,6 +41,9 @@ class Costs:
     send: float = 0.0
     receive: float = 0.0
     latency: float = 0.0
+    # 0: each agent has a CPU of its own (a node each). k > 0: all agents share k CPUs, as the
+    # benchmark's processes share this machine's cores (to check the model against it).
+    cores: int = 0
 
 
 class MemoryNetwork:
@@ -56,7 +60,10 @@ class MemoryNetwork:
         self.delay = delay
         self.costs = costs
         self._busy: dict[str, float] = {}  # when each agent's modelled CPU is next free
+        self._cores = [0.0] * (costs.cores if costs is not None else 0)  # shared CPUs' free times
         self.sends: dict[str, int] = {}  # messages each agent sent (costs only)
+        self.cpu: dict[str, float] = {}  # modelled CPU seconds each agent spent (costs only)
+        self.peers_of: dict[str, set[str]] = {}  # whom each agent sent to (costs only)
         self._handlers: dict[str, Handler] = {}
         self._down: set[str] = set()
         self._groups: list[set[str]] = []
@@ -89,14 +96,24 @@ class MemoryNetwork:
         """Occupies `address`'s modelled CPU for `seconds`, after what it already queued."""
         loop = asyncio.get_running_loop()
         now = loop.time()
-        done = max(now, self._busy.get(address, 0.0)) + seconds
+        start = max(now, self._busy.get(address, 0.0))
+        if self._cores:  # the earliest free of the shared CPUs, once this agent is free
+            core = min(range(len(self._cores)), key=self._cores.__getitem__)
+            start = max(start, self._cores[core])
+            self._cores[core] = start + seconds
+        done = start + seconds
         self._busy[address] = done
+        self.cpu[address] = self.cpu.get(address, 0.0) + seconds
         await asyncio.sleep(done - now)
 
-    async def _travel(self, src: str, dst: str) -> Handler:
+    async def _travel(self, src: str, dst: str, *, ack: bool = False) -> Handler:
+        """The hop from src to dst: lost, or dst's handler once the message arrived and dst's
+        modelled CPU took it (an acknowledgement costs its reader what a send costs: a few
+        bytes, nothing to apply)."""
         costs = self.costs
         if costs is not None:
             self.sends[src] = self.sends.get(src, 0) + 1
+            self.peers_of.setdefault(src, set()).add(dst)
             await self._cpu(src, costs.send)
             await asyncio.sleep(costs.latency)
         low, high = self.delay
@@ -107,7 +124,7 @@ class MemoryNetwork:
             raise base.PeerUnreachable(dst, "unreachable (simulated)", code="UNAVAILABLE")
         self.delivered += 1
         if costs is not None:
-            await self._cpu(dst, costs.receive)
+            await self._cpu(dst, costs.send if ack else costs.receive)
         return self._handlers[dst]
 
     def transport_for(self, address: str) -> MemoryTransport:
@@ -132,7 +149,7 @@ class MemoryTransport:
             raise base.PeerUnreachable(address, str(exc), code="INVALID_ARGUMENT") from exc
         if wire.ack_wanted(message, ack):
             with contextlib.suppress(base.PeerUnreachable):  # acks can be lost too
-                await self._net._travel(address, self._address)
+                await self._net._travel(address, self._address, ack=True)
                 self._on_ack(address, ack)
 
     async def exchange(
