@@ -30,9 +30,9 @@ done
 # The first deb.debian.org-style URI apt uses (deb822 .sources or one-line sources.list).
 apt_uri() {
   local suite_pattern=$1
-  { grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}'
+  { { grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}'
     grep -h '^deb ' /etc/apt/sources.list 2>/dev/null | awk '{print $2}'; } \
-    | grep -E "$suite_pattern" | head -1
+    | grep -E "$suite_pattern" | head -1; } || true
 }
 
 bootstrap_base() {

@@ -904,7 +904,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         if self.fake.ssl_context is not None:  # the handshake runs on this connection's thread
-            self.request = self.fake.ssl_context.wrap_socket(self.request, server_side=True)
+            wrapped = self.fake.ssl_context.wrap_socket(self.request, server_side=True,
+                                                        do_handshake_on_connect=False)
+            try:
+                wrapped.do_handshake()
+            except OSError:
+                wrapped.close()  # a client that gave up mid-handshake: nothing to serve
+                raise
+            self.request = wrapped
         super().setup()
         with self.fake.store.cond:
             self.fake._connections.add(self.connection)
@@ -918,6 +925,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.fake._connections.discard(self.connection)
         with contextlib.suppress(OSError):
             super().finish()
+        if isinstance(self.request, ssl.SSLSocket):
+            # socketserver closes the plain socket it accepted, which the TLS wrapper took over.
+            self.request.close()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         pass  # a test's output is for the test
@@ -959,7 +969,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _authenticate(self) -> None:
         """HTTPS mode: the bearer token or the real server's 401 (which names nobody)."""
         token = self.fake.token
-        if token is not None and self.headers.get("Authorization") != f"Bearer {token}":
+        scheme, _, presented = (self.headers.get("Authorization") or "").partition(" ")
+        # The scheme is case-insensitive, as the real server's bearer-token authenticator reads
+        # it: the Python client's in-cluster configuration sends "bearer <token>".
+        if token is not None and (scheme.lower() != "bearer" or presented.strip() != token):
             self._read_body()  # keep the connection's framing intact
             self._record("unauthorized", None)
             raise ApiError(401, "Unauthorized", "Unauthorized")

@@ -320,7 +320,7 @@ def _inside(root: str, path: str) -> str:
     while parts:
         part = parts.pop(0)
         if part == "..":
-            current = os.path.dirname(current) if current else ""
+            current = current.rsplit("/", 1)[0]
             continue
         candidate = f"{current}/{part}"
         if os.path.islink(root + candidate):
