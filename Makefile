@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 NODES ?= 5
 
-.PHONY: venv system link-bcc demo test lint proto bench clean
+.PHONY: venv system link-bcc demo test lint proto bench image clean
 
 venv: $(VENV)/.installed
 
@@ -44,6 +44,11 @@ proto: venv
 
 bench: system link-bcc
 	$(BIN)/python tools/bench.py
+
+# The container image k8s/ runs (Dockerfile), built with podman in chroot isolation on a
+# debootstrapped bookworm base cached under .cache/image; prints its size (tools/build_image.sh).
+image:
+	bash tools/build_image.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -15,11 +15,13 @@
 #   local cluster in the end-to-end test (Debian's package does not start it here: no systemd).
 # - iptables: the fault campaign (tools/chaos.py) partitions, drops at random (-m statistic)
 #   and delays (NFQUEUE + tools/nfdelay.py: the kernel has no netem) inside node namespaces.
+# - podman, debootstrap: `make image` bootstraps the bookworm base and builds the Dockerfile;
+#   tests/e2e/test_image_pods.py runs pods from the image's root filesystem.
 # - bpffs at /sys/fs/bpf: where maps are pinned and the lease lock lives.
 set -euo pipefail
 
 need_pkgs=()
-for pkg in python3-bpfcc bpftool linux-headers-amd64 dnsmasq-base iproute2 prometheus redis-server redis-sentinel iptables; do
+for pkg in python3-bpfcc bpftool linux-headers-amd64 dnsmasq-base iproute2 prometheus redis-server redis-sentinel iptables podman debootstrap; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then

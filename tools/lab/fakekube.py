@@ -40,8 +40,14 @@ Hooks for failure tests (thread-safe, callable from any thread):
 - stop() / start() on the same port: an API server that went away and came back.
 - request_count(...) / requests: what clients asked, with time, verb, resource and user agent.
 
-Not implemented (nothing here needs it): authentication and real RBAC, server-side apply,
-finalizers and graceful deletion, managedFields, status subresources, protobuf.
+HTTPS mode (FakeKube(tls=(cert, key), token=...)): TLS with that certificate, and every request
+must carry `Authorization: Bearer <token>` or gets the real server's 401 Unauthorized Status.
+That is what a pod's in-cluster configuration speaks (KUBERNETES_SERVICE_HOST/PORT, the
+service-account token and ca.crt under /var/run/secrets/kubernetes.io/serviceaccount), so a
+test can run an agent exactly as a pod runs it (tests/e2e/test_image_pods.py).
+
+Not implemented (nothing here needs it): real RBAC, server-side apply, finalizers and graceful
+deletion, managedFields, status subresources, protobuf.
 """
 
 from __future__ import annotations
@@ -56,6 +62,8 @@ import ipaddress
 import itertools
 import json
 import socket
+import ssl
+import sys
 import threading
 import time
 import urllib.parse
@@ -140,7 +148,8 @@ class ApiError(Exception):
         return body
 
 
-REASONS = {400: "BadRequest", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed",
+REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
+           405: "MethodNotAllowed",
            409: "Conflict", 410: "Expired", 415: "UnsupportedMediaType", 422: "Invalid",
            429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable",
            504: "Timeout"}
@@ -284,8 +293,16 @@ class FakeKube:
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0,
                  bookmark_interval: float = 5.0, user: str = "system:serviceaccount:"
-                 "gossip-agent:gossip-agent") -> None:
+                 "gossip-agent:gossip-agent", tls: tuple[str, str] | None = None,
+                 token: str | None = None) -> None:
+        """tls: (certificate, key) files: serve HTTPS with them. token: the bearer token every
+        request must present (401 otherwise); None accepts any caller, as before."""
         self.host, self.port = host, port
+        self.token = token
+        self.ssl_context: ssl.SSLContext | None = None
+        if tls is not None:
+            self.ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.ssl_context.load_cert_chain(*tls)
         self.bookmark_interval = bookmark_interval
         self.user = user  # named in 403 messages, as RBAC names the caller
         self.store = Store()
@@ -313,12 +330,13 @@ class FakeKube:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     def start(self) -> None:
         """Listens (again, on the same port after stop()); returns once connections work."""
         handler = type("Handler", (_Handler,), {"fake": self})
-        httpd = http.server.ThreadingHTTPServer((self.host, self.port), handler)
+        httpd = _Server((self.host, self.port), handler)
         httpd.daemon_threads = True
         self.port = httpd.server_address[1]
         self._httpd, self._closing = httpd, False
@@ -348,12 +366,17 @@ class FakeKube:
 
     close = stop
 
-    def write_kubeconfig(self, path: str, *, namespace: str = "default") -> str:
-        """An ordinary kubeconfig pointing at this server; returns the path."""
+    def write_kubeconfig(self, path: str, *, namespace: str = "default",
+                         ca_file: str | None = None) -> str:
+        """An ordinary kubeconfig pointing at this server; returns the path. In HTTPS mode
+        pass the CA that signed the server's certificate as ca_file."""
+        cluster: dict[str, str] = {"server": self.url}
+        if ca_file is not None:
+            cluster["certificate-authority"] = ca_file
         config = {
             "apiVersion": "v1", "kind": "Config", "current-context": "fakekube",
-            "clusters": [{"name": "fakekube", "cluster": {"server": self.url}}],
-            "users": [{"name": "fakekube", "user": {"token": "fakekube-token"}}],
+            "clusters": [{"name": "fakekube", "cluster": cluster}],
+            "users": [{"name": "fakekube", "user": {"token": self.token or "fakekube-token"}}],
             "contexts": [{"name": "fakekube", "context": {
                 "cluster": "fakekube", "user": "fakekube", "namespace": namespace}}],
         }
@@ -860,6 +883,14 @@ def apply_patch(current: JSON, patch: JSON, content_type: str) -> JSON:
         raise ApiError(422, "Invalid", f"the patch could not be applied: {exc}") from exc
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    """A client that drops a TLS handshake or a connection is no server error to print."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], (ssl.SSLError, ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     """One HTTP/1.1 connection; every answer is JSON."""
 
@@ -872,6 +903,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
 
     def setup(self) -> None:
+        if self.fake.ssl_context is not None:  # the handshake runs on this connection's thread
+            wrapped = self.fake.ssl_context.wrap_socket(self.request, server_side=True,
+                                                        do_handshake_on_connect=False)
+            try:
+                wrapped.do_handshake()
+            except OSError:
+                wrapped.close()  # a client that gave up mid-handshake: nothing to serve
+                raise
+            self.request = wrapped
         super().setup()
         with self.fake.store.cond:
             self.fake._connections.add(self.connection)
@@ -885,6 +925,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.fake._connections.discard(self.connection)
         with contextlib.suppress(OSError):
             super().finish()
+        if isinstance(self.request, ssl.SSLSocket):
+            # socketserver closes the plain socket it accepted, which the TLS wrapper took over.
+            self.request.close()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         pass  # a test's output is for the test
@@ -914,6 +957,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         parsed = urllib.parse.urlsplit(self.path)
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(parsed.query).items()}
         try:
+            self._authenticate()
             body = self._read_body()
             answer = self._route(method, parsed.path, query, body)
         except ApiError as exc:
@@ -921,6 +965,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         if answer is not None:
             self._send(*answer)
+
+    def _authenticate(self) -> None:
+        """HTTPS mode: the bearer token or the real server's 401 (which names nobody)."""
+        token = self.fake.token
+        scheme, _, presented = (self.headers.get("Authorization") or "").partition(" ")
+        # The scheme is case-insensitive, as the real server's bearer-token authenticator reads
+        # it: the Python client's in-cluster configuration sends "bearer <token>".
+        if token is not None and (scheme.lower() != "bearer" or presented.strip() != token):
+            self._read_body()  # keep the connection's framing intact
+            self._record("unauthorized", None)
+            raise ApiError(401, "Unauthorized", "Unauthorized")
 
     def _read_body(self) -> JSON:
         length = int(self.headers.get("Content-Length") or 0)
