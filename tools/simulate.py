@@ -87,7 +87,10 @@ async def scenario(args: argparse.Namespace) -> dict[str, Any]:
 async def _run(cluster: simcluster.SimCluster, adoptions: Adoptions,
                args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
-    leader = await cluster.leader(timeout=60)
+    # Bounds in virtual seconds: however slow the real code, the model's time decides.
+    await until("one leader in office", lambda: len(cluster.leaders()) == 1 and
+                cluster.leaders()[0].engine.held.version.term > 0, timeout=120)
+    leader = cluster.leaders()[0]
     table = {FIRST_IP + i: (1, f"sim/svc-{i}") for i in range(args.entries)}
     await leader.leadership.write(updates=table, deletes=())
     filled = leader.engine.held.version
