@@ -246,6 +246,10 @@ def test_the_xdp_component_adds_the_host_network_attach_rights_and_pod_veths_and
     assert env["XDP_INTERFACES"] == "veth*,cali*,lxc*"
     assert config.from_env(env).xdp.interfaces == "veth*,cali*,lxc*"
     assert {k: v for k, v in env.items() if k != "XDP_INTERFACES"} == pod_env(base)
+    # bcc compiles with LLVM at start (196 MiB peak in the image): room above the base's 256Mi.
+    assert container(base)["resources"]["limits"]["memory"] == "256Mi"
+    assert container(xdp)["resources"]["limits"]["memory"] == "512Mi"
+    assert container(xdp)["resources"]["requests"] == container(base)["resources"]["requests"]
     # Everything but the DaemonSet's pod spec is the overlay's, untouched.
     assert [o for o in xdp if o["kind"] != "DaemonSet"] == [
         o for o in base if o["kind"] != "DaemonSet"]
