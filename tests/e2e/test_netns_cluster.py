@@ -285,7 +285,9 @@ async def test_a_sigkilled_agent_keeps_enforcing_and_its_restart_neither_regress
 
 @contextlib.contextmanager
 def sampling(read: Callable[[], dict[int, int] | None]) -> Iterator[list[dict[int, int] | None]]:
-    """Reads `read()` in a thread as fast as it can while the block runs."""
+    """Reads `read()` in a thread as fast as it can while the block runs, and once more after
+    it: the block may see the change (its own read) between two of the thread's reads, and the
+    samples must end with the state the block ended on."""
     samples: list[dict[int, int] | None] = []
     stop = threading.Event()
 
@@ -300,6 +302,7 @@ def sampling(read: Callable[[], dict[int, int] | None]) -> Iterator[list[dict[in
     finally:
         stop.set()
         thread.join()
+        samples.append(read())
 
 
 @pytest.mark.parametrize("how", ["drop", "down"])
