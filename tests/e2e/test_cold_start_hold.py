@@ -362,3 +362,15 @@ def test_a_dead_holder_means_drop_then_fail_open_lets_the_retransmit_through(lab
     assert lab.client_errors() == {"rst": 0, "icmp": 0}
 
 
+
+
+def test_packets_to_an_awake_service_never_take_the_holding_path(lab: Lab) -> None:
+    lab.build(mode="hold")
+    assert lab.holder is not None
+    lab.stand_in_ready()
+    lab.set_replicas(SERVICE, 1)
+    client = lab.connect(timeout=10)
+    elapsed = client.wait()
+    assert elapsed < 0.5 and syn_retransmits(client.sock) == 0
+    assert lab.raw_hits() == 0, "the hold match queued a packet to an awake service"
+    assert lab.holder.stats.held == lab.holder.stats.refused == 0
