@@ -28,7 +28,7 @@ import yaml
 from grpc_health.v1 import health_pb2
 
 from gossip_agent import config
-from gossip_agent.dataplane import layout
+from gossip_agent.dataplane import holdmatch, layout
 from gossip_agent.v1 import gossip_pb2 as pb
 from tests.conftest import require
 
@@ -66,6 +66,20 @@ NOT_AGENT_VARIABLES = {
     layout.EVENT_RATE: "the pinned BPF map's name",
     layout.XDP_PROG: "the pinned XDP program's name",
     "XDP_FLAGS_REPLACE": "the kernel's netlink flag for an atomic program swap",
+    holdmatch.PIN: "the pinned hold-match program's name (docs/cold-start.md)",
+    "HOLD_ARMED": "a pinned flag map proposed in docs/cold-start.md, not created yet",
+    # Proposed in docs/cold-start.md (issue 19), not read yet: the assertion that no name here
+    # is in config.NAMES makes whoever declares them in config.py remove them from this list.
+    "COLD_START": "proposed in docs/cold-start.md; config.py does not declare it yet",
+    "COLD_START_HOLD_TIMEOUT": "proposed in docs/cold-start.md; not declared yet",
+    "CONFIG_NFT_QUEUE": "a kernel build option (docs/cold-start.md's appendix)",
+    "CONFIG_NFT_COMPAT": "a kernel build option",
+    "CONFIG_NETFILTER_NETLINK_QUEUE": "a kernel build option",
+    "CONFIG_NETFILTER_XT_MATCH_BPF": "a kernel build option",
+    "CONFIG_NETFILTER_XT_TARGET_NFQUEUE": "a kernel build option",
+    "NFQA_CFG_F_FAIL_OPEN": "the kernel's NFQUEUE flag behind --queue-bypass",
+    "NF_DROP": "a netfilter verdict",
+    "TCP_INFO": "the socket option the cold-start test reads retransmits with",
 }
 # gRPC status codes, health states and the API's own enum values (PushAck results) are written
 # in capitals too; they are not variables.
