@@ -171,11 +171,26 @@ async def drive(*, port: int, follower: int, count: int, gap: float, ack: bool,
     address, me, suffix = f"127.0.0.1:{port}", os.getpid(), wire.ACK_SUFFIX if ack else b""
     try:
         await writer.push(address, messages[0] + wire.ACK_SUFFIX, timeout=5.0)
+        await _until(lambda: bool(acks), what="the full snapshot's acknowledgement")
+        if port_path:
+            # The port is announced on the stream the first push opened, and the writer moves
+            # there on a later push. Until it has, the full snapshot again (a DUPLICATE, never
+            # acknowledged unasked): no delta may travel on the stream and the port at once,
+            # where the later could overtake the earlier.
+            async def on_the_port() -> bool:
+                if address in writer._links:
+                    return True
+                await writer.push(address, messages[0], timeout=5.0)
+                return False
+
+            await _until(on_the_port, what="the writer's move to the push port")
         for message in messages[1:WARMUP + 1]:
             await writer.push(address, message + suffix, timeout=5.0)
             await asyncio.sleep(gap)
         if port_path != (address in writer._links):
             raise RuntimeError(f"pushes {'never moved' if port_path else 'moved'} to a push port")
+        if port_path and writer._streams.get(address) is None:
+            raise RuntimeError("the stream that announced the port ended")
         rest_from = (time.monotonic(), cpu_seconds(follower), cpu_seconds(me))
         await asyncio.sleep(rest)
         start = (time.monotonic(), cpu_seconds(follower), cpu_seconds(me))
@@ -196,6 +211,20 @@ async def drive(*, port: int, follower: int, count: int, gap: float, ack: bool,
 
     return {"follower_ms_per_push": round(per_push(1), 3),
             "writer_ms_per_push": round(per_push(2), 3)}
+
+
+async def _until(check: Any, *, what: str, timeout: float = 5.0) -> None:
+    """Polls `check` (a callable returning a bool, or an awaitable of one) every 10 ms."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = check()
+        if asyncio.iscoroutine(done):
+            done = await done
+        if done:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not within {timeout:g}s: {what}")
+        await asyncio.sleep(0.01)
 
 
 def run(*, count: int = 300, gap: float = 0.05, ack: bool = True, bpf: bool = True,
