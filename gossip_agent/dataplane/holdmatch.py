@@ -18,8 +18,7 @@ import os
 import pathlib
 from typing import Any
 
-from gossip_agent import errors
-from gossip_agent.dataplane import xdpsys
+from gossip_agent.dataplane import xdp, xdpsys
 
 SOURCE = pathlib.Path(str(importlib.resources.files(__package__) / "bpf" / "hold_match.bpf.c"))
 FUNCTION = "hold_match"
@@ -49,18 +48,6 @@ class HoldMatch:
 
 
 def _load(*, pin_dir: str, max_entries: int) -> tuple[Any, int]:
-    """(the bcc.BPF module, the socket-filter program's fd)."""
-    try:
-        from bcc import BPF  # lazy, as in xdp.py: only hold mode needs the compiler
-    except Exception as exc:
-        raise errors.DataPlaneError(f"bcc is not usable: {exc}") from exc
-    cflags = [
-        f'-DPIN_DIR="{pin_dir}"',
-        f"-DSERVICE_LIST_MAX_ENTRIES={max_entries}",
-        f"-I{SOURCE.parent}",
-    ]
-    try:
-        module = BPF(src_file=str(SOURCE).encode(), cflags=cflags)
-        return module, int(module.load_func(FUNCTION.encode(), BPF.SOCKET_FILTER).fd)
-    except Exception as exc:  # bcc raises bare Exception for compile and load failures
-        raise errors.DataPlaneError(f"cannot compile and load {SOURCE}: {exc}") from exc
+    """(the bcc.BPF module, the socket-filter program's fd), compiled as the XDP program is."""
+    return xdp.compile_and_load(SOURCE, FUNCTION, "SOCKET_FILTER", pin_dir=pin_dir,
+                                max_entries=max_entries)

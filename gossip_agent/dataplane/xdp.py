@@ -160,21 +160,32 @@ class Program:
 
 def _load(*, pin_dir: str, max_entries: int) -> tuple[Any, int]:
     """(the bcc.BPF module, the XDP program's fd)."""
+    return compile_and_load(SOURCE, layout.PROGRAM_FUNCTION, "XDP", pin_dir=pin_dir,
+                            max_entries=max_entries)
+
+
+def compile_and_load(
+    source: Any, function: str, program_type: str, *, pin_dir: str, max_entries: int
+) -> tuple[Any, int]:
+    """Compiles one of bpf/'s programs against the pinned maps under `pin_dir` with bcc and
+    loads `function` as BPF.<program_type>: (the bcc.BPF module, the program's fd). The XDP
+    program and the hold match (holdmatch.py) share it; DataPlaneError when bcc is missing or
+    the compile or load fails."""
     try:
-        from bcc import BPF  # lazy: only agents that load the program need the compiler
+        from bcc import BPF  # lazy: only agents that load a program need the compiler
     except Exception as exc:
         raise errors.DataPlaneError(f"bcc is not usable: {exc}") from exc
     cflags = [
         f'-DPIN_DIR="{pin_dir}"',
         f"-DSERVICE_LIST_MAX_ENTRIES={max_entries}",
-        f"-I{SOURCE.parent}",
+        f"-I{source.parent}",
     ]
     # bcc wants bytes for paths and names (str works but warns: DeprecationWarning).
     try:
-        module = BPF(src_file=str(SOURCE).encode(), cflags=cflags)
-        return module, int(module.load_func(layout.PROGRAM_FUNCTION.encode(), BPF.XDP).fd)
+        module = BPF(src_file=str(source).encode(), cflags=cflags)
+        return module, int(module.load_func(function.encode(), getattr(BPF, program_type)).fd)
     except Exception as exc:  # bcc raises bare Exception for compile and load failures
-        raise errors.DataPlaneError(f"cannot compile and load {SOURCE}: {exc}") from exc
+        raise errors.DataPlaneError(f"cannot compile and load {source}: {exc}") from exc
 
 
 def owned(prog_id: int, *, table_map_id: int, pinned_id: int) -> bool:
